@@ -1,0 +1,130 @@
+"""Benchmark: the batched engine against the per-agent numpy loop of the published reference
+code (:mod:`p2pmtl.reference`), in the same process, then scaling to large graphs.
+
+Run with ``p2pmtl bench``. Figures are printed, never asserted (timings belong here, not in
+tests). Each scaling size runs in a fresh subprocess so its peak memory (max RSS) is its own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from .config import load_config
+from .experiment import build_world, make_engine
+from .reference import ReferenceDiffusion
+
+RULES = ["noncoop", "average", "loss", "distance"]
+
+
+def bench_config(n: int, byzantine: int, runs: int = 1):
+    """Li2020's network at density 100 agents per 3x3 box, for any n."""
+    box = 3.0 * (n / 100) ** 0.5
+    return load_config(data={
+        "name": "bench", "runs": runs, "iterations": 1,
+        "graph": {"family": "random_geometric", "n": n, "radius": 1.0, "box": box,
+                  "max_neighbors": 9, "directed": True},
+        "task": {"box": box},
+        "scenarios": [{"name": "attack", "byzantine": byzantine,
+                       "attack": {"name": "uniform", "low": 15.0, "high": 16.0}}],
+    })
+
+
+def _time(fn, iters: int) -> float:
+    fn(0)
+    t = time.perf_counter()
+    for i in range(iters):
+        fn(i)
+    return (time.perf_counter() - t) / iters
+
+
+def reference_vs_batched(iters: int) -> list[dict]:
+    """Per-rule time per iteration at 100 agents (20 Byzantine), reference vs batched."""
+    cfg = bench_config(100, 20)
+    scenario = cfg.scenarios[0]
+    world = build_world(cfg, scenario)
+    e, s = world.edges, world.setups[0]
+    neigh = [[] for _ in range(world.n)]
+    for src, dst in zip(e.src.tolist(), e.dst.tolist()):
+        neigh[dst].append(src)
+    byz = set(world.byzantine.tolist())
+    probe = make_engine(cfg, world, scenario, ["noncoop"])
+    data = []  # identical streaming data for the reference loop
+    for i in range(50):
+        probe.step(i)
+        data.append((probe.pop.u.numpy().copy(), probe.pop.d.numpy().copy()))
+    byz_msgs = {k: probe.sent[k].numpy().copy() for k in byz}
+    rows = []
+    for rule in RULES:
+        ref = ReferenceDiffusion(rule, s.pos, neigh, byz, s.theta0, cfg.task.mu, cfg.rules.nu, cfg.rules.init_score)
+        t_ref = _time(lambda i: ref.step(*data[i % 50], byz_msgs), max(20, iters // 5))
+        eng = make_engine(cfg, world, scenario, [rule])
+        t_ours = _time(eng.step, iters)
+        rows.append({"rule": rule, "reference_ms": 1e3 * t_ref, "batched_ms": 1e3 * t_ours})
+    eng = make_engine(cfg, world, scenario, RULES)
+    t_lanes = _time(eng.step, iters) / len(RULES)
+    runs = 10
+    cfg10 = bench_config(100, 20, runs=runs)
+    world10 = build_world(cfg10, cfg10.scenarios[0])
+    eng10 = make_engine(cfg10, world10, cfg10.scenarios[0], RULES)
+    t_runs = _time(eng10.step, max(20, iters // 4)) / (len(RULES) * runs)
+    ref_mean = float(np.mean([r["reference_ms"] for r in rows]))
+    rows.append({"rule": "mean of the 4 rules, one engine each", "reference_ms": ref_mean,
+                 "batched_ms": float(np.mean([r["batched_ms"] for r in rows]))})
+    rows.append({"rule": "4 rules as lanes of one engine (per rule)", "reference_ms": ref_mean,
+                 "batched_ms": 1e3 * t_lanes})
+    rows.append({"rule": f"4 rules x {runs} seeds batched (per rule and seed)", "reference_ms": ref_mean,
+                 "batched_ms": 1e3 * t_runs})
+    return rows
+
+
+def scale_child(n: int, iters: int) -> dict:
+    """One size in this process: build time, loss-rule time per iteration, peak RSS."""
+    torch.set_num_threads(1)
+    t = time.perf_counter()
+    cfg = bench_config(n, n // 5)
+    world = build_world(cfg, cfg.scenarios[0])
+    eng = make_engine(cfg, world, cfg.scenarios[0], ["loss"])
+    build = time.perf_counter() - t
+    t = time.perf_counter()
+    for i in range(iters):
+        eng.step(i)
+    per_it = (time.perf_counter() - t) / iters
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"agents": n, "edges": world.edges.num_edges, "build_s": build, "ms_per_iteration": 1e3 * per_it,
+            "total_s": per_it * iters, "iterations": iters, "peak_rss_mb": rss_mb}
+
+
+def main(args: argparse.Namespace) -> int:
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, 1 thread; target localization, 100 agents, 20 Byzantine")
+    print(f"{'rule':<48} {'reference ms/it':>15} {'batched ms/it':>14} {'speed-up':>9}")
+    for r in reference_vs_batched(args.iterations):
+        print(f"{r['rule']:<48} {r['reference_ms']:>15.3f} {r['batched_ms']:>14.4f} "
+              f"{r['reference_ms'] / r['batched_ms']:>8.1f}x")
+    if args.sizes:
+        print(f"\nscaling: random geometric (density of Li2020, cap 9), 20% Byzantine, loss rule, "
+              f"{args.scale_iterations} iterations")
+        print(f"{'agents':>8} {'edges':>9} {'build s':>8} {'ms/it':>9} {'total s':>8} {'peak RSS MB':>12}")
+        for n in args.sizes:
+            out = subprocess.run([sys.executable, "-m", "p2pmtl.bench", "child", str(n), str(args.scale_iterations)],
+                                 capture_output=True, text=True, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{r['agents']:>8} {r['edges']:>9} {r['build_s']:>8.2f} {r['ms_per_iteration']:>9.2f} "
+                  f"{r['total_s']:>8.2f} {r['peak_rss_mb']:>12.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "child":
+        print(json.dumps(scale_child(int(sys.argv[2]), int(sys.argv[3]))))
+    else:
+        from .cli import main as cli_main
+
+        sys.exit(cli_main(["bench", *sys.argv[1:]]))

@@ -1,0 +1,350 @@
+"""Experiment configuration: TOML file -> typed, validated objects (pydantic).
+
+Every error names the key, the value given and what is allowed, and is raised before any work
+starts. ``--set a.b=value`` overrides parse ``value`` as a TOML value (strings may be bare).
+"""
+from __future__ import annotations
+
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .attacks import ATTACKS
+from .graphs import GRAPHS, family_parameters, load_topology
+from .rules import RULES
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the person who wrote the config."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class GraphConfig(BaseModel):
+    """Either ``topology = NAME`` (a spec in ``topologies/``) or ``family`` plus its parameters
+    (see ``p2pmtl list``). Parameters given here override the named spec's."""
+
+    model_config = ConfigDict(extra="allow")
+    topology: Optional[str] = None
+    family: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _resolve(self) -> "GraphConfig":
+        params = dict(self.model_extra or {})
+        family = self.family
+        if self.topology is not None:
+            try:
+                spec = load_topology(self.topology)
+            except KeyError as e:
+                raise ValueError(str(e.args[0])) from None
+            family = family or spec.pop("family")
+            spec.pop("family", None)
+            params = {**spec, **params}
+        if family is None:
+            raise ValueError("give graph.topology (a named spec) or graph.family")
+        if family not in GRAPHS:
+            raise ValueError(f"graph.family = {family!r}: unknown; allowed: {', '.join(GRAPHS.names())}")
+        allowed = family_parameters(family)
+        for key, value in params.items():
+            if key not in allowed:
+                raise ValueError(
+                    f"graph.{key}: not a parameter of family {family!r}; allowed: "
+                    f"{', '.join(allowed)}"
+                )
+            ann = allowed[key].annotation
+            ann = typing.get_type_hints(GRAPHS.get(family)).get(key, ann)
+            _check_type(f"graph.{key}", value, ann)
+        missing = [k for k, p in allowed.items() if p.default is p.empty and k not in params]
+        if missing:
+            raise ValueError(f"graph family {family!r} needs {', '.join(missing)}")
+        self.family = family
+        for k in list((self.model_extra or {}).keys()):
+            del self.model_extra[k]
+        self.__pydantic_extra__.update(params)
+        return self
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def _check_type(key: str, value: Any, ann: Any) -> None:
+    from pydantic import TypeAdapter
+
+    try:
+        TypeAdapter(ann).validate_python(value, strict=False)
+    except ValidationError:
+        raise ValueError(f"{key} = {value!r}: expected {getattr(ann, '__name__', ann)}") from None
+
+
+class TargetLocalizationConfig(Strict):
+    """Li2020 sec. 7 target localization (see SPEC section 2)."""
+
+    name: Literal["target_localization"] = "target_localization"
+    targets: list[tuple[float, float]] = [(10, 10), (10, 20), (20, 10), (20, 20)]
+    target_jitter: float = Field(1.0, ge=0, description="each target shifted by U[0, jitter]")
+    adapt: Literal["pseudo_observation", "lms"] = "pseudo_observation"
+    mu: float = Field(0.1, gt=0, le=2)
+    noise_u: tuple[float, float] = (0.01, 0.01)  # s_u = a + b U
+    noise_d: tuple[float, float] = (0.1, 0.1)  # s_d = a + b U
+    noisy_agents: int = Field(5, ge=0)
+    noisy_u_std: float = Field(0.1, ge=0)
+    init_range: tuple[float, float] = (0.0, 1.0)
+    box: float = Field(3.0, gt=0, description="position box when the graph has no positions")
+
+    @field_validator("targets")
+    @classmethod
+    def _nonempty(cls, v):
+        if not v:
+            raise ValueError("need at least one target")
+        return v
+
+
+TaskConfig = TargetLocalizationConfig  # later tasks join a discriminated union on `name`
+
+
+class AttackConfig(BaseModel):
+    """``name`` picks an attack (``p2pmtl list``); other keys are its parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "uniform"
+
+    @model_validator(mode="after")
+    def _known(self) -> "AttackConfig":
+        if self.name not in ATTACKS:
+            raise ValueError(f"attack.name = {self.name!r}: unknown; allowed: {', '.join(ATTACKS.names())}")
+        import inspect
+
+        allowed = inspect.signature(ATTACKS.get(self.name).__init__).parameters
+        for key in self.params:
+            if key not in allowed:
+                raise ValueError(
+                    f"attack.{key}: not a parameter of attack {self.name!r}; allowed: "
+                    f"{', '.join(k for k in allowed if k != 'self')}"
+                )
+        try:
+            ATTACKS.get(self.name)(**self.params)
+        except (TypeError, ValueError) as e:
+            raise ValueError(str(e)) from None
+        return self
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ScenarioConfig(Strict):
+    """One attack setting: how many agents are Byzantine (chosen at random, or listed)."""
+
+    name: str
+    byzantine: Union[int, list[int]] = Field(0, description="a count (random choice) or node ids")
+    attack: AttackConfig = AttackConfig()
+
+    @field_validator("byzantine")
+    @classmethod
+    def _nonneg(cls, v):
+        if isinstance(v, int) and v < 0:
+            raise ValueError(f"byzantine = {v}: must be >= 0")
+        if isinstance(v, list) and (len(set(v)) != len(v) or any(i < 0 for i in v)):
+            raise ValueError(f"byzantine = {v}: node ids must be distinct and >= 0")
+        return v
+
+
+class RulesConfig(Strict):
+    names: list[str] = ["noncoop", "average", "loss", "distance"]
+    nu: float = Field(0.1, gt=0, le=1, description="forgetting factor of the smoothed scores")
+    init_score: float = Field(10.0, gt=0, allow_inf_nan=False, description="initial value of every smoothed score")
+
+    @field_validator("names")
+    @classmethod
+    def _known(cls, v):
+        for name in v:
+            if name not in RULES:
+                raise ValueError(f"{name!r} is not a weight rule; allowed: {', '.join(RULES.names())}")
+        if not v:
+            raise ValueError("give at least one weight rule")
+        return v
+
+
+class ClockConfig(Strict):
+    """Simulated time of a synchronous round: compute, then one link latency."""
+
+    compute_time: float = Field(1.0, ge=0, description="simulated seconds per local step")
+    latency: float = Field(0.0, ge=0, description="simulated seconds per message hop")
+
+
+class OutputConfig(Strict):
+    window: int = Field(100, ge=1, description="summary: mean over the last `window` iterations")
+    record_every: int = Field(1, ge=1, description="write metrics every k iterations")
+    per_agent: bool = Field(True, description="write one metrics.csv row per agent (else means only)")
+    figures: bool = True
+
+
+class ExperimentConfig(Strict):
+    name: str = "experiment"
+    seed: int = 0
+    runs: int = Field(1, ge=1, description="independent seeds seed, seed+1, ... batched together")
+    iterations: int = Field(500, ge=1)
+    dtype: Literal["float64", "float32"] = "float64"
+    threads: int = Field(1, ge=1, description="torch threads per process")
+    graph: GraphConfig
+    task: TaskConfig = TargetLocalizationConfig()
+    rules: RulesConfig = RulesConfig()
+    scenarios: list[ScenarioConfig] = [ScenarioConfig(name="no_attack")]
+    clock: ClockConfig = ClockConfig()
+    output: OutputConfig = OutputConfig()
+
+    @field_validator("scenarios")
+    @classmethod
+    def _unique(cls, v):
+        names = [s.name for s in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"scenario names must be distinct, got {names}")
+        if not v:
+            raise ValueError("give at least one scenario")
+        return v
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare string
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply ``a.b.c=value`` (list items by index: ``scenarios.1.byzantine=5``)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. iterations=100")
+    key, text = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            try:
+                node = node[int(part)]
+            except (ValueError, IndexError):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a valid list index") from None
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a table")
+    last = parts[-1]
+    if isinstance(node, list):
+        try:
+            node[int(last)] = _parse_value(text.strip())
+        except (ValueError, IndexError):
+            raise ConfigError(f"--set {key}: {last!r} is not a valid list index") from None
+    else:
+        node[last] = _parse_value(text.strip())
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        loc = loc.replace(".tagged-union", "")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key" + _allowed_hint(e["loc"])
+            lines.append(f"  {loc}: {msg}")
+            continue
+        given = e.get("input")
+        given_txt = "" if isinstance(given, dict) else f" = {given!r}"
+        lines.append(f"  {loc}{given_txt}: {msg}")
+    return "\n".join(lines)
+
+
+def _allowed_hint(loc: tuple) -> str:
+    model: Any = ExperimentConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        ann = field.annotation
+        for cand in (ann, *typing.get_args(ann)):
+            for inner in (cand, *typing.get_args(cand)):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    model = inner
+                    break
+    fields = getattr(model, "model_fields", None)
+    return f"; allowed: {', '.join(fields)}" if fields else ""
+
+
+def load_config(
+    path: Optional[Union[str, Path]] = None,
+    overrides: tuple[str, ...] | list[str] = (),
+    data: Optional[dict] = None,
+) -> ExperimentConfig:
+    """Read, override and validate a config; raise :class:`ConfigError` on any problem."""
+    source = str(path) if path is not None else "<dict>"
+    if data is None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {source!r} not found")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {source!r} is not valid TOML: {e}") from None
+    else:
+        import copy
+
+        data = copy.deepcopy(data)
+    for o in overrides:
+        apply_override(data, o)
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    """The resolved config as TOML (written to every run directory)."""
+    return _to_toml(cfg.model_dump(mode="json"))
+
+
+def _toml_value(v: Any) -> str:
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    if v is None:
+        return '""'
+    raise TypeError(type(v))
+
+
+def _to_toml(d: dict, prefix: str = "") -> str:
+    scalars, tables, arrays = [], [], []
+    for k, v in d.items():
+        if v is None:
+            continue
+        if isinstance(v, dict):
+            tables.append((k, v))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            arrays.append((k, v))
+        else:
+            scalars.append(f"{k} = {_toml_value(v)}")
+    out = "\n".join(scalars) + ("\n" if scalars else "")
+    for k, v in tables:
+        out += f"\n[{prefix}{k}]\n" + _to_toml(v, f"{prefix}{k}.")
+    for k, items in arrays:
+        for item in items:
+            out += f"\n[[{prefix}{k}]]\n" + "\n".join(
+                f"{ik} = {_toml_value(iv)}" for ik, iv in item.items() if iv is not None
+            ) + "\n"
+    return out

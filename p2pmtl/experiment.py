@@ -1,0 +1,185 @@
+"""From a validated config to a run directory: build graphs, Byzantine sets and populations,
+then run every (scenario, weight rule) pair on the SimPy clock and record as it goes."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .attacks import make_attack
+from .clock import SynchronousRounds
+from .config import ExperimentConfig, ScenarioConfig, dump_config
+from .edges import EdgeIndex
+from .engine import GossipEngine
+from .graphs import build_graph, positions
+from .recorder import RunRecorder
+from .rules import make_rule
+from .tasks.target_localization import AgentSetup, TargetLocalization
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def run_seeds(seed: int) -> dict[str, int]:
+    """Independent child seeds of one run (numpy SeedSequence), one per random stream."""
+    kids = np.random.SeedSequence(seed).spawn(5)
+    names = ("graph", "setup", "data", "byzantine", "attack")
+    return {k: int(s.generate_state(1)[0]) for k, s in zip(names, kids)}
+
+
+@dataclass
+class World:
+    """Everything fixed for one scenario across rules: graphs, agents, Byzantine sets."""
+
+    graphs: list
+    edges: EdgeIndex
+    setups: list[AgentSetup]
+    seeds: list[dict[str, int]]
+    byzantine: torch.Tensor  # node ids in the batched numbering
+    n: int
+
+    @property
+    def run_of_node(self) -> torch.Tensor:
+        return torch.arange(self.edges.num_nodes) // self.n
+
+
+def choose_byzantine(spec, n: int, seed: int, field: str = "byzantine") -> np.ndarray:
+    if isinstance(spec, int):
+        if spec > n:
+            raise ValueError(f"{field} = {spec}: more Byzantine agents than the {n} agents")
+        return np.sort(np.random.default_rng(seed).choice(n, size=spec, replace=False))
+    ids = np.asarray(spec, dtype=np.int64)
+    if ids.size and ids.max() >= n:
+        raise ValueError(f"{field} = {spec}: ids must be < {n} (the number of agents)")
+    return np.sort(ids)
+
+
+def build_world(cfg: ExperimentConfig, scenario: ScenarioConfig) -> World:
+    graphs, edges, setups, seeds, byz = [], [], [], [], []
+    n0 = None
+    for r in range(cfg.runs):
+        s = run_seeds(cfg.seed + r)
+        g = build_graph(cfg.graph.family, cfg.graph.params, seed=s["graph"])
+        n = g.number_of_nodes()
+        if n0 is not None and n != n0:
+            raise ValueError("every run must have the same number of agents")
+        n0 = n
+        graphs.append(g)
+        edges.append(EdgeIndex.from_graph(g))
+        setups.append(AgentSetup(cfg.task, n, positions(g), np.random.default_rng(s["setup"])))
+        seeds.append(s)
+        byz.append(choose_byzantine(scenario.byzantine, n, s["byzantine"], f"scenarios.{scenario.name}.byzantine") + r * n)
+    return World(graphs, EdgeIndex.disjoint_union(edges), setups, seeds,
+                 torch.as_tensor(np.concatenate(byz), dtype=torch.long), n0)
+
+
+def make_engine(cfg: ExperimentConfig, world: World, scenario: ScenarioConfig, rule_names: list[str]) -> GossipEngine:
+    """One engine running every rule in ``rule_names`` as a lane over the same world."""
+    pop = TargetLocalization(cfg.task, world.setups, [s["data"] for s in world.seeds],
+                             dtype=DTYPES[cfg.dtype], lanes=len(rule_names))
+    rules = [make_rule(r, nu=cfg.rules.nu, init_score=cfg.rules.init_score) for r in rule_names]
+    attacks = None
+    if world.byzantine.numel():
+        attacks = [make_attack(scenario.attack.name, **scenario.attack.params) for _ in rule_names]
+    return GossipEngine(pop, world.edges, rules, world.byzantine, attacks,
+                        [s["attack"] for s in world.seeds], world.run_of_node)
+
+
+def run_experiment(
+    cfg: ExperimentConfig, out_dir: Path, progress: bool = True, figures: Optional[bool] = None
+) -> dict:
+    """Run every scenario x rule; returns the summary dict (also in ``out_dir/summary.json``).
+    Files are written as the run goes; Ctrl-C closes them cleanly (summary marked interrupted),
+    draws the figures of what finished, then re-raises KeyboardInterrupt."""
+    torch.set_num_threads(cfg.threads)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.toml").write_text(dump_config(cfg))
+    worlds = {s.name: build_world(cfg, s) for s in cfg.scenarios}  # all errors before any work
+    rec = RunRecorder(out_dir, per_agent=cfg.output.per_agent)
+    rules = cfg.rules.names
+    bar = tqdm(total=len(cfg.scenarios) * len(rules) * cfg.iterations, disable=not progress,
+               desc=cfg.name, unit="rule-it")
+    t0 = time.perf_counter()
+    interrupted = False
+    try:
+        for scenario in cfg.scenarios:
+            world = worlds[scenario.name]
+            _save_world(rec, scenario.name, world)
+            engine = make_engine(cfg, world, scenario, rules)
+            normal = ~engine.is_byzantine.numpy()
+            groups = engine.pop.groups
+            blocks = [rec.open_block(scenario.name, r, normal, groups, cfg.runs, world.n) for r in rules]
+            per_round_bytes = _bytes_per_round(world, engine)
+            every = cfg.output.record_every
+
+            def on_round(i: int, now: float, engine=engine, blocks=blocks) -> None:
+                engine.step(i)
+                if (i + 1) % every == 0 or i + 1 == cfg.iterations:
+                    metrics = engine.pop.metrics()
+                    for j, block in enumerate(blocks):
+                        rec.record(block, i, now, per_round_bytes * (i + 1), {k: engine.lane_values(v, j) for k, v in metrics.items()})
+                bar.update(len(blocks))
+
+            SynchronousRounds(cfg.clock, cfg.iterations, on_round).run()
+            for j, (rule, block) in enumerate(zip(rules, blocks)):
+                rec.end_block(block, cfg.output.window, _weight_stats(engine, j, world))
+                _save_weights(rec, scenario.name, rule, engine.lane_weights(j), world)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+        rec.summary["wall_seconds"] = time.perf_counter() - t0
+        rec.close(finished=not interrupted, interrupted=interrupted)
+    if figures if figures is not None else cfg.output.figures:
+        from .plotting import plot_run
+
+        plot_run(out_dir)
+    if interrupted:
+        raise KeyboardInterrupt
+    return rec.summary
+
+
+def _bytes_per_round(world: World, engine: GossipEngine) -> float:
+    """Bytes sent per round per run: one model over every non-self edge."""
+    non_self = int((world.edges.src != world.edges.dst).sum())
+    return non_self * engine.pop.message_bytes / len(world.setups)
+
+
+def _weight_stats(engine: GossipEngine, lane: int, world: World) -> dict:
+    """Share of each normal agent's weight on same-group honest senders, and on Byzantine ones."""
+    e, w = world.edges, engine.lane_weights(lane)
+    groups = torch.as_tensor(engine.pop.groups)
+    byz = engine.is_byzantine
+    same = (groups[e.src] == groups[e.dst]) & ~byz[e.src]
+    in_group = e.segment_sum(torch.where(same, w, torch.zeros_like(w)))[~byz]
+    on_byz = e.segment_sum(torch.where(byz[e.src], w, torch.zeros_like(w)))[~byz]
+    return {
+        "weight_in_group": float(in_group.mean()),
+        "weight_in_group_min": float(in_group.min()),
+        "weight_on_byzantine": float(on_byz.mean()),
+    }
+
+
+def _first_run(world: World) -> torch.Tensor:
+    return world.edges.dst < world.n
+
+
+def _save_world(rec: RunRecorder, scenario: str, world: World) -> None:
+    sel = _first_run(world)
+    e = world.edges
+    s = world.setups[0]
+    byz = world.byzantine[world.byzantine < world.n].numpy()
+    rec.save_arrays(f"world__{scenario}", src=e.src[sel].numpy(), dst=e.dst[sel].numpy(),
+                    pos=s.pos, groups=s.group, byzantine=byz, targets=s.targets)
+
+
+def _save_weights(rec: RunRecorder, scenario: str, rule: str, weights: torch.Tensor, world: World) -> None:
+    sel = _first_run(world)
+    e = world.edges
+    rec.save_arrays(f"weights__{scenario}__{rule}", src=e.src[sel].numpy(), dst=e.dst[sel].numpy(),
+                    w=weights[sel].double().numpy(), n=np.array(world.n))

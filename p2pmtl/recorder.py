@@ -1,0 +1,126 @@
+"""Run directory writer. Everything is written as it comes, so an interrupted run leaves usable
+files: ``metrics.csv`` (long format, one row per step, agent and metric), ``curves.csv`` (mean,
+min and max over normal agents, per group), ``summary.json`` (last-window means, rewritten after
+every finished run), and per-run arrays for figures (``arrays/``)."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+METRICS_HEADER = ["scenario", "rule", "run", "step", "time", "bytes", "agent", "group", "metric", "value"]
+CURVES_HEADER = ["scenario", "rule", "group", "metric", "step", "time", "bytes", "mean", "min", "max"]
+
+
+class RunRecorder:
+    def __init__(self, out_dir: Path, per_agent: bool = True) -> None:
+        self.out = Path(out_dir)
+        (self.out / "arrays").mkdir(parents=True, exist_ok=True)
+        self.per_agent = per_agent
+        self._metrics = open(self.out / "metrics.csv", "w", newline="")
+        self._curves = open(self.out / "curves.csv", "w", newline="")
+        self._metrics.write(",".join(METRICS_HEADER) + "\n")
+        self._curves.write(",".join(CURVES_HEADER) + "\n")
+        self._mbuf: list[str] = []
+        self._cbuf: list[str] = []
+        self.summary: dict = {"finished": False, "interrupted": False, "results": {}}
+
+    # -- one (scenario, rule) block ------------------------------------------------------
+    def open_block(
+        self, scenario: str, rule: str, normal: np.ndarray, groups: np.ndarray, runs: int, n: int
+    ) -> "Block":
+        """``normal`` [R*n] bool mask of honest nodes; node r*n+k is agent k of run r."""
+        return Block(scenario, rule, normal, groups, runs, n)
+
+    def record(self, block: "Block", step: int, time: float, nbytes: float, metrics: dict[str, torch.Tensor]) -> None:
+        """Append one iteration of a block; ``metrics`` are per-node values of that block's world."""
+        block.steps.append(step)
+        mid = f"{step},{time:.6g},{nbytes:.6g}"
+        for name, values in metrics.items():
+            v = values.detach().cpu().numpy()[block.normal_idx].astype(np.float64)
+            block.series.setdefault(name, []).append(v)
+            if self.per_agent:
+                self._mbuf.extend(
+                    f"{h},{mid},{t},{name},{x:.8g}" for h, t, x in zip(block.heads, block.tails, v.tolist())
+                )
+            for gname, sel in block.group_selectors:
+                w = v[sel]
+                self._cbuf.append(
+                    f"{block.scenario},{block.rule},{gname},{name},{mid},{w.mean():.8g},{w.min():.8g},{w.max():.8g}"
+                )
+        if len(self._mbuf) + len(self._cbuf) > 200_000:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._mbuf:
+            self._metrics.write("\n".join(self._mbuf) + "\n")
+            self._mbuf.clear()
+        if self._cbuf:
+            self._curves.write("\n".join(self._cbuf) + "\n")
+            self._cbuf.clear()
+        self._metrics.flush()
+        self._curves.flush()
+
+    def end_block(self, block: "Block", window: int, extra: Optional[dict] = None) -> dict:
+        """Summarise a finished block: for each metric, the mean over normal agents of the last
+        ``window`` recorded iterations (per run and over runs)."""
+        self.flush()
+        out: dict = {"iterations": len(block.steps)}
+        for name, rows in block.series.items():
+            arr = np.stack(rows)[-window:]  # [w, normal]
+            per_run = [float(arr[:, block.run_of == r].mean()) for r in range(block.runs)]
+            out[name] = {
+                "last_window_mean": float(np.mean(per_run)),
+                "last_window_std_over_runs": float(np.std(per_run)),
+                "per_run": per_run,
+                "final_mean": float(arr[-1].mean()),
+            }
+        if extra:
+            out.update(extra)
+        self.summary["results"].setdefault(block.scenario, {})[block.rule] = out
+        self.write_summary()
+        return out
+
+    def save_arrays(self, name: str, **arrays: np.ndarray) -> None:
+        np.savez_compressed(self.out / "arrays" / f"{name}.npz", **arrays)
+
+    def write_summary(self) -> None:
+        tmp = self.out / "summary.json.tmp"
+        tmp.write_text(json.dumps(self.summary, indent=2))
+        tmp.replace(self.out / "summary.json")
+
+    def close(self, finished: bool, interrupted: bool = False) -> None:
+        self.flush()
+        self.summary["finished"] = finished
+        self.summary["interrupted"] = interrupted
+        self.write_summary()
+        self._metrics.close()
+        self._curves.close()
+
+
+class Block:
+    """The running record of one (scenario, rule): which nodes are normal, their series."""
+
+    def __init__(self, scenario: str, rule: str, normal: np.ndarray, groups: np.ndarray, runs: int, n: int):
+        self.scenario, self.rule, self.runs = scenario, rule, runs
+        self.normal_idx = np.nonzero(normal)[0]
+        self.run_of = self.normal_idx // n
+        agent_of = self.normal_idx % n
+        group_of = groups[self.normal_idx]
+        self.heads = [f"{scenario},{rule},{r}" for r in self.run_of.tolist()]
+        self.tails = [f"{a},{g}" for a, g in zip(agent_of.tolist(), group_of.tolist())]
+        self.group_selectors: list = [("all", slice(None))]
+        ids = np.unique(group_of)
+        if len(ids) > 1:
+            self.group_selectors += [(str(int(g)), group_of == g) for g in ids]
+        self.series: dict[str, list[np.ndarray]] = {}
+        self.steps: list[int] = []
+
+
+def read_curves(run_dir: Path) -> list[dict]:
+    with open(Path(run_dir) / "curves.csv", newline="") as f:
+        return list(csv.DictReader(f))

@@ -1,0 +1,97 @@
+"""The command line end to end on a tiny config, outputs, Ctrl-C safety, the clock."""
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from p2pmtl.cli import main
+from p2pmtl.config import dump_config, load_config
+from p2pmtl.engine import GossipEngine
+
+from conftest import tiny_config_dict
+
+
+@pytest.fixture
+def tiny_file(tmp_path):
+    cfg = load_config(data=tiny_config_dict())
+    path = tmp_path / "tiny.toml"
+    path.write_text(dump_config(cfg))
+    return path
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_end_to_end(tiny_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(tiny_file), "--out", str(out), "--no-progress",
+                 "--set", "clock.compute_time=0.5", "--set", "clock.latency=0.25"]) == 0
+    printed = capsys.readouterr().out
+    assert "attacked" in printed and "results in" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["finished"] and not summary["interrupted"]
+    assert set(summary["results"]) == {"clean", "attacked"}
+    assert set(summary["results"]["attacked"]) == {"noncoop", "average", "loss", "distance"}
+    rows = read_csv(out / "metrics.csv")
+    assert {r["metric"] for r in rows} == {"loss", "msd"}
+    attacked = [r for r in rows if r["scenario"] == "attacked" and r["rule"] == "loss" and r["metric"] == "loss"]
+    assert len(attacked) == 30 * 16  # 30 iterations x 16 normal agents (4 Byzantine not recorded)
+    last = max(attacked, key=lambda r: int(r["step"]))
+    assert float(last["time"]) == pytest.approx(30 * 0.75)  # simulated seconds, not wall clock
+    assert float(last["bytes"]) > 0
+    for png in ("loss.png", "msd.png", "network.png", "weights_attacked.png"):
+        assert (out / png).stat().st_size > 1000
+    assert (out / "config.toml").is_file()
+    assert main(["plot", str(out)]) == 0
+
+
+def test_rerun_gives_identical_metrics(tiny_file, tmp_path):
+    for name in ("a", "b"):
+        assert main(["run", str(tiny_file), "--out", str(tmp_path / name), "--no-progress", "--no-figures"]) == 0
+    assert (tmp_path / "a" / "metrics.csv").read_bytes() == (tmp_path / "b" / "metrics.csv").read_bytes()
+
+
+def test_ctrl_c_leaves_a_usable_partial_run(tiny_file, tmp_path, monkeypatch):
+    real_step = GossipEngine.step
+    calls = {"n": 0}
+
+    def step(self, i):
+        calls["n"] += 1
+        if calls["n"] == 45:  # during the second scenario
+            raise KeyboardInterrupt
+        return real_step(self, i)
+
+    monkeypatch.setattr(GossipEngine, "step", step)
+    out = tmp_path / "partial"
+    assert main(["run", str(tiny_file), "--out", str(out), "--no-progress"]) == 130
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] and not summary["finished"]
+    assert set(summary["results"]) == {"clean"}  # the finished scenario is summarised
+    rows = read_csv(out / "metrics.csv")
+    assert {r["scenario"] for r in rows} == {"clean", "attacked"}  # rows written as they came
+    assert (out / "loss.png").is_file()
+
+
+def test_config_error_exit_code(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('iterations = 0\n[graph]\nfamily = "ring"\nn = 5\n')
+    assert main(["run", str(bad), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "iterations = 0" in err and not (tmp_path / "x").exists()
+
+
+def test_list_as_a_module():
+    out = subprocess.run([sys.executable, "-m", "p2pmtl", "list"], capture_output=True, text=True, check=True).stdout
+    for word in ("loss", "distance", "uniform", "random_geometric", "target_localization", "li2020_target"):
+        assert word in out
+
+
+@pytest.mark.parametrize("cmd", [[], ["run"], ["list"], ["plot"], ["bench"]])
+def test_help_everywhere(cmd, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*cmd, "--help"])
+    assert exc.value.code == 0 and "usage" in capsys.readouterr().out

@@ -36,12 +36,17 @@ def bench_config(n: int, byzantine: int, runs: int = 1):
     })
 
 
-def _time(fn, iters: int) -> float:
+def _time(fn, iters: int, repeats: int = 5) -> float:
+    """Seconds per call: the best of ``repeats`` timed batches of ``iters`` calls (the timeit
+    convention: the minimum is the least disturbed by other load on the machine)."""
     fn(0)
-    t = time.perf_counter()
-    for i in range(iters):
-        fn(i)
-    return (time.perf_counter() - t) / iters
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for i in range(iters):
+            fn(i)
+        best = min(best, (time.perf_counter() - t) / iters)
+    return best
 
 
 def reference_vs_batched(iters: int) -> list[dict]:
@@ -63,7 +68,7 @@ def reference_vs_batched(iters: int) -> list[dict]:
     rows = []
     for rule in RULES:
         ref = ReferenceDiffusion(rule, s.pos, neigh, byz, s.theta0, cfg.task.mu, cfg.rules.nu, cfg.rules.init_score)
-        t_ref = _time(lambda i: ref.step(*data[i % 50], byz_msgs), max(20, iters // 5))
+        t_ref = _time(lambda i: ref.step(*data[i % 50], byz_msgs), max(10, iters // 10))
         eng = make_engine(cfg, world, scenario, [rule])
         t_ours = _time(eng.step, iters)
         rows.append({"rule": rule, "reference_ms": 1e3 * t_ref, "batched_ms": 1e3 * t_ours})
@@ -73,7 +78,7 @@ def reference_vs_batched(iters: int) -> list[dict]:
     cfg10 = bench_config(100, 20, runs=runs)
     world10 = build_world(cfg10, cfg10.scenarios[0])
     eng10 = make_engine(cfg10, world10, cfg10.scenarios[0], RULES)
-    t_runs = _time(eng10.step, max(20, iters // 4)) / (len(RULES) * runs)
+    t_runs = _time(eng10.step, max(10, iters // 4)) / (len(RULES) * runs)
     ref_mean = float(np.mean([r["reference_ms"] for r in rows]))
     rows.append({"rule": "mean of the 4 rules, one engine each", "reference_ms": ref_mean,
                  "batched_ms": float(np.mean([r["batched_ms"] for r in rows]))})

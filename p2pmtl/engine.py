@@ -5,8 +5,9 @@ Layout (DESIGN "where speed comes from"): a *world* is R independent runs of n a
 flattened to N0 = R*n nodes with one destination-sorted edge list (a disjoint union). An
 engine runs M *lanes* of that world, one per weight rule, folded into the node axis (node
 ``j*N0 + i`` is world node i in lane j): all lanes see identical data and identical attacker
-draws, so rules are compared on equal terms and share every tensor op. Only the per-rule
-weight maths (on contiguous edge slices) and the attacks loop over lanes (M is small).
+draws, so rules are compared on equal terms and share every tensor op, the weight maths
+included (:class:`~p2pmtl.rules.RuleSet`). Only the per-lane statistics (on contiguous edge
+slices) and the attacks loop over lanes (M is small).
 
 Fast path (every message finite, no per-edge forgeries): no masks at all. Otherwise non-finite
 neighbour messages are dropped first. The combination is a segment sum over the edge list.
@@ -20,7 +21,7 @@ import torch
 from .attacks import Attack, AttackContext
 from .edges import EdgeIndex
 from .ops import all_finite
-from .rules import WeightRule
+from .rules import RuleSet, WeightRule
 from .tasks.base import Population
 
 
@@ -64,11 +65,9 @@ class GossipEngine:
             [torch.Generator().manual_seed(int(s)) for s in attack_seeds] for _ in range(m)
         ]
         self.is_self_edge = self.edges.src == self.edges.dst
-        self.needs = {r.needs for r in self.rules} - {None}
+        self.rule_set = RuleSet(self.rules, world_edges, dtype=population.dtype)
         self.weights: Optional[torch.Tensor] = None  # [M*E0]
         self.sent: Optional[torch.Tensor] = None  # [M*N0, D]
-        for r in self.rules:
-            r.reset(world_edges, dtype=population.dtype)
 
     def lane(self, j: int) -> slice:
         """Node slice of lane j."""
@@ -94,16 +93,16 @@ class GossipEngine:
             valid = torch.isfinite(messages).all(1)
             # a non-finite neighbour message is dropped; an agent's own model passes as it is
             messages = torch.where((valid | self.is_self_edge).unsqueeze(1), messages, 0.0)
-        stats = {
-            "loss": pop.edge_losses(messages, edges) if "loss" in self.needs else None,
-            "distance": pop.edge_sq_dists(messages, edges) if "distance" in self.needs else None,
-        }
-        parts = []
+        stats = []
         for j, rule in enumerate(self.rules):
             es = self.lane_edges(j)
-            stat = stats[rule.needs][es] if rule.needs else None
-            parts.append(rule.weights(self.world_edges, stat, None if valid is None else valid[es]))
-        self.weights = torch.cat(parts) if self.lanes > 1 else parts[0]
+            if rule.needs == "loss":
+                stats.append(pop.edge_losses(messages[es], self.world_edges))
+            elif rule.needs == "distance":
+                stats.append(pop.edge_sq_dists(messages[es], self.world_edges, j))
+            else:
+                stats.append(None)
+        self.weights = self.rule_set.weights(stats, valid)
         pop.set_models(edges.segment_sum(self.weights.unsqueeze(1) * messages))
 
     def _forge(self, step: int, psi: torch.Tensor):

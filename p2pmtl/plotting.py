@@ -15,11 +15,12 @@ import numpy as np  # noqa: E402
 
 from .recorder import read_curves  # noqa: E402
 
-RULE_STYLE = {
-    "noncoop": ("non-cooperative", "tab:blue"),
-    "average": ("average", "tab:orange"),
-    "loss": ("loss-based (ours)", "tab:green"),
-    "distance": ("distance-based", "tab:purple"),
+RULE_STYLE = {  # label, colour, line style, line width (non-coop wide underneath, so that
+    # a curve that coincides with it, e.g. loss-based with 99 Byzantine agents, stays visible)
+    "noncoop": ("non-cooperative", "tab:blue", "-", 2.6),
+    "average": ("average", "tab:orange", "-", 1.2),
+    "loss": ("loss-based (Li2020)", "tab:green", "-", 1.2),
+    "distance": ("distance-based", "tab:purple", "--", 1.2),
 }
 GROUP_COLOURS = ["tab:blue", "tab:green", "tab:pink", "gold", "tab:cyan", "tab:brown", "tab:olive", "tab:gray"]
 LOG_METRICS = {"loss", "msd", "test_loss"}
@@ -54,8 +55,8 @@ def _series(curves, metric, group):
 
 def _draw(ax, rules, metric):
     for rule, (step, mean, lo, hi) in rules.items():
-        label, colour = RULE_STYLE.get(rule, (rule, None))
-        line, = ax.plot(step + 1, mean, label=label, color=colour, lw=1.2)
+        label, colour, ls, lw = RULE_STYLE.get(rule, (rule, None, "-", 1.2))
+        line, = ax.plot(step + 1, mean, label=label, color=colour, ls=ls, lw=lw)
         ax.fill_between(step + 1, lo, hi, color=line.get_color(), alpha=0.18, lw=0)
     if metric in LOG_METRICS:
         ax.set_yscale("log")
@@ -166,7 +167,7 @@ def plot_weights(run_dir: Path) -> list[Path]:
             im = ax.imshow(mat, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
             ax.set_title(RULE_STYLE.get(rule, (rule,))[0], fontsize=9)
             ax.set_xlabel("receiver k")
-            ax.set_ylabel("sender l")
+        axes[0][0].set_ylabel("sender l")
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="a_lk")
         fig.suptitle(f"learned weights: {scenario.replace('_', ' ')}")
         path = run_dir / f"weights_{scenario}.png"

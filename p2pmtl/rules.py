@@ -1,16 +1,25 @@
 """Combination-weight rules for ATC diffusion (Li, Abbas, Koutsoukos, NeurIPS 2020).
 
-Every rule maps per-edge statistics to per-edge weights ``a_lk`` (edge ``l -> k``) that are
-non-negative and sum to 1 over each receiver's in-edges. Rules work on the destination-sorted
-edge list (:class:`~p2pmtl.edges.EdgeIndex`) so one call serves a whole batched population.
+Each rule maps per-edge statistics to per-edge weights ``a_lk`` (edge ``l -> k``) that are
+non-negative and sum to 1 over each receiver's in-edges. All four rules of Li2020 are
+instances of one formula, so a rule class only *declares* its parts:
 
-``valid`` marks edges whose message is finite. Non-self edges with invalid messages get weight
-0; an agent's own edge is always usable (the agent never filters itself out).
+    phi_lk <- (1 - nu) phi_lk + nu * stat_lk          (smoothed score; rules without a
+                                                       statistic keep phi = 1, so s = 1)
+    kept   =  neighbours passing the rule's filter    (the receiver itself always passes)
+    a_lk   =  s_lk / sum over kept p of s_pk,  s = 1/phi
+
+and :class:`RuleSet` evaluates any mix of rules (one per lane, see :mod:`p2pmtl.engine`) in
+one vectorized pass over the destination-sorted edge list: ~12 tensor ops per step for all
+lanes together instead of ~10 per lane.
+
+``valid`` marks edges whose message is finite (None: all are). Invalid or non-finite-statistic
+edges get weight 0 and leave their score untouched; an agent's own edge always gets weight.
 """
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Optional
+from typing import ClassVar, Optional, Sequence
 
 import torch
 
@@ -21,34 +30,25 @@ from .registry import Registry
 RULES: Registry[type["WeightRule"]] = Registry("weight rule")
 
 
-def smooth(phi: torch.Tensor, stat: torch.Tensor, nu: float, update: Optional[torch.Tensor]) -> torch.Tensor:
-    """Exponential smoothing phi <- (1 - nu) phi + nu * stat (Li2020 sec. 5), only where
-    ``update`` holds (None: everywhere); a skipped edge keeps its old score."""
-    new = torch.lerp(phi, stat, nu)
-    return new if update is None else torch.where(update, new, phi)
-
-
-def normalise_per_receiver(raw: torch.Tensor, edges: EdgeIndex) -> torch.Tensor:
-    """a_e = raw_e / sum of raw over the receiver's in-edges. Every rule gives the receiver's
-    own edge a positive raw weight (scores stay finite), so no sum is zero."""
-    return raw / torch.index_select(edges.segment_sum(raw), 0, edges.dst)
-
-
 def inverse_score(phi: torch.Tensor) -> torch.Tensor:
     """1 / phi with phi floored at sqrt(smallest normal float): a zero loss gives a large but
     finite weight, and sums over any neighbourhood stay finite, so weights never become NaN."""
-    floor = torch.finfo(phi.dtype).tiny ** 0.5
-    return torch.reciprocal(phi.clamp_min(floor))
+    return torch.reciprocal(phi.clamp_min(torch.finfo(phi.dtype).tiny ** 0.5))
 
 
 class WeightRule:
-    """Base class. ``needs`` names the per-edge statistic the rule consumes (or None).
+    """A weight rule, declared by three class attributes:
 
-    ``weights(edges, stat, valid)``: ``stat`` is the per-edge statistic (None if not needed);
-    ``valid`` marks edges whose message is finite, None meaning all are (the fast path).
+    - ``needs``: the per-edge statistic it smooths into scores (None, "loss" or "distance");
+    - ``filtered``: keep only neighbours with phi_lk <= phi_kk (Li2020 eq. 10);
+    - ``self_only``: put all weight on the agent itself (non-cooperation).
+
+    ``weights(edges, stat, valid)`` evaluates the rule alone (a one-lane :class:`RuleSet`).
     """
 
     needs: ClassVar[Optional[str]] = None
+    filtered: ClassVar[bool] = False
+    self_only: ClassVar[bool] = False
 
     def __init__(self, *, nu: float = 0.1, init_score: float = 10.0) -> None:
         if not 0.0 < nu <= 1.0:
@@ -57,60 +57,32 @@ class WeightRule:
             raise ValueError(f"init_score = {init_score}: must be finite and > 0")
         self.nu = float(nu)
         self.init_score = float(init_score)
-        self.phi: Optional[torch.Tensor] = None
+        self._alone: Optional[RuleSet] = None
 
     def reset(self, edges: EdgeIndex, dtype: torch.dtype = torch.float64) -> None:
-        """Every smoothed score starts at ``init_score``."""
-        self.phi = torch.full((edges.num_edges,), self.init_score, dtype=dtype)
+        self._alone = RuleSet([self], edges, dtype)
+
+    @property
+    def phi(self) -> torch.Tensor:
+        """Smoothed scores per edge (every one starts at ``init_score``)."""
+        return self._alone.phi
 
     def weights(
-        self, edges: EdgeIndex, stat: Optional[torch.Tensor], valid: Optional[torch.Tensor]
+        self, edges: EdgeIndex, stat: Optional[torch.Tensor] = None, valid: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
-        raise NotImplementedError
-
-
-def usable_edges(edges: EdgeIndex, valid: Optional[torch.Tensor], stat: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """Edges whose message and statistic are both finite (None: every edge is). Only these
-    update their score; weight goes to these plus the receiver's own edge."""
-    if valid is None and (stat is None or all_finite(stat)):
-        return None
-    usable = torch.ones(edges.num_edges, dtype=torch.bool) if valid is None else valid.clone()
-    if stat is not None:
-        usable &= torch.isfinite(stat)
-    return usable
-
-
-def with_self(edges: EdgeIndex, mask: torch.Tensor) -> torch.Tensor:
-    out = mask.clone()
-    out[edges.self_edge] = True
-    return out
+        return self._alone.weights([stat], valid)
 
 
 @RULES.register("noncoop", "non-cooperation: a_kk = 1, every agent learns alone")
 class NonCooperative(WeightRule):
     """a_kk = 1 and a_lk = 0 for l != k."""
 
-    _static: Optional[torch.Tensor] = None
-
-    def weights(self, edges, stat=None, valid=None):
-        if self._static is None:
-            self._static = torch.zeros(edges.num_edges, dtype=self.phi.dtype)
-            self._static[edges.self_edge] = 1.0
-        return self._static
+    self_only = True
 
 
 @RULES.register("average", "uniform averaging: a_lk = 1/|N_k| over all neighbours, self included")
 class Average(WeightRule):
     """a_lk = 1 / |N_k| over neighbours whose message is finite (self always counted)."""
-
-    _static: Optional[torch.Tensor] = None
-
-    def weights(self, edges, stat=None, valid=None):
-        if valid is None:
-            if self._static is None:
-                self._static = normalise_per_receiver(torch.ones_like(self.phi), edges)
-            return self._static
-        return normalise_per_receiver(with_self(edges, valid).to(self.phi.dtype), edges)
 
 
 @RULES.register(
@@ -121,14 +93,6 @@ class DistanceBased(WeightRule):
     a_lk = phi_lk^-1 / sum_p phi_pk^-1 over all neighbours (no filter)."""
 
     needs = "distance"
-
-    def weights(self, edges, stat, valid=None):
-        usable = usable_edges(edges, valid, stat)
-        self.phi = smooth(self.phi, stat, self.nu, usable)
-        raw = inverse_score(self.phi)
-        if usable is not None:
-            raw = raw * with_self(edges, usable)
-        return normalise_per_receiver(raw, edges)
 
 
 @RULES.register(
@@ -144,14 +108,57 @@ class LossBased(WeightRule):
     """
 
     needs = "loss"
+    filtered = True
 
-    def weights(self, edges, stat, valid=None):
-        usable = usable_edges(edges, valid, stat)
-        self.phi = smooth(self.phi, stat, self.nu, usable)
-        keep = self.phi <= torch.index_select(self.phi, 0, edges.self_of_dst)  # self: phi <= phi
+
+class RuleSet:
+    """Rules of M lanes over one world edge list (E0 edges); lane j owns edges
+    ``j*E0 ... (j+1)*E0`` of the lanes' disjoint union. Holds every lane's scores ``[M*E0]``."""
+
+    def __init__(self, rules: Sequence[WeightRule], world_edges: EdgeIndex, dtype: torch.dtype = torch.float64):
+        self.rules = list(rules)
+        m, e0 = len(self.rules), world_edges.num_edges
+        self.edges = EdgeIndex.disjoint_union([world_edges] * m) if m > 1 else world_edges
+        per_lane = lambda f: torch.cat([torch.full((e0,), f(r)) for r in self.rules])  # noqa: E731
+        # a rule without a statistic has the constant score 1 (its placeholder statistic is that
+        # same constant, so smoothing never changes it) and hence uniform inverse scores
+        self.phi = per_lane(lambda r: r.init_score if r.needs else 1.0).to(dtype)
+        self.unfiltered = ~per_lane(lambda r: r.filtered).bool()
+        self.is_self = self.edges.src == self.edges.dst
+        self.self_only = per_lane(lambda r: r.self_only).bool()
+        self.any_self_only = bool(self.self_only.any())
+        self.allowed = self.is_self | ~self.self_only
+        nus = {r.nu for r in self.rules}
+        self.nu = nus.pop() if len(nus) == 1 else per_lane(lambda r: r.nu).to(dtype)
+        self.any_scored = any(r.needs for r in self.rules)
+        self._ones = torch.ones(e0, dtype=dtype)
+        self._static: Optional[torch.Tensor] = None
+
+    def weights(self, stats: Sequence[Optional[torch.Tensor]], valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``stats[j]``: lane j's statistic ``[E0]`` (None if its rule has none)."""
+        e = self.edges
+        if not self.any_scored:
+            if valid is None:
+                if self._static is None:
+                    self._static = self._normalise(self.allowed.to(self.phi.dtype))
+                return self._static
+            return self._normalise((self.allowed & (valid | self.is_self)).to(self.phi.dtype))
+        stat = torch.cat([s if s is not None else self._ones for s in stats]) if len(stats) > 1 else stats[0]
+        usable = None
+        if valid is not None or not all_finite(stat):
+            usable = torch.isfinite(stat) if valid is None else valid & torch.isfinite(stat)
+        new = torch.lerp(self.phi, stat, self.nu)
+        self.phi = new if usable is None else torch.where(usable, new, self.phi)
+        keep = self.unfiltered | (self.phi <= torch.index_select(self.phi, 0, e.self_of_dst))
         if usable is not None:
-            keep = with_self(edges, keep & usable)
-        return normalise_per_receiver(inverse_score(self.phi) * keep, edges)
+            keep = (keep & usable) | self.is_self
+        if self.any_self_only:
+            keep = keep & self.allowed
+        return self._normalise(inverse_score(self.phi) * keep)
+
+    def _normalise(self, raw: torch.Tensor) -> torch.Tensor:
+        """a_e = raw_e / sum of raw over the receiver's in-edges (the own edge is always > 0)."""
+        return raw / torch.index_select(self.edges.segment_sum(raw), 0, self.edges.dst)
 
 
 def make_rule(name: str, *, nu: float, init_score: float) -> WeightRule:

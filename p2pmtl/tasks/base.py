@@ -2,10 +2,11 @@
 
 Layout: a world is R runs of n agents flattened to N0 = R*n nodes; the population holds M
 lanes of that world (one per weight rule) folded into the node axis, so node ``j*N0 + i`` is
-world node i in lane j, model tensors are ``[M*N0, D]`` and per-edge tensors ``[M*E0, ...]``
-over the lanes' disjoint-union edge list. Every op is then a plain 2-D op along dim 0: on this
-CPU, broadcasting world data over a lane axis, or gathering and summing along dim 1, cost 2-8x
-more. Data is drawn once per world and tiled over lanes, so every lane sees identical data.
+world node i in lane j and model tensors are ``[M*N0, D]``: gathers and segment sums are plain
+ops along dim 0 (along dim 1 they cost 2-8x more on this CPU). Data is drawn once per world
+``[N0, ...]`` and broadcast over the outer axis of the ``[M, N0, D]`` view, so every lane sees
+identical data at no copying cost. Edge statistics are asked per lane, on that lane's slice
+of the messages, with the world's edge list.
 """
 from __future__ import annotations
 
@@ -39,11 +40,12 @@ class Population(ABC):
 
     @abstractmethod
     def edge_losses(self, messages: torch.Tensor, edges: EdgeIndex) -> torch.Tensor:
-        """l(message_e; xi_dst(e)): the sender's model on the receiver's data; ``[M*E0]``."""
+        """l(message_e; xi_dst(e)): the sender's model on the receiver's data, for one lane's
+        messages ``[E0, D]`` over the world's edges; ``[E0]``."""
 
     @abstractmethod
-    def edge_sq_dists(self, messages: torch.Tensor, edges: EdgeIndex) -> torch.Tensor:
-        """||theta_dst(e),i-1 - message_e||^2 (Li2020 eq. 4); ``[M*E0]``."""
+    def edge_sq_dists(self, messages: torch.Tensor, edges: EdgeIndex, lane: int) -> torch.Tensor:
+        """||theta_dst(e),i-1 - message_e||^2 (Li2020 eq. 4) in ``lane``; ``[E0]``."""
 
     @abstractmethod
     def set_models(self, theta: torch.Tensor) -> None:
@@ -64,8 +66,9 @@ class StackedPopulation(Population):
 
     theta: torch.Tensor
 
-    def edge_sq_dists(self, messages, edges):
-        diff = edges.gather(self.theta, "dst") - messages
+    def edge_sq_dists(self, messages, edges, lane):
+        n0 = self.world_nodes
+        diff = edges.gather(self.theta[lane * n0:(lane + 1) * n0], "dst") - messages
         return rowdot(diff, diff)
 
     def set_models(self, theta):

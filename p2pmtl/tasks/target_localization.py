@@ -14,6 +14,8 @@ from ..edges import EdgeIndex
 from ..ops import rowdot
 from .base import TASKS, StackedPopulation
 
+NOISE_CHUNK = 32  # steps of noise drawn at once per run (fixed: part of what a seed means)
+
 
 class AgentSetup:
     """One run's fixed quantities, drawn from its own seed (independent of batching)."""
@@ -34,6 +36,9 @@ class AgentSetup:
 
 @TASKS.register("target_localization", "Li2020 linear regression: 4 targets, streaming range/bearing data")
 class TargetLocalization(StackedPopulation):
+    """All agents of R runs (the world, N0 nodes) in M lanes. Data tensors are world-level
+    ``[N0, ...]`` and broadcast over lanes through the ``[M, N0, D]`` view of the models."""
+
     metric_names = ("loss", "msd")
 
     def __init__(
@@ -44,68 +49,70 @@ class TargetLocalization(StackedPopulation):
         dtype: torch.dtype = torch.float64,
         lanes: int = 1,
     ) -> None:
-        """``setups``: one per run; ``lanes``: copies of the whole world that see identical data
-        (one per weight rule, see :mod:`p2pmtl.engine`)."""
-        self.cfg = cfg
-        self.runs = len(setups)
-        self.lanes = lanes
+        self.cfg, self.dtype, self.mu = cfg, dtype, cfg.mu
+        self.runs, self.lanes = len(setups), lanes
         self.sizes = [s.pos.shape[0] for s in setups]
-        self.world_nodes = sum(self.sizes)
-        self.dtype = dtype
-        self.mu = cfg.mu
+        self.world_nodes = n0 = sum(self.sizes)
+        self.num_nodes = lanes * n0
 
-        def tiled(arrays: list[np.ndarray]) -> torch.Tensor:
-            """Runs concatenated, then the world tiled once per lane: ``[M*N0, ...]``."""
-            t = torch.as_tensor(np.concatenate(arrays), dtype=dtype)
-            return t.repeat((lanes,) + (1,) * (t.dim() - 1))
+        def cat(arrays: list[np.ndarray]) -> torch.Tensor:
+            return torch.as_tensor(np.concatenate(arrays), dtype=dtype)
 
-        self.num_nodes = lanes * self.world_nodes
-        self.x = tiled([s.pos for s in setups])
-        self.wstar = tiled([s.targets[s.group] for s in setups])
-        self.s_u = tiled([s.s_u for s in setups]).unsqueeze(1)
-        self.s_d = tiled([s.s_d for s in setups])
-        self.theta = tiled([s.theta0 for s in setups])
-        self.groups = np.concatenate([s.group for s in setups])  # world-level [N0]
+        self.x = cat([s.pos for s in setups])
+        self.wstar = cat([s.targets[s.group] for s in setups])
+        self.s_u = cat([s.s_u for s in setups]).unsqueeze(1)
+        self.s_d = cat([s.s_d for s in setups])
+        self.groups = np.concatenate([s.group for s in setups])
         self.diff = self.wstar - self.x
         self.unit = self.diff / self.diff.norm(dim=1, keepdim=True)
+        self.theta = cat([s.theta0 for s in setups]).repeat(lanes, 1)  # [M*N0, 2]
         self.generators = [torch.Generator().manual_seed(s) for s in data_seeds]
-        self.u = torch.zeros_like(self.x)
-        self.d = torch.zeros(self.num_nodes, dtype=dtype)
+        self._chunk_start = None
+
+    def _lanes(self, t: torch.Tensor) -> torch.Tensor:
+        """``[M*N0, D]`` seen as ``[M, N0, D]`` so world data broadcasts over lanes."""
+        return t.view(self.lanes, self.world_nodes, -1)
+
+    def _draw_chunk(self) -> None:
+        """Noise for NOISE_CHUNK steps; each run from its own generator, so a run's numbers do
+        not depend on what it is batched with. Derived per-step data are computed here too."""
+        eps = torch.cat([
+            torch.randn((NOISE_CHUNK, n, 3), generator=g, dtype=self.dtype)
+            for n, g in zip(self.sizes, self.generators)
+        ], dim=1)  # [C, N0, 3]
+        u = torch.addcmul(self.unit, self.s_u, eps[..., :2])  # u = unit + s_u eps
+        d = torch.addcmul(rowdot(self.diff, u), self.s_d, eps[..., 2])  # d = u^T (w - x) + s_d eps
+        self._u, self._d = u, d
+        self._q = torch.addcmul(self.x, d.unsqueeze(-1), u)  # pseudo-observation x + d u
+        self._c = d + rowdot(u, self.x)  # d + u^T x, so that l(w) = (c - u^T w)^2
 
     def sample(self, step: int) -> None:
-        """u = unit + s_u * eps_u, d = u^T (w - x) + s_d * eps_d; each run's noise from its own
-        generator, so a run's numbers do not depend on what it is batched with."""
-        if self.runs == 1:
-            eps = torch.randn((self.world_nodes, 3), generator=self.generators[0], dtype=self.dtype)
-        else:
-            eps = torch.cat([
-                torch.randn((n, 3), generator=g, dtype=self.dtype)
-                for n, g in zip(self.sizes, self.generators)
-            ])
-        if self.lanes > 1:
-            eps = torch.cat([eps] * self.lanes)
-        self.u = torch.addcmul(self.unit, self.s_u, eps[:, :2])
-        self.d = torch.addcmul(rowdot(self.diff, self.u), self.s_d, eps[:, 2])
+        if self._chunk_start is None or step - self._chunk_start >= NOISE_CHUNK or step < self._chunk_start:
+            self._draw_chunk()
+            self._chunk_start = step
+        i = step - self._chunk_start
+        self.u, self.d, self.q, self.c = self._u[i], self._d[i], self._q[i], self._c[i]
 
     def adapt(self) -> torch.Tensor:
         """``pseudo_observation`` (reference code): psi = theta + mu (q - theta), q = x + d u.
-        ``lms``: psi = theta + mu u (d - u^T (theta - x)), SGD on l/2."""
+        ``lms``: psi = theta + mu u (d - u^T (theta - x)) = theta + mu u (c - u^T theta), SGD on l/2."""
+        theta = self._lanes(self.theta)
         if self.cfg.adapt == "pseudo_observation":
-            q = torch.addcmul(self.x, self.d.unsqueeze(1), self.u)
-            return torch.lerp(self.theta, q, self.mu)
-        err = self.d - rowdot(self.u, self.theta - self.x)
-        return torch.addcmul(self.theta, err.unsqueeze(1), self.u, value=self.mu)
+            psi = torch.lerp(theta, self.q, self.mu)
+        else:
+            err = self.c - rowdot(theta, self.u)
+            psi = torch.addcmul(theta, err.unsqueeze(-1), self.u, value=self.mu)
+        return psi.view(self.num_nodes, -1)
 
     def edge_losses(self, messages: torch.Tensor, edges: EdgeIndex) -> torch.Tensor:
-        """(d_k - u_k^T (psi_l - x_k))^2 for edge l -> k: l's model on k's current sample."""
-        c = self.d + rowdot(self.u, self.x)  # d_k + u_k^T x_k, once per receiver
-        r = edges.gather(c, "dst") - rowdot(edges.gather(self.u, "dst"), messages)
+        """(d_k - u_k^T (psi_l - x_k))^2 = (c_k - u_k^T psi_l)^2 for edge l -> k of one lane:
+        l's model on k's current sample."""
+        r = edges.gather(self.c, "dst") - rowdot(edges.gather(self.u, "dst"), messages)
         return r * r
 
     def metrics(self) -> dict[str, torch.Tensor]:
         """loss: instantaneous loss after combining (Li2020 Fig. 1); msd: ||theta_k - w_k||^2."""
-        r = self.d - rowdot(self.u, self.theta - self.x)
-        loss = r * r
-        err = self.theta - self.wstar
-        msd = rowdot(err, err)
-        return {"loss": loss, "msd": msd}
+        theta = self._lanes(self.theta)
+        r = self.c - rowdot(theta, self.u)
+        err = theta - self.wstar
+        return {"loss": (r * r).view(-1), "msd": rowdot(err, err).view(-1)}

@@ -10,7 +10,7 @@ included (:class:`~p2pmtl.rules.RuleSet`). Only the per-lane statistics (on cont
 slices) and the attacks loop over lanes (M is small).
 
 Fast path (every message finite, no per-edge forgeries): no masks at all. Otherwise non-finite
-neighbour messages are dropped first. The combination is a segment sum over the edge list.
+neighbour messages are dropped (weight 0). The population combines (:mod:`p2pmtl.messages`).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import torch
 
 from .attacks import Attack, AttackContext
 from .edges import EdgeIndex
-from .ops import all_finite
+from .messages import Messages
 from .rules import RuleSet, WeightRule
 from .tasks.base import Population
 
@@ -78,32 +78,24 @@ class GossipEngine:
         return slice(j * self.e0, (j + 1) * self.e0)
 
     def step(self, step: int) -> None:
-        pop, edges = self.pop, self.edges
+        pop = self.pop
         pop.sample(step)
         psi = pop.adapt()
-        sent, per_edge = psi, None
+        sent, overrides = psi, (None, None)
         if self.byzantine.numel():
-            sent, per_edge = self._forge(step, psi)
+            sent, overrides = self._forge(step, psi)
+        msgs = Messages(sent, self.edges, self.lanes, self.byz_all, *overrides)
         self.sent = sent
-        messages = edges.gather(sent)  # [M*E0, D]
-        valid = None
-        if per_edge is not None:
-            messages[self.byz_edges] = per_edge
-        if per_edge is not None or not all_finite(sent):
-            valid = torch.isfinite(messages).all(1)
-            # a non-finite neighbour message is dropped; an agent's own model passes as it is
-            messages = torch.where((valid | self.is_self_edge).unsqueeze(1), messages, 0.0)
         stats = []
         for j, rule in enumerate(self.rules):
-            es = self.lane_edges(j)
             if rule.needs == "loss":
-                stats.append(pop.edge_losses(messages[es], self.world_edges))
+                stats.append(pop.edge_losses(msgs, j))
             elif rule.needs == "distance":
-                stats.append(pop.edge_sq_dists(messages[es], self.world_edges, j))
+                stats.append(pop.edge_sq_dists(msgs, j))
             else:
                 stats.append(None)
-        self.weights = self.rule_set.weights(stats, valid)
-        pop.set_models(edges.segment_sum(self.weights.unsqueeze(1) * messages))
+        self.weights = self.rule_set.weights(stats, msgs.valid)
+        pop.combine(msgs, self.weights)
 
     def _forge(self, step: int, psi: torch.Tensor):
         """Byzantine messages of every lane: broadcast forgeries, and per-edge ones if any."""
@@ -116,8 +108,8 @@ class GossipEngine:
                 per_edge.append(attack.forge_edges(ctx, self.world_byz_edges))
         sent = psi.index_put((self.byz_all,), torch.cat(forged) if self.lanes > 1 else forged[0])
         if per_edge and all(p is not None for p in per_edge):
-            return sent, torch.cat(per_edge)
-        return sent, None
+            return sent, (self.byz_edges, torch.cat(per_edge))
+        return sent, (None, None)
 
     def lane_weights(self, j: int) -> torch.Tensor:
         """Current weights of lane j on the world's edge list."""

@@ -79,7 +79,7 @@ def build_world(cfg: ExperimentConfig, scenario: ScenarioConfig) -> World:
 
 def make_engine(cfg: ExperimentConfig, world: World, scenario: ScenarioConfig, rule_names: list[str]) -> GossipEngine:
     """One engine running every rule in ``rule_names`` as a lane over the same world."""
-    pop = TargetLocalization(cfg.task, world.setups, [s["data"] for s in world.seeds],
+    pop = TargetLocalization(cfg.task, world.setups, [s["data"] for s in world.seeds], world.edges,
                              dtype=DTYPES[cfg.dtype], lanes=len(rule_names))
     rules = [make_rule(r, nu=cfg.rules.nu, init_score=cfg.rules.init_score) for r in rule_names]
     attacks = None

@@ -85,7 +85,7 @@ def test_non_finite_messages_never_produce_nan(tiny_dict, rule):
     cfg = load_config(data=tiny_dict)
     scenario = cfg.scenarios[1]
     world = build_world(cfg, scenario)
-    pop = TargetLocalization(cfg.task, world.setups, [s["data"] for s in world.seeds])
+    pop = TargetLocalization(cfg.task, world.setups, [s["data"] for s in world.seeds], world.edges)
     eng = GossipEngine(pop, world.edges, [make_rule(rule, nu=0.1, init_score=10.0)], world.byzantine,
                        [NaNAttack()], [0], world.run_of_node)
     for i in range(20):

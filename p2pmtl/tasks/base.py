@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..edges import EdgeIndex
+from ..messages import Messages
 from ..ops import rowdot
 from ..registry import Registry
 
@@ -39,17 +40,17 @@ class Population(ABC):
         """Local step psi_k = theta_k - mu grad l(theta_k; xi_k) (Li2020 eq. 2); ``[M*N0, D]``."""
 
     @abstractmethod
-    def edge_losses(self, messages: torch.Tensor, edges: EdgeIndex) -> torch.Tensor:
-        """l(message_e; xi_dst(e)): the sender's model on the receiver's data, for one lane's
-        messages ``[E0, D]`` over the world's edges; ``[E0]``."""
+    def edge_losses(self, msgs: Messages, lane: int) -> torch.Tensor:
+        """l(message_e; xi_dst(e)): the sender's model on the receiver's current data, for
+        every edge of ``lane`` (world order); ``[E0]``."""
 
     @abstractmethod
-    def edge_sq_dists(self, messages: torch.Tensor, edges: EdgeIndex, lane: int) -> torch.Tensor:
-        """||theta_dst(e),i-1 - message_e||^2 (Li2020 eq. 4) in ``lane``; ``[E0]``."""
+    def edge_sq_dists(self, msgs: Messages, lane: int) -> torch.Tensor:
+        """||theta_dst(e),i-1 - message_e||^2 (Li2020 eq. 4) for every edge of ``lane``; ``[E0]``."""
 
     @abstractmethod
-    def set_models(self, theta: torch.Tensor) -> None:
-        """Install the combined models theta_k = sum_l a_lk psi_l (Li2020 eq. 3)."""
+    def combine(self, msgs: Messages, weights: torch.Tensor) -> None:
+        """theta_k = sum_l a_lk message_lk (Li2020 eq. 3) for every node of every lane."""
 
     @abstractmethod
     def metrics(self) -> dict[str, torch.Tensor]:
@@ -66,13 +67,16 @@ class StackedPopulation(Population):
 
     theta: torch.Tensor
 
-    def edge_sq_dists(self, messages, edges, lane):
+    world_edges: EdgeIndex
+
+    def edge_sq_dists(self, msgs, lane):
         n0 = self.world_nodes
-        diff = edges.gather(self.theta[lane * n0:(lane + 1) * n0], "dst") - messages
+        theta_lane = self.theta[lane * n0:(lane + 1) * n0]  # before this round's combination
+        diff = self.world_edges.gather(theta_lane, "dst") - msgs.per_edge()[msgs.lane_edges(lane)]
         return rowdot(diff, diff)
 
-    def set_models(self, theta):
-        self.theta = theta
+    def combine(self, msgs, weights):
+        self.theta = msgs.edges.segment_sum(weights.unsqueeze(1) * msgs.per_edge())
 
     @property
     def message_bytes(self) -> int:

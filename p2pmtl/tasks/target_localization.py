@@ -11,6 +11,7 @@ import torch
 
 from ..config import TargetLocalizationConfig
 from ..edges import EdgeIndex
+from ..messages import Messages
 from ..ops import rowdot
 from .base import TASKS, StackedPopulation
 
@@ -46,10 +47,12 @@ class TargetLocalization(StackedPopulation):
         cfg: TargetLocalizationConfig,
         setups: list[AgentSetup],
         data_seeds: list[int],
+        world_edges: EdgeIndex,
         dtype: torch.dtype = torch.float64,
         lanes: int = 1,
     ) -> None:
         self.cfg, self.dtype, self.mu = cfg, dtype, cfg.mu
+        self.world_edges = world_edges
         self.runs, self.lanes = len(setups), lanes
         self.sizes = [s.pos.shape[0] for s in setups]
         self.world_nodes = n0 = sum(self.sizes)
@@ -104,10 +107,11 @@ class TargetLocalization(StackedPopulation):
             psi = torch.addcmul(theta, err.unsqueeze(-1), self.u, value=self.mu)
         return psi.view(self.num_nodes, -1)
 
-    def edge_losses(self, messages: torch.Tensor, edges: EdgeIndex) -> torch.Tensor:
+    def edge_losses(self, msgs: Messages, lane: int) -> torch.Tensor:
         """(d_k - u_k^T (psi_l - x_k))^2 = (c_k - u_k^T psi_l)^2 for edge l -> k of one lane:
         l's model on k's current sample."""
-        r = edges.gather(self.c, "dst") - rowdot(edges.gather(self.u, "dst"), messages)
+        e = self.world_edges
+        r = e.gather(self.c, "dst") - rowdot(e.gather(self.u, "dst"), msgs.per_edge()[msgs.lane_edges(lane)])
         return r * r
 
     def metrics(self) -> dict[str, torch.Tensor]:

@@ -76,5 +76,24 @@ class UniformAttack(Attack):
         return self._fixed
 
 
+@ATTACKS.register("scaled", "own parameters times factor * U(0,1), drawn each step (Li2020 reference digits code)")
+class ScaledAttack(Attack):
+    """Each Byzantine agent sends its own model scaled by ``factor * U(0,1)`` (a fresh draw per
+    agent and step; ``random = false`` uses ``factor`` itself). Li2020's digit reference code
+    uses factor 0.1. Knows its own model only."""
+
+    knows = "its own model"
+
+    def __init__(self, *, factor: float = 0.1, random: bool = True) -> None:
+        self.factor, self.random = float(factor), bool(random)
+
+    def forge(self, ctx: AttackContext) -> torch.Tensor:
+        own = ctx.honest[ctx.byzantine]
+        if not self.random:
+            return self.factor * own
+        scale = per_run_uniform(ctx, 0.0, self.factor, 1)  # [B, 1]
+        return scale.to(own.dtype) * own
+
+
 def make_attack(name: str, **params) -> Attack:
     return ATTACKS.get(name)(**params)

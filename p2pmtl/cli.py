@@ -21,7 +21,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         summary = run_experiment(cfg, out, progress=not args.no_progress,
-                                 figures=False if args.no_figures else None)
+                                 figures=False if args.no_figures else None, jobs=args.jobs)
     except KeyboardInterrupt:
         print(f"\ninterrupted: partial results kept in {out} (summary.json says which runs finished)",
               file=sys.stderr)
@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set iterations=100 --set scenarios.1.byzantine=5")
+    r.add_argument("--jobs", type=int, help="run scenarios in this many parallel processes (default: config's jobs)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     r.set_defaults(func=_cmd_run)
@@ -119,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000, 100000],
                    help="agent counts for the scaling part")
     b.add_argument("--scale-iterations", type=int, default=100, help="iterations per scaling size")
+    b.add_argument("--only", nargs="*", choices=["linear", "scale", "digits"],
+                   help="run only these parts (default: all)")
     b.set_defaults(func=_cmd_bench)
     return p
 

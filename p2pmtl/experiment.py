@@ -2,6 +2,8 @@
 then run every (scenario, weight rule) pair on the SimPy clock and record as it goes."""
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from .engine import GossipEngine
 from .graphs import build_graph, positions
 from .recorder import RunRecorder
 from .rules import make_rule
-from .tasks.target_localization import AgentSetup, TargetLocalization
+from .tasks import TASKS
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -37,7 +39,7 @@ class World:
 
     graphs: list
     edges: EdgeIndex
-    setups: list[AgentSetup]
+    setups: list
     seeds: list[dict[str, int]]
     byzantine: torch.Tensor  # node ids in the batched numbering
     n: int
@@ -70,7 +72,7 @@ def build_world(cfg: ExperimentConfig, scenario: ScenarioConfig) -> World:
         n0 = n
         graphs.append(g)
         edges.append(EdgeIndex.from_graph(g))
-        setups.append(AgentSetup(cfg.task, n, positions(g), np.random.default_rng(s["setup"])))
+        setups.append(TASKS.get(cfg.task.name).make_setup(cfg.task, g, np.random.default_rng(s["setup"])))
         seeds.append(s)
         byz.append(choose_byzantine(scenario.byzantine, n, s["byzantine"], f"scenarios.{scenario.name}.byzantine") + r * n)
     return World(graphs, EdgeIndex.disjoint_union(edges), setups, seeds,
@@ -79,8 +81,9 @@ def build_world(cfg: ExperimentConfig, scenario: ScenarioConfig) -> World:
 
 def make_engine(cfg: ExperimentConfig, world: World, scenario: ScenarioConfig, rule_names: list[str]) -> GossipEngine:
     """One engine running every rule in ``rule_names`` as a lane over the same world."""
-    pop = TargetLocalization(cfg.task, world.setups, [s["data"] for s in world.seeds], world.edges,
-                             dtype=DTYPES[cfg.dtype], lanes=len(rule_names))
+    task = TASKS.get(cfg.task.name)
+    dtype = DTYPES[cfg.dtype] if cfg.dtype else task.default_dtype
+    pop = task.for_world(cfg, world, len(rule_names), dtype)
     rules = [make_rule(r, nu=cfg.rules.nu, init_score=cfg.rules.init_score) for r in rule_names]
     attacks = None
     if world.byzantine.numel():
@@ -90,20 +93,41 @@ def make_engine(cfg: ExperimentConfig, world: World, scenario: ScenarioConfig, r
 
 
 def run_experiment(
-    cfg: ExperimentConfig, out_dir: Path, progress: bool = True, figures: Optional[bool] = None
+    cfg: ExperimentConfig, out_dir: Path, progress: bool = True, figures: Optional[bool] = None,
+    jobs: Optional[int] = None,
 ) -> dict:
     """Run every scenario x rule; returns the summary dict (also in ``out_dir/summary.json``).
+
     Files are written as the run goes; Ctrl-C closes them cleanly (summary marked interrupted),
-    draws the figures of what finished, then re-raises KeyboardInterrupt."""
-    torch.set_num_threads(cfg.threads)
+    draws the figures of what finished, then re-raises KeyboardInterrupt. With ``jobs > 1``
+    scenarios run in parallel processes (one torch thread each), each writing a part directory
+    that is merged into the run directory at the end.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.toml").write_text(dump_config(cfg))
+    jobs = min(jobs or cfg.jobs, len(cfg.scenarios))
+    if jobs > 1:
+        summary, interrupted = _run_parallel(cfg, out_dir, jobs, progress)
+    else:
+        summary, interrupted = _run_scenarios(cfg, out_dir, progress)
+    if figures if figures is not None else cfg.output.figures:
+        from .plotting import plot_run
+
+        plot_run(out_dir)
+    if interrupted:
+        raise KeyboardInterrupt
+    return summary
+
+
+def _run_scenarios(cfg: ExperimentConfig, out_dir: Path, progress: bool, position: int = 0) -> tuple[dict, bool]:
+    """All scenarios of ``cfg`` in this process; returns (summary, interrupted)."""
+    torch.set_num_threads(cfg.threads)
     worlds = {s.name: build_world(cfg, s) for s in cfg.scenarios}  # all errors before any work
     rec = RunRecorder(out_dir, per_agent=cfg.output.per_agent)
     rules = cfg.rules.names
     bar = tqdm(total=len(cfg.scenarios) * len(rules) * cfg.iterations, disable=not progress,
-               desc=cfg.name, unit="rule-it")
+               desc=cfg.name, unit="rule-it", position=position)
     t0 = time.perf_counter()
     interrupted = False
     try:
@@ -111,9 +135,9 @@ def run_experiment(
             world = worlds[scenario.name]
             _save_world(rec, scenario.name, world)
             engine = make_engine(cfg, world, scenario, rules)
+            rec.summary["group_names"] = engine.pop.group_names
             normal = ~engine.is_byzantine.numpy()
-            groups = engine.pop.groups
-            blocks = [rec.open_block(scenario.name, r, normal, groups, cfg.runs, world.n) for r in rules]
+            blocks = [rec.open_block(scenario.name, r, normal, engine.pop.groups, cfg.runs, world.n) for r in rules]
             per_round_bytes = _bytes_per_round(world, engine)
             every = cfg.output.record_every
 
@@ -122,7 +146,8 @@ def run_experiment(
                 if (i + 1) % every == 0 or i + 1 == cfg.iterations:
                     metrics = engine.pop.metrics()
                     for j, block in enumerate(blocks):
-                        rec.record(block, i, now, per_round_bytes * (i + 1), {k: engine.lane_values(v, j) for k, v in metrics.items()})
+                        rec.record(block, i, now, per_round_bytes * (i + 1),
+                                   {k: engine.lane_values(v, j) for k, v in metrics.items()})
                 bar.update(len(blocks))
 
             SynchronousRounds(cfg.clock, cfg.iterations, on_round).run()
@@ -135,13 +160,69 @@ def run_experiment(
         bar.close()
         rec.summary["wall_seconds"] = time.perf_counter() - t0
         rec.close(finished=not interrupted, interrupted=interrupted)
-    if figures if figures is not None else cfg.output.figures:
-        from .plotting import plot_run
+    return rec.summary, interrupted
 
-        plot_run(out_dir)
-    if interrupted:
-        raise KeyboardInterrupt
-    return rec.summary
+
+def _scenario_worker(cfg_data: dict, part_dir: str, progress: bool, position: int) -> bool:
+    """Child process: one scenario into its own part directory; returns 'interrupted'."""
+    cfg = ExperimentConfig.model_validate(cfg_data)
+    return _run_scenarios(cfg, Path(part_dir), progress, position)[1]
+
+
+def _run_parallel(cfg: ExperimentConfig, out_dir: Path, jobs: int, progress: bool) -> tuple[dict, bool]:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    for s in cfg.scenarios:  # every error before any work
+        build_world(cfg, s)
+    parts = [out_dir / "parts" / s.name for s in cfg.scenarios]
+    interrupted = False
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = [
+            pool.submit(_scenario_worker, cfg.model_copy(update={"scenarios": [s]}).model_dump(mode="json"),
+                        str(part), progress, i)
+            for i, (s, part) in enumerate(zip(cfg.scenarios, parts))
+        ]
+        try:
+            interrupted = any([f.result() for f in futures])
+        except KeyboardInterrupt:
+            interrupted = True
+            pool.shutdown(wait=True, cancel_futures=True)
+    summary = merge_parts(out_dir, parts)
+    summary["wall_seconds"] = time.perf_counter() - t0
+    summary["finished"] = summary["finished"] and not interrupted
+    summary["interrupted"] = summary["interrupted"] or interrupted
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary, summary["interrupted"]
+
+
+def merge_parts(out_dir: Path, parts: list[Path]) -> dict:
+    """Concatenate the part directories of parallel scenarios into ``out_dir`` (long-format
+    CSVs, summaries, arrays) and remove them."""
+    summary: dict = {"finished": True, "interrupted": False, "results": {}}
+    (out_dir / "arrays").mkdir(exist_ok=True)
+    for name in ("metrics.csv", "curves.csv"):
+        with open(out_dir / name, "w") as out:
+            for i, part in enumerate(p for p in parts if (p / name).is_file()):
+                with open(part / name) as f:
+                    header = f.readline()
+                    if i == 0:
+                        out.write(header)
+                    shutil.copyfileobj(f, out)
+    for part in parts:
+        if (part / "summary.json").is_file():
+            s = json.loads((part / "summary.json").read_text())
+            summary["results"].update(s["results"])
+            summary.setdefault("group_names", s.get("group_names"))
+            summary["finished"] &= s["finished"]
+            summary["interrupted"] |= s["interrupted"]
+        else:
+            summary["finished"] = False
+        for f in (part / "arrays").glob("*.npz") if (part / "arrays").is_dir() else []:
+            shutil.move(str(f), out_dir / "arrays" / f.name)
+    shutil.rmtree(out_dir / "parts", ignore_errors=True)
+    return summary
 
 
 def _bytes_per_round(world: World, engine: GossipEngine) -> float:
@@ -151,7 +232,8 @@ def _bytes_per_round(world: World, engine: GossipEngine) -> float:
 
 
 def _weight_stats(engine: GossipEngine, lane: int, world: World) -> dict:
-    """Share of each normal agent's weight on same-group honest senders, and on Byzantine ones."""
+    """Share of each normal agent's weight on honest senders of its own task group, and on
+    Byzantine senders (final weights)."""
     e, w = world.edges, engine.lane_weights(lane)
     groups = torch.as_tensor(engine.pop.groups)
     byz = engine.is_byzantine
@@ -161,6 +243,7 @@ def _weight_stats(engine: GossipEngine, lane: int, world: World) -> dict:
     return {
         "weight_in_group": float(in_group.mean()),
         "weight_in_group_min": float(in_group.min()),
+        "weight_in_group_per_agent": [round(float(v), 6) for v in in_group] if len(in_group) <= 1000 else None,
         "weight_on_byzantine": float(on_byz.mean()),
     }
 
@@ -170,12 +253,20 @@ def _first_run(world: World) -> torch.Tensor:
 
 
 def _save_world(rec: RunRecorder, scenario: str, world: World) -> None:
+    """Run 0's graph, drawing positions (the graph's, else a spring layout), groups and
+    Byzantine agents, for the network figure."""
+    import networkx as nx
+
     sel = _first_run(world)
     e = world.edges
-    s = world.setups[0]
+    g = world.graphs[0]
+    pos = positions(g)
+    if pos is None:
+        layout = nx.spring_layout(g, seed=0) if g.number_of_nodes() <= 2000 else nx.random_layout(g, seed=0)
+        pos = np.array([layout[k] for k in range(g.number_of_nodes())])
     byz = world.byzantine[world.byzantine < world.n].numpy()
     rec.save_arrays(f"world__{scenario}", src=e.src[sel].numpy(), dst=e.dst[sel].numpy(),
-                    pos=s.pos, groups=s.group, byzantine=byz, targets=s.targets)
+                    pos=pos, groups=world.setups[0].group, byzantine=byz)
 
 
 def _save_weights(rec: RunRecorder, scenario: str, rule: str, weights: torch.Tensor, world: World) -> None:

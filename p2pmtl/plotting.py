@@ -81,8 +81,17 @@ def plot_metric(run_dir: Path, curves, metric: str, group: str = "all") -> Path 
     return path
 
 
+def _group_names(run_dir: Path) -> list[str]:
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("group_names") or []
+    except (OSError, ValueError):
+        return []
+
+
 def plot_metric_by_group(run_dir: Path, curves, metric: str, groups: list[str]) -> Path | None:
+    """One row per task group (Li2020 Figs. 3 and 4 are the two digit groups)."""
     per_group = {g: _series(curves, metric, g) for g in groups}
+    names = _group_names(run_dir)
     scenarios = list(next(iter(per_group.values())).keys())
     fig, axes = plt.subplots(len(groups), len(scenarios), figsize=(4 * len(scenarios), 2.8 * len(groups)),
                              squeeze=False, sharex=True)
@@ -93,7 +102,8 @@ def plot_metric_by_group(run_dir: Path, curves, metric: str, groups: list[str]) 
             if i == 0:
                 ax.set_title(s.replace("_", " "))
             if j == 0:
-                ax.set_ylabel(f"group {g}: {metric}")
+                label = names[int(g)] if int(g) < len(names) else f"group {g}"
+                ax.set_ylabel(f"{label}: {metric}")
     axes[-1][-1].legend(fontsize=7)
     fig.tight_layout()
     path = run_dir / f"{metric}_by_group.png"
@@ -155,21 +165,24 @@ def plot_weights(run_dir: Path) -> list[Path]:
     by_scenario = defaultdict(dict)
     for (scenario, rule), a in _arrays(run_dir, "weights"):
         by_scenario[scenario][rule] = a
+    byzantine = {s: a["byzantine"] for (s,), a in _arrays(run_dir, "world")}
     paths = []
     for scenario, rules in by_scenario.items():
         n = int(next(iter(rules.values()))["n"])
         if n > 500:
             continue
+        cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")  # Byzantine receivers
         fig, axes = plt.subplots(1, len(rules), figsize=(3.6 * len(rules), 3.4), squeeze=False)
         for ax, (rule, a) in zip(axes[0], sorted(rules.items(), key=lambda kv: list(RULE_STYLE).index(kv[0]) if kv[0] in RULE_STYLE else 9)):
             mat = np.zeros((n, n))
             mat[a["src"], a["dst"]] = a["w"]
-            im = ax.imshow(mat, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+            mat[:, byzantine.get(scenario, [])] = np.nan
+            im = ax.imshow(mat, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
             ax.set_title(RULE_STYLE.get(rule, (rule,))[0], fontsize=9)
             ax.set_xlabel("receiver k")
         axes[0][0].set_ylabel("sender l")
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="a_lk")
-        fig.suptitle(f"learned weights: {scenario.replace('_', ' ')}")
+        fig.suptitle(f"learned weights a_lk: {scenario.replace('_', ' ')} (grey: Byzantine receivers)")
         path = run_dir / f"weights_{scenario}.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)

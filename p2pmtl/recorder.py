@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +29,7 @@ class RunRecorder:
         self._mbuf: list[str] = []
         self._cbuf: list[str] = []
         self.summary: dict = {"finished": False, "interrupted": False, "results": {}}
+        self._flushed = time.monotonic()
 
     # -- one (scenario, rule) block ------------------------------------------------------
     def open_block(
@@ -36,10 +38,11 @@ class RunRecorder:
         """``normal`` [R*n] bool mask of honest nodes; node r*n+k is agent k of run r."""
         return Block(scenario, rule, normal, groups, runs, n)
 
-    def record(self, block: "Block", step: int, time: float, nbytes: float, metrics: dict[str, torch.Tensor]) -> None:
-        """Append one iteration of a block; ``metrics`` are per-node values of that block's world."""
+    def record(self, block: "Block", step: int, now: float, nbytes: float, metrics: dict[str, torch.Tensor]) -> None:
+        """Append one iteration of a block at simulated time ``now``; ``metrics`` are per-node
+        values of that block's world."""
         block.steps.append(step)
-        mid = f"{step},{time:.6g},{nbytes:.6g}"
+        mid = f"{step},{now:.6g},{nbytes:.6g}"
         for name, values in metrics.items():
             v = values.detach().cpu().numpy()[block.normal_idx].astype(np.float64)
             block.series.setdefault(name, []).append(v)
@@ -52,7 +55,7 @@ class RunRecorder:
                 self._cbuf.append(
                     f"{block.scenario},{block.rule},{gname},{name},{mid},{w.mean():.8g},{w.min():.8g},{w.max():.8g}"
                 )
-        if len(self._mbuf) + len(self._cbuf) > 200_000:
+        if len(self._mbuf) + len(self._cbuf) > 200_000 or time.monotonic() - self._flushed > 5.0:
             self.flush()
 
     def flush(self) -> None:
@@ -64,14 +67,16 @@ class RunRecorder:
             self._cbuf.clear()
         self._metrics.flush()
         self._curves.flush()
+        self._flushed = time.monotonic()
 
     def end_block(self, block: "Block", window: int, extra: Optional[dict] = None) -> dict:
         """Summarise a finished block: for each metric, the mean over normal agents of the last
         ``window`` recorded iterations (per run and over runs)."""
         self.flush()
-        out: dict = {"iterations": len(block.steps)}
+        out: dict = {"iterations": block.steps[-1] + 1 if block.steps else 0}
+        recent = np.asarray(block.steps) > (block.steps[-1] - window if block.steps else 0)
         for name, rows in block.series.items():
-            arr = np.stack(rows)[-window:]  # [w, normal]
+            arr = np.stack(rows)[recent]  # [records in the last `window` iterations, normal agents]
             per_run = [float(arr[:, block.run_of == r].mean()) for r in range(block.runs)]
             out[name] = {
                 "last_window_mean": float(np.mean(per_run)),

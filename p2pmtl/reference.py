@@ -73,3 +73,49 @@ class ReferenceDiffusion:
 
     def loss(self, u: np.ndarray, d: np.ndarray) -> np.ndarray:
         return np.array([(d[k] - np.dot(u[k], self.w[k] - self.x[k])) ** 2 for k in range(self.n)])
+
+
+def naive_cnn_losses(models, batches, edges_by_receiver, score_batch):
+    """Per-edge loop: for every receiver k and every neighbour l, neighbour l's model on k's
+    scoring batch (cross-entropy). Returns {(l, k): loss}."""
+    import torch
+    from torch.nn import functional as F
+
+    out = {}
+    with torch.no_grad():
+        for k, senders in edges_by_receiver.items():
+            x, y = batches[k][0][:score_batch], batches[k][1][:score_batch]
+            for l in senders:
+                models[l].eval()
+                out[(l, k)] = float(F.cross_entropy(models[l](x), y))
+    return out
+
+
+def naive_cnn_round(models, optimizers, batches, scores, nu, score_batch):
+    """One loss-based ATC round on a complete graph the way Li2020's reference code does it:
+    each agent trains one step on its batch; each agent k scores every agent l's model on its
+    own batch, smooths, filters (phi_lk <= phi_kk) and takes the inverse-score weighted sum of
+    the models, parameter tensor by parameter tensor. ``scores[k][l]`` is updated in place."""
+    import torch
+    from torch.nn import functional as F
+
+    n = len(models)
+    for m, opt, (x, y) in zip(models, optimizers, batches):
+        m.train()
+        opt.zero_grad()
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+    params = [[p.detach().clone() for p in m.parameters()] for m in models]
+    losses = naive_cnn_losses(models, batches, {k: list(range(n)) for k in range(n)}, score_batch)
+    new = []
+    for k in range(n):
+        for l in range(n):
+            scores[k][l] = (1 - nu) * scores[k][l] + nu * losses[(l, k)]
+        inv = [1.0 / scores[k][l] if scores[k][l] <= scores[k][k] else 0.0 for l in range(n)]
+        w = [v / sum(inv) for v in inv]
+        new.append([sum(w[l] * params[l][t] for l in range(n)) for t in range(len(params[0]))])
+    with torch.no_grad():
+        for m, tensors in zip(models, new):
+            for p, t in zip(m.parameters(), tensors):
+                p.copy_(t)
+    return new

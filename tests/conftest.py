@@ -10,7 +10,7 @@ def tiny_config_dict(**over) -> dict:
         "name": "tiny",
         "seed": 0,
         "iterations": 30,
-        "graph": {"family": "random_geometric", "n": 20, "radius": 1.2, "box": 3.0, "max_neighbors": 5},
+        "graph": {"family": "random_geometric", "n": 20, "radius": 1.5, "box": 3.0, "max_neighbors": 5},
         "rules": {"names": ["noncoop", "average", "loss", "distance"]},
         "output": {"window": 10},
         "scenarios": [

@@ -95,3 +95,15 @@ def test_help_everywhere(cmd, capsys):
     with pytest.raises(SystemExit) as exc:
         main([*cmd, "--help"])
     assert exc.value.code == 0 and "usage" in capsys.readouterr().out
+
+
+def test_parallel_scenarios_equal_sequential(tiny_file, tmp_path):
+    seq, par = tmp_path / "seq", tmp_path / "par"
+    assert main(["run", str(tiny_file), "--out", str(seq), "--no-progress", "--no-figures"]) == 0
+    assert main(["run", str(tiny_file), "--out", str(par), "--no-progress", "--no-figures", "--jobs", "2"]) == 0
+    assert (seq / "metrics.csv").read_bytes() == (par / "metrics.csv").read_bytes()
+    assert (seq / "curves.csv").read_bytes() == (par / "curves.csv").read_bytes()
+    s1, s2 = (json.loads((d / "summary.json").read_text()) for d in (seq, par))
+    assert s1["results"] == s2["results"] and s2["finished"]
+    assert not (par / "parts").exists()
+    assert sorted(p.name for p in (seq / "arrays").iterdir()) == sorted(p.name for p in (par / "arrays").iterdir())

@@ -183,28 +183,6 @@ def _glyph_bank(fonts: tuple[Path, ...]) -> tuple[torch.Tensor, np.ndarray, np.n
     return bank, np.asarray(centres, dtype=np.float64), np.asarray(half_widths, dtype=np.float64)
 
 
-def _bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """``[n_out, n_in]`` linear interpolation from ``n_in`` grid nodes spanning the output."""
-    pos = np.linspace(0.0, n_in - 1.0, n_out)
-    lo = np.minimum(np.floor(pos).astype(int), n_in - 2)
-    frac = pos - lo
-    m = np.zeros((n_out, n_in), dtype=np.float32)
-    m[np.arange(n_out), lo] = 1.0 - frac
-    m[np.arange(n_out), lo + 1] = frac
-    return m
-
-
-def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """``[n_out, n_in]`` box-filter (area) downsampling weights; rows sum to one."""
-    scale = n_in / n_out
-    m = np.zeros((n_out, n_in), dtype=np.float32)
-    for i in range(n_out):
-        a, b = i * scale, (i + 1) * scale
-        for j in range(int(np.floor(a)), int(np.ceil(b))):
-            m[i, j] = max(0.0, min(b, j + 1) - max(a, j))
-    return m / m.sum(axis=1, keepdims=True)
-
-
 def _backgrounds(rng: np.random.Generator, n: int, s: int) -> np.ndarray:
     """Random colour gradients plus (often) smooth two-octave noise texture; ``[n, 3, s, s]``."""
     c0 = rng.random((n, 3), dtype=np.float32)

@@ -1,5 +1,5 @@
 """Learning tasks: data streams, models, losses and metrics, as batched populations."""
 from .base import TASKS, Population, StackedPopulation
-from . import target_localization  # noqa: F401  (registers the task)
+from . import digits, har, target_localization  # noqa: F401  (register the tasks)
 
 __all__ = ["TASKS", "Population", "StackedPopulation"]

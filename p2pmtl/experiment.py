@@ -106,7 +106,7 @@ def run_experiment(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.toml").write_text(dump_config(cfg))
-    jobs = min(jobs or cfg.jobs, len(cfg.scenarios))
+    jobs = min(jobs or cfg.jobs, len(_job_names(cfg)))
     if jobs > 1:
         summary, interrupted = _run_parallel(cfg, out_dir, jobs, progress)
     else:
@@ -120,8 +120,18 @@ def run_experiment(
     return summary
 
 
+def _job_names(cfg: ExperimentConfig) -> list[str]:
+    if cfg.mode == "server":
+        return [f"{s.name}/{m}" for s in cfg.scenarios for m in (s.methods or cfg.server.methods)]
+    return [s.name for s in cfg.scenarios]
+
+
 def _run_scenarios(cfg: ExperimentConfig, out_dir: Path, progress: bool, position: int = 0) -> tuple[dict, bool]:
     """All scenarios of ``cfg`` in this process; returns (summary, interrupted)."""
+    if cfg.mode == "server":
+        from .server_run import run_server_scenarios
+
+        return run_server_scenarios(cfg, out_dir, progress, position)
     torch.set_num_threads(cfg.threads)
     worlds = {s.name: build_world(cfg, s) for s in cfg.scenarios}  # all errors before any work
     rec = RunRecorder(out_dir, per_agent=cfg.output.per_agent)
@@ -173,16 +183,14 @@ def _run_parallel(cfg: ExperimentConfig, out_dir: Path, jobs: int, progress: boo
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    for s in cfg.scenarios:  # every error before any work
-        build_world(cfg, s)
-    parts = [out_dir / "parts" / s.name for s in cfg.scenarios]
+    jobs_cfg = _job_configs(cfg)  # every error before any work
+    parts = [out_dir / "parts" / name for name, _ in jobs_cfg]
     interrupted = False
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         futures = [
-            pool.submit(_scenario_worker, cfg.model_copy(update={"scenarios": [s]}).model_dump(mode="json"),
-                        str(part), progress, i)
-            for i, (s, part) in enumerate(zip(cfg.scenarios, parts))
+            pool.submit(_scenario_worker, job.model_dump(mode="json"), str(part), progress, i % jobs)
+            for i, ((_, job), part) in enumerate(zip(jobs_cfg, parts))
         ]
         try:
             interrupted = any([f.result() for f in futures])
@@ -195,6 +203,25 @@ def _run_parallel(cfg: ExperimentConfig, out_dir: Path, jobs: int, progress: boo
     summary["interrupted"] = summary["interrupted"] or interrupted
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary, summary["interrupted"]
+
+
+def _job_configs(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
+    """The units run in parallel: gossip, one per scenario (its rules share one engine);
+    server mode, one per (scenario, method). Worlds are built here to raise errors early."""
+    if cfg.mode == "server":
+        from .server_run import server_world
+
+        seeds = run_seeds(cfg.seed)
+        out = []
+        for s in cfg.scenarios:
+            server_world(cfg, s, seeds)
+            for m in s.methods or cfg.server.methods:
+                out.append((f"{s.name}__{m.replace('+', '_')}",
+                            cfg.model_copy(update={"scenarios": [s.model_copy(update={"methods": [m]})]})))
+        return out
+    for s in cfg.scenarios:
+        build_world(cfg, s)
+    return [(s.name, cfg.model_copy(update={"scenarios": [s]})) for s in cfg.scenarios]
 
 
 def merge_parts(out_dir: Path, parts: list[Path]) -> dict:
@@ -213,7 +240,8 @@ def merge_parts(out_dir: Path, parts: list[Path]) -> dict:
     for part in parts:
         if (part / "summary.json").is_file():
             s = json.loads((part / "summary.json").read_text())
-            summary["results"].update(s["results"])
+            for scenario, by_rule in s["results"].items():
+                summary["results"].setdefault(scenario, {}).update(by_rule)
             summary.setdefault("group_names", s.get("group_names"))
             summary["finished"] &= s["finished"]
             summary["interrupted"] |= s["interrupted"]
@@ -257,16 +285,21 @@ def _save_world(rec: RunRecorder, scenario: str, world: World) -> None:
     Byzantine agents, for the network figure."""
     import networkx as nx
 
-    sel = _first_run(world)
-    e = world.edges
     g = world.graphs[0]
     pos = positions(g)
     if pos is None:
-        layout = nx.spring_layout(g, seed=0) if g.number_of_nodes() <= 2000 else nx.random_layout(g, seed=0)
-        pos = np.array([layout[k] for k in range(g.number_of_nodes())])
+        pos = nx.spring_layout(g, seed=0) if g.number_of_nodes() <= 2000 else nx.random_layout(g, seed=0)
     byz = world.byzantine[world.byzantine < world.n].numpy()
-    rec.save_arrays(f"world__{scenario}", src=e.src[sel].numpy(), dst=e.dst[sel].numpy(),
-                    pos=pos, groups=world.setups[0].group, byzantine=byz)
+    _save_arrays_world(rec, scenario, g, pos, world.setups[0].group, byz)
+
+
+def _save_arrays_world(rec: RunRecorder, scenario: str, g, pos, groups: np.ndarray, byzantine: np.ndarray) -> None:
+    """Graph, positions ([n, 2] array or networkx layout dict), groups, Byzantine node ids."""
+    e = EdgeIndex.from_graph(g)
+    if isinstance(pos, dict):
+        pos = np.array([pos[k] for k in range(g.number_of_nodes())])
+    rec.save_arrays(f"world__{scenario}", src=e.src.numpy(), dst=e.dst.numpy(), pos=pos,
+                    groups=np.asarray(groups), byzantine=np.asarray(byzantine))
 
 
 def _save_weights(rec: RunRecorder, scenario: str, rule: str, weights: torch.Tensor, world: World) -> None:

@@ -34,6 +34,9 @@ class ModelBank:
         self.shapes = [p.shape for p in self.params[0]]
         self.sizes = [p.numel() for p in self.params[0]]
         self.num_params = sum(self.sizes)
+        rep = getattr(self.template, "representation", None)
+        # split models list the representation's parameters first: a row is [representation | head]
+        self.rep_params = sum(p.numel() for p in rep.parameters()) if rep is not None else self.num_params
 
     def __len__(self) -> int:
         return len(self.modules)
@@ -83,9 +86,25 @@ class ModelBank:
 
     def logits_of(self, vector: torch.Tensor, x: torch.Tensor, chunk: int) -> torch.Tensor:
         """Any flat parameter vector (e.g. a forged message) as a model, without copying it."""
-        params = {n: self._layout(c.view(s)) for n, c, s in zip(self.names, torch.split(vector, self.sizes), self.shapes)}
+        return self._apply(self.template, self.names, vector, x, chunk)
+
+    def features(self, i: int, x: torch.Tensor, chunk: int) -> torch.Tensor:
+        """Model i's representation of ``x`` (inference mode, chunked)."""
+        rep = self.modules[i].representation
+        rep.eval()
         with torch.inference_mode():
-            return torch.cat([functional_call(self.template, params, (x[s:s + chunk],))
+            return torch.cat([rep(x[s:s + chunk]) for s in range(0, x.shape[0], chunk)])
+
+    def features_of(self, vector: torch.Tensor, x: torch.Tensor, chunk: int) -> torch.Tensor:
+        """A flat representation vector (a row's first ``rep_params`` entries) applied to ``x``."""
+        names = [n.removeprefix("representation.") for n in self.names if n.startswith("representation.")]
+        return self._apply(self.template.representation, names, vector, x, chunk)
+
+    def _apply(self, module: nn.Module, names: list[str], vector: torch.Tensor, x: torch.Tensor, chunk: int):
+        params = {n: self._layout(c.view(s)) for n, c, s in
+                  zip(names, torch.split(vector, self.sizes[:len(names)]), self.shapes[:len(names)])}
+        with torch.inference_mode():
+            return torch.cat([functional_call(module, params, (x[s:s + chunk],))
                               for s in range(0, x.shape[0], chunk)])
 
 

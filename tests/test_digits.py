@@ -14,7 +14,7 @@ from p2pmtl.reference import naive_cnn_losses
 from p2pmtl.tasks.digits import ImageClassification
 
 
-def tiny_population(lanes=1, n=4, channels_last=True):
+def tiny_population(lanes=1, n=4, channels_last=True, share="model"):
     gen = torch.Generator().manual_seed(0)
 
     def data(m):
@@ -24,7 +24,7 @@ def tiny_population(lanes=1, n=4, channels_last=True):
                             test=[data(6) for _ in range(n)], image_shape=(1, 28, 28), num_classes=10)
     cfg = load_config(data={"graph": {"family": "complete", "n": n},
                             "task": {"name": "digits", "batch_size": 8, "score_batch": 5, "score_chunk": 3,
-                                     "channels_last": channels_last}}).task
+                                     "channels_last": channels_last, "share": share}}).task
     import networkx as nx
 
     edges = EdgeIndex.from_graph(nx.complete_graph(n))
@@ -137,3 +137,42 @@ def test_short_digits_run_loss_based_beats_noncooperation(tmp_path, attack):
     if attack:  # the well-trained agent 1 filters the Byzantine agent out (a starved agent whose
         # own loss is still above the attacker's may keep it: the filter compares with itself)
         assert float(w[(e.src == 3) & (e.dst == 1)].sum()) == 0.0
+
+
+def test_missing_dataset_path_is_a_clear_early_error(tmp_path, capsys):
+    from p2pmtl.cli import main
+
+    missing = tmp_path / "no_such_folder"
+    code = main(["run", "experiments/digits.toml", "--out", str(tmp_path / "run"), "--no-progress",
+                 "--set", 'task.datasets=["mnist", "folder"]', "--set", f'task.data_root="{missing}"'])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err
+    assert not (tmp_path / "run" / "metrics.csv").exists()  # nothing ran
+
+
+def test_folder_dataset_needs_a_root():
+    with pytest.raises(Exception, match="data_root"):
+        load_config(data={"graph": {"family": "complete", "n": 4}, "task": {"name": "digits", "datasets": ["folder"]}})
+
+
+def test_representation_mode_scores_with_the_receivers_head_and_keeps_heads_personal():
+    pop, edges = tiny_population(share="representation")
+    pop.sample(0)
+    sent = pop.adapt()
+    p_rep = pop.bank.rep_params
+    assert sent.shape[1] == p_rep < pop.bank.num_params
+    psi = pop.psi.clone()
+    forged = sent.clone()
+    forged[2] = 0.02 * torch.randn(p_rep, dtype=torch.float64)
+    msgs = Messages(forged, edges, 1, torch.tensor([2]))
+    fast = pop.edge_losses(msgs, 0)
+    for e, (l, k) in enumerate(zip(edges.src.tolist(), edges.dst.tolist())):
+        m = as_models(pop, [torch.cat([forged[l], psi[k, p_rep:]])])[0]  # l's representation, k's head
+        x, y = pop.batch[k][0][:5].contiguous(), pop.batch[k][1][:5]
+        assert float(fast[e]) == pytest.approx(float(torch.nn.functional.cross_entropy(m(x), y)), rel=1e-10)
+    w = torch.full((edges.num_edges,), 0.25, dtype=torch.float64)
+    pop.combine(Messages(sent, edges, 1, torch.tensor([], dtype=torch.long)), w)
+    assert torch.allclose(pop.theta[:, :p_rep], sent.mean(0).expand(4, -1))  # representations mixed
+    assert torch.equal(pop.theta[:, p_rep:], psi[:, p_rep:])  # heads untouched
+    assert pop.message_bytes == p_rep * 8

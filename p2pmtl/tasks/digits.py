@@ -1,6 +1,10 @@
 """Digit classification (Li2020 sec. 7, SPEC section 3): one CNN per agent, agents in groups
 that see different data (default: agents 0-4 real MNIST, 5-9 synthetic digits).
 
+With ``share = "representation"`` agents gossip only the representation (the BR-MTRL split):
+heads stay personal, and agent k scores neighbour l's representation with k's own head on k's
+data, so gossip and server runs can be compared on one task.
+
 Each step every agent draws a mini-batch (shuffled epochs), possibly skips its local step
 (uneven data), trains one optimizer step, and gossips its whole parameter vector. Scoring for
 the loss-based rule evaluates each sender's model once on the concatenated scoring batches of
@@ -140,6 +144,7 @@ class ImageClassification(Population):
         self.train_x = [self.bank.prepare(x) for x in self.train_x]
         self.test_x = [self.bank.prepare(x) for x in self.test_x]
         self.theta = self.bank.flat()
+        self.shared = self.bank.rep_params if cfg.share == "representation" else self.bank.num_params
         self.generators = [torch.Generator().manual_seed(s) for s in data_seeds]
         self._perm: list[Optional[torch.Tensor]] = [None] * n0
         self._pos = [0] * n0
@@ -150,7 +155,7 @@ class ImageClassification(Population):
 
     @property
     def message_bytes(self) -> int:
-        return self.bank.num_params * self.theta.element_size()
+        return self.shared * self.theta.element_size()
 
     def _node(self, lane: int, k: int) -> int:
         return lane * self.world_nodes + k
@@ -183,7 +188,8 @@ class ImageClassification(Population):
                 i = self._node(j, k)
                 self.bank.train_step(i, *self.batch[k])
                 psi[i] = self.bank.flat_one(i)
-        return psi
+        self.psi = psi
+        return psi[:, :self.shared]  # what is gossiped: the whole row, or its representation
 
     def edge_losses(self, msgs: Messages, lane: int) -> torch.Tensor:
         """Cross-entropy of each sender's model on each receiver's scoring batch (the first
@@ -203,16 +209,27 @@ class ImageClassification(Population):
             ys = torch.cat([self.batch[k][1][:sb] for k in receivers.tolist()])
             x = self.bank.prepare(torch.cat(xs))
             row = self._node(lane, l)
-            logits = (self.bank.logits_of(msgs.sent[row], x, chunk) if row in forged
-                      else self.bank.logits(row, x, chunk))
+            logits = self._sender_logits(msgs.sent[row], row, row in forged, x, receivers.tolist(), lane,
+                                         [len(t) for t in xs])
             ce = F.cross_entropy(logits, ys, reduction="none")
             out[eids] = torch.stack([c.mean() for c in torch.split(ce, [len(t) for t in xs])]).to(self.dtype)
         for eid, value in self._lane_overrides(msgs, lane):
             k = int(e.dst[eid])
             if not self.frozen[k]:
-                x, y = self.batch[k][0][:sb], self.batch[k][1][:sb]
-                out[eid] = F.cross_entropy(self.bank.logits_of(value, self.bank.prepare(x), chunk), y)
+                x, y = self.bank.prepare(self.batch[k][0][:sb]), self.batch[k][1][:sb]
+                out[eid] = F.cross_entropy(self._sender_logits(value, None, True, x, [k], lane, [len(y)]), y)
         return out
+
+    def _sender_logits(self, message, row, forged, x, receivers, lane, sizes) -> torch.Tensor:
+        """Logits of a sender's message on its receivers' stacked batches: the whole model; or
+        (representation sharing) the message's representation once, then each receiver's head."""
+        chunk = self.cfg.score_chunk
+        if self.shared == self.bank.num_params:
+            return self.bank.logits_of(message, x, chunk) if forged else self.bank.logits(row, x, chunk)
+        feats = self.bank.features_of(message, x, chunk) if forged else self.bank.features(row, x, chunk)
+        with torch.inference_mode():
+            return torch.cat([self.bank.modules[self._node(lane, k)].head(f)
+                              for k, f in zip(receivers, torch.split(feats, sizes))])
 
     def _lane_overrides(self, msgs: Messages, lane: int):
         """(world edge id, message) of per-edge forgeries in ``lane``."""
@@ -225,7 +242,7 @@ class ImageClassification(Population):
     def edge_sq_dists(self, msgs: Messages, lane: int) -> torch.Tensor:
         """||theta_k,i-1 - message_lk||^2 per edge, in chunks of edges (no [E, P] copy)."""
         e, n0 = self.world_edges, self.world_nodes
-        theta = self.theta[lane * n0:(lane + 1) * n0]
+        theta = self.theta[lane * n0:(lane + 1) * n0, :self.shared]
         sent = msgs.sent[lane * n0:(lane + 1) * n0]
         out = torch.empty(e.num_edges, dtype=self.dtype)
         step = max(1, (1 << 22) // max(1, self.bank.num_params))
@@ -253,8 +270,10 @@ class ImageClassification(Population):
                 oe = msgs.override_edges
                 vals = torch.where(torch.isfinite(msgs.override_values).all(1, keepdim=True), msgs.override_values, 0.0)
                 new.index_add_(0, e.dst[oe], w[oe].unsqueeze(1) * (vals - clean[e.src[oe]]))
-        self.theta = new
-        self.bank.load(new)
+        theta = self.psi.clone()  # heads (representation sharing) keep their local step
+        theta[:, :self.shared] = new
+        self.theta = theta
+        self.bank.load(theta)
 
     def metrics(self) -> dict[str, torch.Tensor]:
         """Test loss and accuracy of every agent's current model on its own test set."""

@@ -1,0 +1,91 @@
+"""Running server-mode experiments: every (scenario, method) on the SimPy clock, recorded in
+the same run-directory format as gossip runs (a method takes the place of a weight rule)."""
+from __future__ import annotations
+
+import inspect
+import time
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .aggregators import AGGREGATORS, make_aggregator
+from .attacks import make_attack
+from .clock import SynchronousRounds
+from .config import ExperimentConfig, ScenarioConfig, ServerConfig
+from .federated import Clients, FederatedRun, FederatedSetup, Method
+from .graphs import build_graph
+from .recorder import RunRecorder
+
+
+def build_aggregator(method: Method, server: ServerConfig, rep_sizes: list[int], all_sizes: list[int]):
+    """The server's aggregator for a method; ``f`` goes to aggregators that take it, layer sizes
+    to the geometric median when it runs layer by layer."""
+    params = dict(server.aggregator_params)
+    accepted = inspect.signature(AGGREGATORS.get(method.aggregator).__init__).parameters
+    if "f" in accepted:
+        params.setdefault("f", server.f)
+    if method.aggregator == "geometric_median" and server.gm_layerwise:
+        params.setdefault("segments", all_sizes if method.scheme == "fedavg" else rep_sizes)
+    return make_aggregator(method.aggregator, **params)
+
+
+def server_world(cfg: ExperimentConfig, scenario: ScenarioConfig, seeds: dict):
+    """(setup, Byzantine client ids) of one scenario; client i is node i + 1 of the star."""
+    from .experiment import choose_byzantine
+
+    g = build_graph(cfg.graph.family, cfg.graph.params, seed=seeds["graph"])
+    n_clients = g.number_of_nodes() - 1
+    setup = FederatedSetup(cfg.task, n_clients, cfg.server.meta_test, np.random.default_rng(seeds["setup"]))
+    byz = choose_byzantine(scenario.byzantine, n_clients, seeds["byzantine"], f"scenarios.{scenario.name}.byzantine")
+    return g, setup, byz
+
+
+def run_server_scenarios(cfg: ExperimentConfig, out_dir: Path, progress: bool, position: int = 0) -> tuple[dict, bool]:
+    """All scenarios x methods of a server-mode config in this process; (summary, interrupted)."""
+    from .experiment import _save_arrays_world, run_seeds
+
+    torch.set_num_threads(cfg.threads)
+    seeds = run_seeds(cfg.seed)
+    worlds = {s.name: server_world(cfg, s, seeds) for s in cfg.scenarios}  # errors before work
+    plans = [(s, s.methods or cfg.server.methods) for s in cfg.scenarios]
+    rec = RunRecorder(out_dir, per_agent=cfg.output.per_agent)
+    rec.summary["group_names"] = ["clients"]
+    bar = tqdm(total=sum(len(m) for _, m in plans) * cfg.iterations, disable=not progress,
+               desc=cfg.name, unit="round", position=position)
+    t0, interrupted = time.perf_counter(), False
+    try:
+        for scenario, methods in plans:
+            g, setup, byz = worlds[scenario.name]
+            n = len(setup.clients)
+            _save_arrays_world(rec, scenario.name, g, nx.spring_layout(g, seed=0), np.r_[-1, setup.group], byz + 1)
+            normal = np.ones(n, dtype=bool)
+            normal[byz] = False
+            for name in methods:
+                method = Method.parse(name)
+                clients = Clients(cfg.task, setup.clients, setup.num_classes, setup.image_shape, seeds["setup"])
+                agg = build_aggregator(method, cfg.server, clients.rep_sizes, clients.all_sizes)
+                attack = make_attack(scenario.attack.name, **scenario.attack.params) if len(byz) else None
+                run = FederatedRun(method, cfg.server, clients, agg, byz, attack, seeds["data"])
+                block = rec.open_block(scenario.name, name, normal, setup.group, 1, n)
+                per_round = 2 * run.picked * run.message_bytes  # download + upload
+                every = cfg.output.record_every
+
+                def on_round(t: int, now: float, run=run, block=block) -> None:
+                    run.round(t)
+                    if (t + 1) % every == 0 or t + 1 == cfg.iterations:
+                        rec.record(block, t, now, per_round * (t + 1), run.evaluate())
+                    bar.update(1)
+
+                SynchronousRounds(cfg.clock, cfg.iterations, on_round).run()
+                meta, naive = run.meta_test(setup.new_clients, cfg.server.meta_test, seeds["setup"])
+                rec.end_block(block, cfg.output.window, {"meta_test_acc": meta, "naive_meta_test_acc": naive})
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+        rec.summary["wall_seconds"] = time.perf_counter() - t0
+        rec.close(finished=not interrupted, interrupted=interrupted)
+    return rec.summary, interrupted

@@ -12,6 +12,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -147,9 +148,37 @@ def digits_round(repeats: int = 3) -> dict:
     return {"naive_s": t_naive, "ours_s": t_ours, "params": pop.bank.num_params}
 
 
+def server_round(rounds: int = 3) -> list[dict]:
+    """Seconds per round of each scheme at the Table II scale of ``experiments/br_mtrl_table2.toml``
+    (100 clients, alpha 0.2, 20 Byzantine sending phi + N(0, I))."""
+    from .attacks import make_attack
+    from .federated import Clients, FederatedRun, Method
+    from .server_run import build_aggregator, server_world
+    from .experiment import run_seeds
+
+    path = Path("experiments/br_mtrl_table2.toml")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the benchmark from the repository root")
+    cfg = load_config(path)
+    seeds = run_seeds(cfg.seed)
+    scenario = cfg.scenarios[-1]
+    _, setup, byz = server_world(cfg, scenario, seeds)
+    rows = []
+    for name in ("fedavg", "fedper+krum", "fedrep", "br-mtrl+gm", "br-mtrl+krum"):
+        m = Method.parse(name)
+        clients = Clients(cfg.task, setup.clients, setup.num_classes, setup.image_shape, seeds["setup"])
+        run = FederatedRun(m, cfg.server, clients, build_aggregator(m, cfg.server, clients.rep_sizes, clients.all_sizes),
+                           byz, make_attack(scenario.attack.name, **scenario.attack.params), seeds["data"])
+        t = time.perf_counter()
+        for r in range(rounds):
+            run.round(r)
+        rows.append({"method": name, "seconds_per_round": (time.perf_counter() - t) / rounds})
+    return rows
+
+
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
-    parts = set(args.only or ["linear", "scale", "digits"])
+    parts = set(args.only or ["linear", "scale", "digits", "server", "aggregators"])
     if "linear" in parts:
         print(f"torch {torch.__version__}, 1 thread; target localization, 100 agents, 20 Byzantine")
         print(f"{'rule':<48} {'reference ms/it':>15} {'batched ms/it':>14} {'speed-up':>9}")
@@ -163,6 +192,15 @@ def main(args: argparse.Namespace) -> int:
         print(f"  naive per-agent, per-edge loop (NCHW): {r['naive_s']:.2f} s")
         print(f"  p2pmtl (channels_last, each sender scored once on its receivers' batches): {r['ours_s']:.2f} s")
         print(f"  speed-up: {r['naive_s'] / r['ours_s']:.2f}x")
+    if "server" in parts:
+        print("\nserver mode: one round at the Table II scale (100 clients, alpha 0.2, 20 Byzantine), 1 thread")
+        for r in server_round():
+            print(f"  {r['method']:<14} {r['seconds_per_round']:.2f} s/round")
+    if "aggregators" in parts:
+        from .aggregator_bench import benchmark_aggregators, format_table
+
+        print(f"\naggregators: {args.agg_n} clients x {args.agg_dim:,} parameters, 20% far outliers, f = {args.agg_n // 10}")
+        print(format_table(benchmark_aggregators(n=args.agg_n, dim=args.agg_dim, f=args.agg_n // 10)))
     if "scale" in parts and args.sizes:
         print(f"\nscaling: random geometric (density of Li2020, cap 9), 20% Byzantine, loss rule, "
               f"{args.scale_iterations} iterations")

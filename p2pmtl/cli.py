@@ -35,32 +35,61 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def format_summary(summary: dict, metric: str = "loss") -> str:
-    """Scenario x rule table of the last-window mean of ``metric`` over normal agents."""
+    """Scenario x rule table of the last-window mean of ``metric`` over normal agents; server
+    runs get one row per (scenario, method) with the meta-test beside it."""
     res = summary.get("results", {})
+    first = next((r for sc in res.values() for r in sc.values()), {})
+    if "meta_test_acc" in first:
+        return format_server_summary(res)
     rules = list(dict.fromkeys(r for sc in res.values() for r in sc))
     if not rules:
         return "(no finished results)"
     some = next(iter(next(iter(res.values())).values()))
     if metric not in some:
-        metric = next(k for k, v in some.items() if isinstance(v, dict))
+        metric = "test_acc" if "test_acc" in some else next(k for k, v in some.items() if isinstance(v, dict))
     width = max(12, *(len(s) for s in res))
     lines = [f"last-window mean {metric} of normal agents", f"{'scenario':<{width}} " + " ".join(f"{r:>10}" for r in rules)]
     for sc, by_rule in res.items():
-        cells = [f"{by_rule[r][metric]['last_window_mean']:>10.4g}" if r in by_rule else f"{'-':>10}" for r in rules]
+        cells = [f"{_num(by_rule[r][metric]['last_window_mean']):>10}" if r in by_rule else f"{'-':>10}" for r in rules]
         lines.append(f"{sc:<{width}} " + " ".join(cells))
     return "\n".join(lines)
 
 
+def _num(v) -> str:
+    return "nan" if v is None else f"{v:.4g}"
+
+
+def format_server_summary(res: dict) -> str:
+    """Rows like BR-MTRL's Table II: test accuracy of normal clients, then the meta-test."""
+    lines = [f"{'scenario / method':<34} {'test acc':>9} {'meta-test':>10} {'naive':>7}"]
+    for sc, by_method in res.items():
+        for m, r in by_method.items():
+            cells = [r["test_acc"]["last_window_mean"], r["meta_test_acc"], r["naive_meta_test_acc"]]
+            a, b, c = ("nan" if v is None or v != v else f"{v:.4f}" for v in cells)
+            lines.append(f"{sc + ' / ' + m:<34} {a:>9} {b:>10} {c:>7}")
+    return "\n".join(lines)
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from .aggregators import AGGREGATORS, PRE_AGGREGATORS
     from .attacks import ATTACKS
     from .graphs import GRAPHS, named_topologies
+    from .models import MODELS
     from .rules import RULES
     from .tasks import TASKS
 
-    import tomllib
-
-    sections = [("weight rules", RULES.describe()), ("attacks", ATTACKS.describe()),
-                ("graph families", GRAPHS.describe()), ("tasks", TASKS.describe())]
+    attacks = [(n, f"{d} [knows: {ATTACKS.get(n).knows}]") for n, d in ATTACKS.describe()]
+    schemes = [("fedavg", "one global model, aggregated whole"),
+               ("fedper", "representation and personal head trained together; representation aggregated"),
+               ("fedrep", "alternating head / representation updates, mean aggregation"),
+               ("br-mtrl", "alternating updates, robust aggregation (br-mtrl+gm, br-mtrl+krum, ...)")]
+    sections = [("weight rules (gossip)", RULES.describe()), ("server methods: SCHEME[+AGGREGATOR]", schemes),
+                ("aggregators", AGGREGATORS.describe()), ("pre-aggregation steps", PRE_AGGREGATORS.describe()),
+                ("attacks", attacks), ("graph families", GRAPHS.describe()), ("tasks", [*TASKS.describe(), ("federated_images",
+                 "BR-MTRL personalised classification, clients with S classes each (server mode)")]),
+                ("models", MODELS.describe())]
     for title, items in sections:
         print(f"{title}:")
         for name, desc in items:
@@ -120,8 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000, 100000],
                    help="agent counts for the scaling part")
     b.add_argument("--scale-iterations", type=int, default=100, help="iterations per scaling size")
-    b.add_argument("--only", nargs="*", choices=["linear", "scale", "digits"],
+    b.add_argument("--only", nargs="*", choices=["linear", "scale", "digits", "server", "aggregators"],
                    help="run only these parts (default: all)")
+    b.add_argument("--agg-n", type=int, default=1000, help="aggregators: number of client vectors")
+    b.add_argument("--agg-dim", type=int, default=1_000_000,
+                   help="aggregators: vector dimension (the default 1000 x 1M needs ~10 GB of memory)")
     b.set_defaults(func=_cmd_bench)
     return p
 

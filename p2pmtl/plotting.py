@@ -54,10 +54,12 @@ def _series(curves, metric, group):
 
 
 def _draw(ax, rules, metric):
+    """Mean per rule; the min-max band too when it stays readable (at most 4 rules)."""
     for rule, (step, mean, lo, hi) in rules.items():
         label, colour, ls, lw = RULE_STYLE.get(rule, (rule, None, "-", 1.2))
         line, = ax.plot(step + 1, mean, label=label, color=colour, ls=ls, lw=lw)
-        ax.fill_between(step + 1, lo, hi, color=line.get_color(), alpha=0.18, lw=0)
+        if len(rules) <= 4:
+            ax.fill_between(step + 1, lo, hi, color=line.get_color(), alpha=0.18, lw=0)
     if metric in LOG_METRICS:
         ax.set_yscale("log")
     ax.grid(True, ls=":", lw=0.5)
@@ -67,18 +69,30 @@ def plot_metric(run_dir: Path, curves, metric: str, group: str = "all") -> Path 
     data = _series(curves, metric, group)
     if not data:
         return None
-    fig, axes = plt.subplots(1, len(data), figsize=(4.2 * len(data), 3.4), squeeze=False, sharey=True)
+    many = max(len(r) for r in data.values()) > 4
+    fig, axes = plt.subplots(1, len(data), figsize=(4.2 * len(data) + (2.2 if many else 0), 3.4),
+                             squeeze=False, sharey=True)
     for ax, (scenario, rules) in zip(axes[0], data.items()):
         _draw(ax, rules, metric)
         ax.set_title(scenario.replace("_", " "))
-        ax.set_xlabel("iteration")
-    axes[0][0].set_ylabel(f"{metric} of normal agents (mean, range)")
-    axes[0][-1].legend(fontsize=8)
+        ax.set_xlabel("round" if _mode(run_dir) == "server" else "iteration")
+    axes[0][0].set_ylabel(f"{metric} of normal agents ({'mean' if many else 'mean, range'})")
+    if many:
+        axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    else:
+        axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     path = run_dir / f"{metric}.png"
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
+
+
+def _mode(run_dir: Path) -> str:
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("mode", "gossip")
+    except (OSError, ValueError):
+        return "gossip"
 
 
 def _group_names(run_dir: Path) -> list[str]:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from pathlib import Path
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -95,7 +97,7 @@ class RunRecorder:
 
     def write_summary(self) -> None:
         tmp = self.out / "summary.json.tmp"
-        tmp.write_text(json.dumps(self.summary, indent=2))
+        tmp.write_text(json.dumps(json_safe(self.summary), indent=2, allow_nan=False))
         tmp.replace(self.out / "summary.json")
 
     def close(self, finished: bool, interrupted: bool = False) -> None:
@@ -105,6 +107,34 @@ class RunRecorder:
         self.write_summary()
         self._metrics.close()
         self._curves.close()
+
+
+def json_safe(obj):
+    """Non-finite floats become null (strict JSON has no NaN or Infinity)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+@contextmanager
+def interruptible(rec: RunRecorder, bar) -> Iterator[dict]:
+    """Run a recording session: Ctrl-C ends it early and cleanly. On the way out the progress
+    bar closes and the recorder writes its summary (``finished`` / ``interrupted``, wall time).
+    Yields a dict whose ``"interrupted"`` tells the caller what happened."""
+    state = {"interrupted": False}
+    t0 = time.perf_counter()
+    try:
+        yield state
+    except KeyboardInterrupt:
+        state["interrupted"] = True
+    finally:
+        bar.close()
+        rec.summary["wall_seconds"] = time.perf_counter() - t0
+        rec.close(finished=not state["interrupted"], interrupted=state["interrupted"])
 
 
 class Block:

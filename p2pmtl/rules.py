@@ -115,10 +115,14 @@ class RuleSet:
     """Rules of M lanes over one world edge list (E0 edges); lane j owns edges
     ``j*E0 ... (j+1)*E0`` of the lanes' disjoint union. Holds every lane's scores ``[M*E0]``."""
 
-    def __init__(self, rules: Sequence[WeightRule], world_edges: EdgeIndex, dtype: torch.dtype = torch.float64):
+    def __init__(self, rules: Sequence[WeightRule], world_edges: EdgeIndex, dtype: torch.dtype = torch.float64,
+                 lanes_edges: Optional[EdgeIndex] = None):
+        """``lanes_edges``: the lanes' disjoint union of ``world_edges``, if the caller has it."""
         self.rules = list(rules)
         m, e0 = len(self.rules), world_edges.num_edges
-        self.edges = EdgeIndex.disjoint_union([world_edges] * m) if m > 1 else world_edges
+        if lanes_edges is None:
+            lanes_edges = EdgeIndex.disjoint_union([world_edges] * m) if m > 1 else world_edges
+        self.edges = lanes_edges
         per_lane = lambda f: torch.cat([torch.full((e0,), f(r)) for r in self.rules])  # noqa: E731
         # a rule without a statistic has the constant score 1 (its placeholder statistic is that
         # same constant, so smoothing never changes it) and hence uniform inverse scores

@@ -3,7 +3,6 @@ the same run-directory format as gossip runs (a method takes the place of a weig
 from __future__ import annotations
 
 import inspect
-import time
 from pathlib import Path
 
 import networkx as nx
@@ -17,7 +16,7 @@ from .clock import SynchronousRounds
 from .config import ExperimentConfig, ScenarioConfig, ServerConfig
 from .federated import Clients, FederatedRun, FederatedSetup, Method
 from .graphs import build_graph
-from .recorder import RunRecorder
+from .recorder import RunRecorder, interruptible
 
 
 def build_aggregator(method: Method, server: ServerConfig, rep_sizes: list[int], all_sizes: list[int]):
@@ -53,10 +52,10 @@ def run_server_scenarios(cfg: ExperimentConfig, out_dir: Path, progress: bool, p
     plans = [(s, s.methods or cfg.server.methods) for s in cfg.scenarios]
     rec = RunRecorder(out_dir, per_agent=cfg.output.per_agent)
     rec.summary["group_names"] = ["clients"]
+    rec.summary["mode"] = "server"
     bar = tqdm(total=sum(len(m) for _, m in plans) * cfg.iterations, disable=not progress,
                desc=cfg.name, unit="round", position=position)
-    t0, interrupted = time.perf_counter(), False
-    try:
+    with interruptible(rec, bar) as state:
         for scenario, methods in plans:
             g, setup, byz = worlds[scenario.name]
             n = len(setup.clients)
@@ -82,10 +81,4 @@ def run_server_scenarios(cfg: ExperimentConfig, out_dir: Path, progress: bool, p
                 SynchronousRounds(cfg.clock, cfg.iterations, on_round).run()
                 meta, naive = run.meta_test(setup.new_clients, cfg.server.meta_test, seeds["setup"])
                 rec.end_block(block, cfg.output.window, {"meta_test_acc": meta, "naive_meta_test_acc": naive})
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        bar.close()
-        rec.summary["wall_seconds"] = time.perf_counter() - t0
-        rec.close(finished=not interrupted, interrupted=interrupted)
-    return rec.summary, interrupted
+    return rec.summary, state["interrupted"]

@@ -91,3 +91,12 @@ def test_too_many_byzantine_is_an_early_error(tiny_dict):
     cfg = load_config(data=tiny_dict, overrides=["scenarios.1.byzantine=50"])
     with pytest.raises(ValueError, match="more Byzantine agents than the 20 agents"):
         build_world(cfg, cfg.scenarios[1])
+
+
+def test_every_bundled_experiment_config_is_valid():
+    from pathlib import Path
+
+    files = sorted(Path("experiments").glob("*.toml"))
+    assert len(files) >= 6
+    for f in files:
+        load_config(f)

@@ -105,3 +105,26 @@ def test_alternating_update_fixes_one_part_at_a_time():
     LocalTrainer(server, 6).alternating(m, opt, x, y, torch.Generator().manual_seed(0))
     assert torch.equal(flat(m.head.parameters()), head1)  # representation epochs: head fixed
     assert not torch.equal(flat(m.representation.parameters()), rep0)
+
+
+def test_gaussian_attack_breaks_the_mean_but_not_gm_or_krum(tmp_path):
+    """12 clients, 2 classes each, all picked every round, 3 Byzantine sending phi + N(0, I):
+    FedRep's mean is wrecked, BR-MTRL with GM or Krum (f = 3) keeps learning."""
+    import json
+
+    from p2pmtl.cli import main
+    from p2pmtl.config import dump_config
+
+    data = server_config_dict(methods=["fedrep", "br-mtrl+gm", "br-mtrl+krum"], alpha=1.0, tau_h=5,
+                              tau_phi=1, f=3, meta_test={"clients": 0})
+    data.update(iterations=8, graph={"family": "star", "n": 13}, output={"record_every": 4, "window": 1})
+    data["task"] = {"name": "federated_images", "datasets": ["mnist"], "train_per_client": 40,
+                    "test_per_client": 20, "batch_size": 20, "lr": 0.05}
+    data["scenarios"] = [{"name": "attack", "byzantine": 3, "attack": {"name": "gaussian", "sigma": 1.0}}]
+    path = tmp_path / "cfg.toml"
+    path.write_text(dump_config(load_config(data=data)))
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--no-progress", "--no-figures"]) == 0
+    res = json.loads((tmp_path / "run" / "summary.json").read_text())["results"]["attack"]
+    acc = {m: res[m]["test_acc"]["last_window_mean"] for m in res}
+    assert acc["br-mtrl+gm"] > acc["fedrep"] + 0.15, acc
+    assert acc["br-mtrl+krum"] > acc["fedrep"] + 0.15, acc

@@ -165,10 +165,11 @@ class HarConfig(Strict):
 
 
 class FederatedImagesConfig(Strict):
-    """Personalised image classification for server mode (BR-MTRL sec. V): a pool of images
-    (digits offline by default; CIFAR-10 or EMNIST through torchvision) split over clients with
+    """Personalised image classification (BR-MTRL sec. V): a pool of images (digits offline by
+    default; CIFAR-10 or EMNIST through torchvision) split over clients with
     ``classes_per_client`` classes each (pathological non-iid), plus unseen clients for the
-    meta-test."""
+    meta-test. Runs in server mode, and in gossip mode on the same split (every agent is a
+    client; by default only representations are gossiped), so the two compare on one task."""
 
     name: Literal["federated_images"]
     datasets: list[Literal["mnist", "synthetic", "emnist", "cifar10", "folder"]] = ["mnist", "synthetic"]
@@ -187,6 +188,11 @@ class FederatedImagesConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     batch_size: int = Field(50, ge=1)
     channels_last: bool = True
+    # gossip mode only
+    share: Literal["model", "representation"] = "representation"
+    score_batch: int = Field(32, ge=1)
+    score_chunk: int = Field(64, ge=1)
+    skip_prob: list[Probability] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _sources(self) -> "FederatedImagesConfig":
@@ -229,8 +235,20 @@ class ServerConfig(Strict):
     unit: Literal["epochs", "steps"] = "epochs"
     f: int = Field(0, ge=0, description="Byzantine clients the aggregator assumes (Krum, trimmed mean)")
     gm_layerwise: bool = Field(True, description="geometric median layer by layer (BR-MTRL's choice)")
+    pre: list[str] = Field(default_factory=list,
+                           description="pre-aggregation steps before every method's aggregator, e.g. ['nnm']")
     aggregator_params: dict[str, Any] = Field(default_factory=dict, description="extra aggregator settings")
     meta_test: MetaTestConfig = MetaTestConfig()
+
+    @field_validator("pre")
+    @classmethod
+    def _pre(cls, v):
+        from .aggregators import PRE_AGGREGATORS
+
+        for name in v:
+            if name not in PRE_AGGREGATORS:
+                raise ValueError(f"pre-aggregation step {name!r} unknown; allowed: {', '.join(PRE_AGGREGATORS.names())}")
+        return v
 
     @field_validator("methods")
     @classmethod
@@ -360,8 +378,6 @@ class ExperimentConfig(Strict):
             for s in self.scenarios:
                 if s.methods is not None:
                     ServerConfig(methods=s.methods)
-        elif self.task.name == "federated_images":
-            raise ValueError("task.name = 'federated_images' runs in mode = 'server'")
         return self
 
     @field_validator("scenarios")

@@ -83,11 +83,12 @@ class FederatedSetup:
         new = meta.train_per_client + meta.test_per_client
         labels = pool.y.numpy()
         s = cfg.classes_per_client
-        try:  # meta-test clients first, then the source clients from what is left
-            new_parts = (partition_classes(labels, meta.clients, s, new, int(rng.integers(2**31)))
+        try:  # source clients first (the same split whatever the meta-test), then unseen clients
+            parts = partition_classes(labels, n_clients, s, src, int(rng.integers(2**31)))
+            rest = np.setdiff1d(np.arange(len(labels)), np.concatenate(parts))
+            new_parts = ([rest[p] for p in partition_classes(labels[rest], meta.clients, s, new,
+                                                             int(rng.integers(2**31)))]
                          if meta.clients else [])
-            rest = np.setdiff1d(np.arange(len(labels)), np.concatenate(new_parts) if new_parts else [])
-            parts = [rest[p] for p in partition_classes(labels[rest], n_clients, s, src, int(rng.integers(2**31)))]
         except ValueError as e:
             raise ValueError(f"task: {n_clients} clients x {src} images + {meta.clients} meta-test clients x "
                              f"{new} images do not fit the {len(pool)}-image pool: {e}") from None

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .aggregators import AGGREGATORS, make_aggregator
+from .aggregators import AGGREGATORS, PRE_AGGREGATORS, make_aggregator
 from .attacks import make_attack
 from .clock import SynchronousRounds
 from .config import ExperimentConfig, ScenarioConfig, ServerConfig
@@ -20,15 +20,16 @@ from .recorder import RunRecorder, interruptible
 
 
 def build_aggregator(method: Method, server: ServerConfig, rep_sizes: list[int], all_sizes: list[int]):
-    """The server's aggregator for a method; ``f`` goes to aggregators that take it, layer sizes
-    to the geometric median when it runs layer by layer."""
+    """The server's aggregator for a method, after the configured pre-aggregation steps; ``f``
+    goes to components that take it, layer sizes to the geometric median when it runs layer by
+    layer."""
     params = dict(server.aggregator_params)
-    accepted = inspect.signature(AGGREGATORS.get(method.aggregator).__init__).parameters
-    if "f" in accepted:
+    takes_f = [AGGREGATORS.get(method.aggregator)] + [PRE_AGGREGATORS.get(p) for p in server.pre]
+    if any("f" in inspect.signature(c.__init__).parameters for c in takes_f):
         params.setdefault("f", server.f)
     if method.aggregator == "geometric_median" and server.gm_layerwise:
         params.setdefault("segments", all_sizes if method.scheme == "fedavg" else rep_sizes)
-    return make_aggregator(method.aggregator, **params)
+    return make_aggregator(method.aggregator, pre=server.pre, **params)
 
 
 def server_world(cfg: ExperimentConfig, scenario: ScenarioConfig, seeds: dict):

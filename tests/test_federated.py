@@ -128,3 +128,54 @@ def test_gaussian_attack_breaks_the_mean_but_not_gm_or_krum(tmp_path):
     acc = {m: res[m]["test_acc"]["last_window_mean"] for m in res}
     assert acc["br-mtrl+gm"] > acc["fedrep"] + 0.15, acc
     assert acc["br-mtrl+krum"] > acc["fedrep"] + 0.15, acc
+
+
+def test_gossip_and_server_run_the_same_task_with_one_output_format(tmp_path):
+    """The federated_images split in server mode and in gossip (representation) mode: same
+    clients, same files, same columns."""
+    import csv
+
+    from p2pmtl.cli import main
+    from p2pmtl.config import dump_config
+
+    task = {"name": "federated_images", "datasets": ["mnist"], "train_per_client": 20, "test_per_client": 10,
+            "batch_size": 10, "lr": 0.05, "score_batch": 8}
+    server = server_config_dict(methods=["fedrep"], alpha=1.0, tau_h=2, tau_phi=1,
+                                meta_test={"clients": 2, "train_per_client": 5, "test_per_client": 5})
+    server.update(iterations=3, graph={"family": "star", "n": 7}, task=task, output={"record_every": 3})
+    gossip = {"mode": "gossip", "iterations": 3, "graph": {"family": "complete", "n": 6}, "task": task,
+              "rules": {"names": ["noncoop", "loss"], "nu": 0.05, "init_score": 1.0},
+              "output": {"record_every": 3}, "scenarios": [{"name": "clean"}]}
+    outs = {}
+    for name, data in (("server", server), ("gossip", gossip)):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(dump_config(load_config(data=data)))
+        outs[name] = tmp_path / name
+        assert main(["run", str(path), "--out", str(outs[name]), "--no-progress", "--no-figures"]) == 0
+    heads = [next(csv.reader(open(outs[n] / "metrics.csv"))) for n in outs]
+    assert heads[0] == heads[1]
+    rows = {n: list(csv.DictReader(open(outs[n] / "metrics.csv"))) for n in outs}
+    assert {r["agent"] for r in rows["server"]} == {r["agent"] for r in rows["gossip"]} == {str(i) for i in range(6)}
+    assert {r["metric"] for r in rows["server"]} == {r["metric"] for r in rows["gossip"]} == {"test_loss", "test_acc"}
+    # the same clients hold the same data in both modes (same seed, same split)
+    from p2pmtl.experiment import build_world, run_seeds
+    from p2pmtl.server_run import server_world
+
+    g_cfg, s_cfg = load_config(data=gossip), load_config(data=server)
+    split_g = build_world(g_cfg, g_cfg.scenarios[0]).setups[0]
+    _, split_s, _ = server_world(s_cfg, s_cfg.scenarios[0], run_seeds(0))
+    for k in range(6):
+        assert torch.equal(split_g.train[k][1], split_s.clients[k][0][1])
+
+
+def test_pre_aggregation_steps_reach_the_server():
+    from p2pmtl.server_run import build_aggregator
+
+    server = load_config(data=server_config_dict(pre=["nnm"], f=2)).server
+    agg = build_aggregator(Method.parse("br-mtrl+krum"), server, [3, 2], [3, 2, 1])
+    assert agg.name == "nnm+krum"
+    x = torch.randn(9, 5, dtype=torch.float64)
+    x[0] = 1e6  # a far outlier is not chosen
+    assert torch.isfinite(agg(x)).all() and float(agg(x).abs().max()) < 1e3
+    with pytest.raises(ConfigError, match="pre-aggregation step 'median'"):
+        load_config(data=server_config_dict(pre=["median"]))

@@ -298,3 +298,34 @@ def _mix(edges: EdgeIndex, weights: torch.Tensor, rows: torch.Tensor) -> torch.T
         warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
         a = torch.sparse_csr_tensor(edges.offsets, edges.src, weights, (edges.num_nodes, edges.num_nodes))
     return a @ rows
+
+
+class ClientSplitSetup:
+    """The server mode's client split (:class:`p2pmtl.federated.FederatedSetup`) seen as gossip
+    agents: agent k is client k; its group is its set of classes."""
+
+    def __init__(self, cfg, n: int, rng: np.random.Generator) -> None:
+        from ..config import MetaTestConfig
+        from ..federated import FederatedSetup
+
+        split = FederatedSetup(cfg, n, MetaTestConfig(clients=0), rng)
+        self.train = [tr for tr, _ in split.clients]
+        self.test = [te for _, te in split.clients]
+        sets = [tuple(sorted(torch.unique(y).tolist())) for _, y in self.train]
+        self.set_names = sorted(set(sets))
+        self.group = np.array([self.set_names.index(c) for c in sets])
+        self.num_classes, self.image_shape = split.num_classes, split.image_shape
+
+
+@TASKS.register("federated_images", "BR-MTRL clients with S classes each; in gossip mode, CNN agents on that split")
+class ClientSplitClassification(ImageClassification):
+    """Gossip on the server mode's task: agents are the clients (same data split), sharing the
+    representation (default) or the whole model, scored and combined like the digits agents."""
+
+    @staticmethod
+    def make_setup(cfg, graph, rng: np.random.Generator) -> ClientSplitSetup:
+        return ClientSplitSetup(cfg, graph.number_of_nodes(), rng)
+
+    def __init__(self, cfg, setups, *args, **kwargs) -> None:
+        super().__init__(cfg, setups, *args, **kwargs)
+        self.group_names = ["classes " + "+".join(map(str, c)) for c in setups[0].set_names]

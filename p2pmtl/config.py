@@ -24,6 +24,14 @@ class ConfigError(ValueError):
 Probability = Annotated[float, Field(ge=0, le=1)]
 
 
+def registered(names: list[str], registry) -> list[str]:
+    """Every name must be in ``registry``; the error lists the allowed names."""
+    for name in names:
+        if name not in registry:
+            raise ValueError(f"{name!r} is not a known {registry.kind}; allowed: {', '.join(registry.names())}")
+    return names
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
@@ -245,10 +253,7 @@ class ServerConfig(Strict):
     def _pre(cls, v):
         from .aggregators import PRE_AGGREGATORS
 
-        for name in v:
-            if name not in PRE_AGGREGATORS:
-                raise ValueError(f"pre-aggregation step {name!r} unknown; allowed: {', '.join(PRE_AGGREGATORS.names())}")
-        return v
+        return registered(v, PRE_AGGREGATORS)
 
     @field_validator("methods")
     @classmethod
@@ -319,9 +324,7 @@ class RulesConfig(Strict):
     @field_validator("names")
     @classmethod
     def _known(cls, v):
-        for name in v:
-            if name not in RULES:
-                raise ValueError(f"{name!r} is not a weight rule; allowed: {', '.join(RULES.names())}")
+        registered(v, RULES)
         if not v:
             raise ValueError("give at least one weight rule")
         return v

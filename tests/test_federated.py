@@ -177,5 +177,5 @@ def test_pre_aggregation_steps_reach_the_server():
     x = torch.randn(9, 5, dtype=torch.float64)
     x[0] = 1e6  # a far outlier is not chosen
     assert torch.isfinite(agg(x)).all() and float(agg(x).abs().max()) < 1e3
-    with pytest.raises(ConfigError, match="pre-aggregation step 'median'"):
+    with pytest.raises(ConfigError, match="'median' is not a known pre-aggregation step"):
         load_config(data=server_config_dict(pre=["median"]))

@@ -112,8 +112,6 @@ def digits_round(repeats: int = 3) -> dict:
     receiver scores every neighbour on its 64 images): our engine step against the naive
     per-agent, per-edge loop of the reference code (NCHW modules, one forward pass per edge,
     parameter-by-parameter weighted sums) on the same models and batches."""
-    import copy
-
     from .models import DigitCNN
     from .reference import naive_cnn_round
 

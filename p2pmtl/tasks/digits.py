@@ -194,7 +194,7 @@ class ImageClassification(Population):
     def edge_losses(self, msgs: Messages, lane: int) -> torch.Tensor:
         """Cross-entropy of each sender's model on each receiver's scoring batch (the first
         ``score_batch`` images of its current batch); each sender evaluated once."""
-        sb, chunk = self.cfg.score_batch, self.cfg.score_chunk
+        sb = self.cfg.score_batch
         e = self.world_edges
         out = torch.ones(e.num_edges, dtype=self.dtype)
         forged = set(msgs.forged_rows.tolist())

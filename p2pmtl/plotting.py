@@ -106,12 +106,15 @@ def plot_metric_by_group(run_dir: Path, curves, metric: str, groups: list[str]) 
     """One row per task group (Li2020 Figs. 3 and 4 are the two digit groups)."""
     per_group = {g: _series(curves, metric, g) for g in groups}
     names = _group_names(run_dir)
-    scenarios = list(next(iter(per_group.values())).keys())
+    scenarios = list(dict.fromkeys(sc for series in per_group.values() for sc in series))  # all groups
     fig, axes = plt.subplots(len(groups), len(scenarios), figsize=(4 * len(scenarios), 2.8 * len(groups)),
                              squeeze=False, sharex=True)
     for i, g in enumerate(groups):
         for j, s in enumerate(scenarios):
             ax = axes[i][j]
+            if s not in per_group[g]:
+                ax.text(0.5, 0.5, "no normal agent", ha="center", va="center", transform=ax.transAxes, color="0.5")
+                ax.set_yticks([])
             _draw(ax, per_group[g].get(s, {}), metric)
             if i == 0:
                 ax.set_title(s.replace("_", " "))

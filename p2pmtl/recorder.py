@@ -149,9 +149,8 @@ class Block:
         self.heads = [f"{scenario},{rule},{r}" for r in self.run_of.tolist()]
         self.tails = [f"{a},{g}" for a, g in zip(agent_of.tolist(), group_of.tolist())]
         self.group_selectors: list = [("all", slice(None))]
-        ids = np.unique(group_of)
-        if len(ids) > 1:
-            self.group_selectors += [(str(int(g)), group_of == g) for g in ids]
+        if len(np.unique(groups)) > 1:  # the world has groups: a row for each that has normal agents
+            self.group_selectors += [(str(int(g)), group_of == g) for g in np.unique(group_of)]
         self.series: dict[str, list[np.ndarray]] = {}
         self.steps: list[int] = []
 

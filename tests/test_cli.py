@@ -107,3 +107,26 @@ def test_parallel_scenarios_equal_sequential(tiny_file, tmp_path):
     assert s1["results"] == s2["results"] and s2["finished"]
     assert not (par / "parts").exists()
     assert sorted(p.name for p in (seq / "arrays").iterdir()) == sorted(p.name for p in (par / "arrays").iterdir())
+
+
+def test_group_figure_keeps_a_scenario_whose_normal_agents_sit_in_one_group(tmp_path):
+    """With 99 Byzantine agents the only honest agent is in one group: its column must stay."""
+    import matplotlib.pyplot as plt
+
+    from p2pmtl import plotting
+
+    curves = [dict(scenario=sc, rule="loss", group=g, metric="loss", step=str(i), mean="1", min="1", max="1")
+              for sc, groups in (("clean", ["0", "1"]), ("byz99", ["1"])) for g in groups for i in range(3)]
+    seen = {}
+    real = plt.subplots
+
+    def spy(rows, cols, **kw):
+        seen["cols"] = cols
+        return real(rows, cols, **kw)
+
+    plotting.plt.subplots = spy
+    try:
+        plotting.plot_metric_by_group(tmp_path, curves, "loss", ["0", "1"])
+    finally:
+        plotting.plt.subplots = real
+    assert seen["cols"] == 2

@@ -1,4 +1,4 @@
-"""Command line: ``p2pmtl run | list | plot | bench``."""
+"""Command line: ``p2pmtl run | sweep | list | plot | bench``."""
 from __future__ import annotations
 
 import argparse
@@ -116,6 +116,38 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .sweep import format_matrix, load_sweep, run_sweep, write_matrix
+
+    if args.plot:
+        run_dir = Path(args.config)
+        if not (run_dir / "cells.json").is_file():
+            print(f"error: {run_dir} is not a sweep directory (no cells.json)", file=sys.stderr)
+            return 2
+        print(format_matrix(write_matrix(run_dir)))
+        return 0
+    try:
+        cfg, _ = load_sweep(args.config, args.set)
+        out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-sweep"
+        matrix = run_sweep(args.config, out, overrides=args.set, jobs=args.jobs, backend=args.backend,
+                           ray_address=args.ray_address, progress=not args.no_progress,
+                           figures=not args.no_figures)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished cells kept in {out}; rerun the same command to do the rest",
+              file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_matrix(matrix))
+    print(f"{matrix['ran']} cells run, {matrix['skipped']} already finished; results in {out}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench_main
 
@@ -142,6 +174,21 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="(re)draw the figures of a run directory")
     pl.add_argument("run_dir")
     pl.set_defaults(func=_cmd_plot)
+    sw = sub.add_parser("sweep", help="run an attack x defence x Byzantine fraction x seed grid",
+                        description="Run the cells of a sweep config ([sweep] table) in parallel, skipping "
+                                    "finished cells, and draw the resilience matrix (matrix.png, matrix.csv).")
+    sw.add_argument("config", help="sweep TOML file (with --plot: a sweep directory)")
+    sw.add_argument("--out", help="sweep directory (default runs/NAME-sweep; rerun to resume)")
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value, e.g. --set iterations=100 --set 'sweep.seeds=[0]'")
+    sw.add_argument("--jobs", type=int, help="parallel cells (local backend; default: sweep.jobs or CPU count)")
+    sw.add_argument("--backend", choices=["local", "ray"], default="local",
+                    help="local processes (default) or Ray tasks (pip install 'p2pmtl[ray]')")
+    sw.add_argument("--ray-address", help="Ray cluster address (default: start or join a local Ray)")
+    sw.add_argument("--plot", action="store_true", help="only redraw the matrix of a sweep directory")
+    sw.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sw.add_argument("--no-figures", action="store_true", help="skip matrix.png")
+    sw.set_defaults(func=_cmd_sweep)
     b = sub.add_parser("bench", help="time the batched engine against a per-agent numpy loop",
                        description="Target localization: batched engine vs the per-agent loop of the "
                                    "published reference code, then scaling to large graphs.")

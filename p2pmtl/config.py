@@ -247,6 +247,9 @@ class ServerConfig(Strict):
                            description="pre-aggregation steps before every method's aggregator, e.g. ['nnm']")
     aggregator_params: dict[str, Any] = Field(default_factory=dict, description="extra aggregator settings")
     meta_test: MetaTestConfig = MetaTestConfig()
+    placement: Literal["parallel", "sequential"] = Field(
+        "parallel", description="with [network]: clients on their own machines (parallel) or trained "
+                                "one after another on one machine (sequential; BR-MTRL Table I)")
 
     @field_validator("pre")
     @classmethod
@@ -337,6 +340,107 @@ class ClockConfig(Strict):
     latency: float = Field(0.0, ge=0, description="simulated seconds per message hop")
 
 
+class DistConfig(Strict):
+    """A non-negative random quantity, drawn once per agent or per link: ``constant`` (value),
+    ``uniform`` (low, high), ``lognormal`` (median, sigma: exp(N(log median, sigma^2))) or
+    ``edge_attr`` (the graph's edge attribute ``attr``, ``default`` where an edge lacks it).
+    A bare number means a constant."""
+
+    kind: Literal["constant", "uniform", "lognormal", "edge_attr"] = "constant"
+    value: float = Field(0.0, ge=0, allow_inf_nan=False)
+    low: float = Field(0.0, ge=0, allow_inf_nan=False)
+    high: float = Field(0.0, ge=0, allow_inf_nan=False)
+    median: float = Field(1.0, gt=0, allow_inf_nan=False)
+    sigma: float = Field(0.0, ge=0, allow_inf_nan=False)
+    attr: Optional[str] = None
+    default: Optional[float] = Field(None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _number(cls, data):
+        if isinstance(data, (int, float)) and not isinstance(data, bool):
+            return {"kind": "constant", "value": data}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DistConfig":
+        if self.kind == "uniform" and self.low > self.high:
+            raise ValueError(f"uniform needs low <= high, got low = {self.low}, high = {self.high}")
+        if self.kind == "edge_attr" and not self.attr:
+            raise ValueError("kind = 'edge_attr' needs attr = the name of an edge attribute of the graph")
+        return self
+
+
+class StragglerConfig(Strict):
+    """A ``fraction`` of agents computes ``slowdown`` times slower: the same agents all run
+    (``mode = "fixed"``) or each agent anew at each step (``"random"``)."""
+
+    fraction: Probability = 0.0
+    slowdown: float = Field(10.0, ge=1, allow_inf_nan=False)
+    mode: Literal["fixed", "random"] = "fixed"
+
+
+class ChurnConfig(Strict):
+    """A ``fraction`` of agents alternates online / offline periods of exponential length
+    (means in simulated seconds). Offline agents neither compute, send nor receive; they keep
+    their model and rejoin with it."""
+
+    fraction: Probability = 0.0
+    mean_online: float = Field(50.0, gt=0, allow_inf_nan=False)
+    mean_offline: float = Field(10.0, gt=0, allow_inf_nan=False)
+
+
+class TopologyChangeConfig(Strict):
+    """Time-varying edges: ``static`` (the graph), ``redraw`` (a fresh graph of the same family
+    every ``every`` rounds) or ``schedule`` (the listed graphs in turn, ``every`` rounds each).
+    Agents keep their scores for an edge while it is absent."""
+
+    kind: Literal["static", "redraw", "schedule"] = "static"
+    every: int = Field(1, ge=1, description="rounds per graph (async: nominal rounds of compute_time)")
+    schedule: list[GraphConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _schedule(self) -> "TopologyChangeConfig":
+        if self.kind == "schedule" and not self.schedule:
+            raise ValueError("kind = 'schedule' needs schedule = [graph tables]")
+        if self.kind != "schedule" and self.schedule:
+            raise ValueError(f"schedule given but kind = {self.kind!r}; use kind = 'schedule'")
+        return self
+
+
+class NetworkConfig(Strict):
+    """The network model on the SimPy clock (SPEC sec. 7). Present: timing per agent and per link;
+    absent: the plain synchronous clock of ``[clock]``. Compute time of a step =
+    ``clock.compute_time`` x the agent's ``speed`` factor (x ``stragglers.slowdown``); a message
+    on link l -> k takes ``latency`` + bytes / ``bandwidth`` (bytes/s; none = infinite)."""
+
+    protocol: Literal["sync", "async"] = "sync"
+    deadline: Optional[float] = Field(
+        None, gt=0, description="sync: seconds after its round starts when an agent combines what it has")
+    speed: DistConfig = DistConfig(value=1.0)
+    latency: Optional[DistConfig] = Field(None, description="per link; default: clock.latency")
+    latency_per_message: bool = Field(False, description="redraw the latency of every message (links stay FIFO)")
+    bandwidth: Optional[DistConfig] = Field(None, description="bytes per second per link; default: infinite")
+    loss: Probability = Field(0.0, description="probability that a message is lost")
+    stragglers: StragglerConfig = StragglerConfig()
+    churn: ChurnConfig = ChurnConfig()
+    topology: TopologyChangeConfig = TopologyChangeConfig()
+
+    @field_validator("speed")
+    @classmethod
+    def _speed(cls, v):
+        if v.kind == "constant" and v.value <= 0:
+            raise ValueError(f"speed = {v.value}: a compute-time factor must be > 0")
+        return v
+
+    @field_validator("bandwidth")
+    @classmethod
+    def _bandwidth(cls, v):
+        if v is not None and v.kind == "constant" and v.value <= 0:
+            raise ValueError(f"bandwidth = {v.value}: bytes per second must be > 0 (omit it for infinite)")
+        return v
+
+
 class OutputConfig(Strict):
     window: int = Field(100, ge=1, description="summary: mean over the last `window` iterations")
     record_every: int = Field(1, ge=1, description="write metrics every k iterations")
@@ -367,6 +471,7 @@ class ExperimentConfig(Strict):
     rules: RulesConfig = RulesConfig()
     scenarios: list[ScenarioConfig] = [ScenarioConfig(name="no_attack")]
     clock: ClockConfig = ClockConfig()
+    network: Optional[NetworkConfig] = None
     output: OutputConfig = OutputConfig()
     server: ServerConfig = ServerConfig()
 

@@ -76,15 +76,45 @@ class GossipEngine:
         """Edge slice of lane j (lanes are contiguous because edges are sorted by receiver)."""
         return slice(j * self.e0, (j + 1) * self.e0)
 
-    def step(self, step: int) -> None:
+    def step(self, step: int, delivered: Optional[torch.Tensor] = None, active: Optional[torch.Tensor] = None) -> None:
+        """One synchronous iteration. ``delivered`` ([E0] bool, world edges; None: all) marks the
+        messages received this time (the network model: losses, deadlines, churn, absent
+        edges); ``active`` ([N0] bool; None: all) the agents that compute and combine (the
+        others keep their model and scores)."""
+        sent, overrides = self.produce(step, active)
+        self.consume(self.messages(sent, overrides, delivered, active))
+
+    def produce(self, step: int, active: Optional[torch.Tensor] = None):
+        """Adapt (Li2020 eq. 2) and forge: (broadcast rows ``[M*N0, D]``, per-edge forgeries)."""
         pop = self.pop
-        pop.sample(step)
-        psi = pop.adapt()
+        pop.sample(step, active)
+        psi = pop.adapt(active)
         sent, overrides = psi, (None, None)
         if self.byzantine.numel():
             sent, overrides = self._forge(step, psi)
-        msgs = Messages(sent, self.edges, self.lanes, self.byz_all, *overrides)
         self.sent = sent
+        return sent, overrides
+
+    def messages(self, sent, overrides, delivered=None, active=None, edge_values=None) -> Messages:
+        """What the receivers hold: the broadcast rows, per-edge forgeries, and (asynchronous
+        gossip) per-edge stored values ``edge_values = (lane edge ids, rows)``."""
+        ok = None
+        if delivered is not None or active is not None:
+            ok = torch.ones(self.e0, dtype=torch.bool) if delivered is None else delivered.clone()
+            if active is not None:
+                ok &= active[self.world_edges.dst]
+            ok = ok.repeat(self.lanes)
+        if edge_values is not None:
+            oe, ov = edge_values
+            if overrides[0] is not None:  # stored values replace this step's forgeries on their edges
+                keep = ~torch.isin(overrides[0], oe)
+                oe, ov = torch.cat([overrides[0][keep], oe]), torch.cat([overrides[1][keep], ov])
+            overrides = (oe, ov)
+        return Messages(sent, self.edges, self.lanes, self.byz_all, *overrides, delivered=ok, receivers=active)
+
+    def consume(self, msgs: Messages) -> None:
+        """Weights (Li2020 eqs. 4, 9-10) and combination (eq. 3) for every lane."""
+        pop = self.pop
         stats = []
         for j, rule in enumerate(self.rules):
             if rule.needs == "loss":
@@ -99,9 +129,14 @@ class GossipEngine:
     def _forge(self, step: int, psi: torch.Tensor):
         """Byzantine messages of every lane: broadcast forgeries, and per-edge ones if any."""
         forged, per_edge = [], []
+        theta = getattr(self.pop, "theta", None)  # models before this round's local step
         for j, attack in enumerate(self.attacks):
+            if not getattr(attack, "_set_up", False):  # once, before its first forgery
+                attack.setup(self.pop, self.byzantine)
+                attack._set_up = True
+            prev = theta[self.lane(j), :psi.shape[1]] if isinstance(theta, torch.Tensor) else None
             ctx = AttackContext(step, psi[self.lane(j)], self.byzantine, self.run_of_node,
-                                self.attack_generators[j], self.world_edges)
+                                self.attack_generators[j], self.world_edges, prev, self.pop, j)
             forged.append(attack.forge(ctx))
             if self.world_byz_edges.numel():
                 per_edge.append(attack.forge_edges(ctx, self.world_byz_edges))

@@ -28,8 +28,8 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 def run_seeds(seed: int) -> dict[str, int]:
     """Independent child seeds of one run (numpy SeedSequence), one per random stream."""
-    kids = np.random.SeedSequence(seed).spawn(5)
-    names = ("graph", "setup", "data", "byzantine", "attack")
+    kids = np.random.SeedSequence(seed).spawn(6)
+    names = ("graph", "setup", "data", "byzantine", "attack", "network")
     return {k: int(s.generate_state(1)[0]) for k, s in zip(names, kids)}
 
 
@@ -43,6 +43,7 @@ class World:
     seeds: list[dict[str, int]]
     byzantine: torch.Tensor  # node ids in the batched numbering
     n: int
+    present: Optional[list] = None  # time-varying topology: world edge ids present per block
 
     @property
     def run_of_node(self) -> torch.Tensor:
@@ -75,8 +76,16 @@ def build_world(cfg: ExperimentConfig, scenario: ScenarioConfig) -> World:
         setups.append(TASKS.get(cfg.task.name).make_setup(cfg.task, g, np.random.default_rng(s["setup"])))
         seeds.append(s)
         byz.append(choose_byzantine(scenario.byzantine, n, s["byzantine"], f"scenarios.{scenario.name}.byzantine") + r * n)
-    return World(graphs, EdgeIndex.disjoint_union(edges), setups, seeds,
-                 torch.as_tensor(np.concatenate(byz), dtype=torch.long), n0)
+    world_edges, present = EdgeIndex.disjoint_union(edges), None
+    net = cfg.network
+    if net is not None and net.topology.kind != "static":
+        from .network import blocks_needed, dynamic_edges
+
+        world_edges, present = dynamic_edges(net, graphs, cfg.graph.family, cfg.graph.params,
+                                             [s["graph"] for s in seeds],
+                                             blocks_needed(cfg.iterations, net.topology.every))
+    return World(graphs, world_edges, setups, seeds, torch.as_tensor(np.concatenate(byz), dtype=torch.long),
+                 n0, present)
 
 
 def make_engine(cfg: ExperimentConfig, world: World, scenario: ScenarioConfig, rule_names: list[str]) -> GossipEngine:
@@ -146,23 +155,69 @@ def _run_scenarios(cfg: ExperimentConfig, out_dir: Path, progress: bool, positio
             rec.summary["group_names"] = engine.pop.group_names
             normal = ~engine.is_byzantine.numpy()
             blocks = [rec.open_block(scenario.name, r, normal, engine.pop.groups, cfg.runs, world.n) for r in rules]
-            per_round_bytes = _bytes_per_round(world, engine)
-            every = cfg.output.record_every
-
-            def on_round(i: int, now: float, engine=engine, blocks=blocks) -> None:
-                engine.step(i)
-                if (i + 1) % every == 0 or i + 1 == cfg.iterations:
-                    metrics = engine.pop.metrics()
-                    for j, block in enumerate(blocks):
-                        rec.record(block, i, now, per_round_bytes * (i + 1),
-                                   {k: engine.lane_values(v, j) for k, v in metrics.items()})
-                bar.update(len(blocks))
-
-            SynchronousRounds(cfg.clock, cfg.iterations, on_round).run()
+            if cfg.network is None:
+                _plain_rounds(cfg, rec, engine, blocks, world, bar)
+            else:
+                _network_rounds(cfg, rec, engine, blocks, world, bar)
             for j, (rule, block) in enumerate(zip(rules, blocks)):
                 rec.end_block(block, cfg.output.window, _weight_stats(engine, j, world))
                 _save_weights(rec, scenario.name, rule, engine.lane_weights(j), world)
     return rec.summary, state["interrupted"]
+
+
+def _plain_rounds(cfg: ExperimentConfig, rec: RunRecorder, engine: GossipEngine, blocks: list, world: World, bar) -> None:
+    """The plain synchronous clock: every round takes compute_time + latency."""
+    per_round_bytes = _bytes_per_round(world, engine)
+    every = cfg.output.record_every
+
+    def on_round(i: int, now: float) -> None:
+        engine.step(i)
+        if (i + 1) % every == 0 or i + 1 == cfg.iterations:
+            metrics = engine.pop.metrics()
+            for j, block in enumerate(blocks):
+                rec.record(block, i, now, per_round_bytes * (i + 1),
+                           {k: engine.lane_values(v, j) for k, v in metrics.items()})
+        bar.update(len(blocks))
+
+    SynchronousRounds(cfg.clock, cfg.iterations, on_round).run()
+
+
+def make_network(cfg: ExperimentConfig, world: World, engine: GossipEngine):
+    from .network import NetworkModel
+
+    return NetworkModel(cfg.network, cfg.clock, world.graphs, world.edges, world.n, engine.pop.message_bytes,
+                        [s["network"] for s in world.seeds], world.present)
+
+
+def make_protocol(cfg: ExperimentConfig, world: World, engine: GossipEngine, on_record):
+    """The gossip protocol of ``cfg.network`` (see :mod:`p2pmtl.protocols`)."""
+    from .protocols import AsyncGossip, SyncGossip
+
+    net, nc = make_network(cfg, world, engine), cfg.network
+    if nc.protocol == "sync":
+        return SyncGossip(engine, net, cfg.iterations, nc.deadline, nc.topology.every, cfg.output.record_every,
+                          on_record)
+    return AsyncGossip(engine, net, cfg.iterations, nc.topology.every * cfg.clock.compute_time,
+                       cfg.output.record_every, on_record)
+
+
+def _network_rounds(cfg: ExperimentConfig, rec: RunRecorder, engine: GossipEngine, blocks: list, world: World,
+                    bar) -> None:
+    """A gossip protocol on the network model; per-agent network accounts are recorded as
+    metrics next to the task's (bytes, simulated time, time computing / sending / waiting)."""
+    last = [-1]
+
+    def on_record(step: int, now: float, extras: dict) -> None:
+        metrics = engine.pop.metrics()
+        net_rows = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in extras.items()}
+        total = float(extras["bytes_sent"].sum()) / len(world.setups)
+        for j, block in enumerate(blocks):
+            rec.record(block, step, now, total, {**{k: engine.lane_values(v, j) for k, v in metrics.items()},
+                                                 **net_rows})
+        bar.update(len(blocks) * (step - last[0]))
+        last[0] = step
+
+    make_protocol(cfg, world, engine, on_record).run()
 
 
 def _scenario_worker(cfg_data: dict, part_dir: str, progress: bool, position: int) -> bool:

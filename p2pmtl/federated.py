@@ -211,6 +211,8 @@ class FederatedRun:
         self.global_state = flat(self.shared)  # every client starts from the same model
         self.n = len(clients.models)
         self.picked = max(1, int(round(server.alpha * self.n)))
+        if attack is not None and self.byzantine:  # data-poisoning attacks change data here
+            attack.setup(clients, torch.as_tensor(sorted(self.byzantine), dtype=torch.long))
 
     def shared_params(self, i: int) -> list:
         m = self.c.models[i]
@@ -233,7 +235,8 @@ class FederatedRun:
         up = torch.stack(uploads)
         byz_rows = torch.tensor([r for r, i in enumerate(chosen.tolist()) if i in self.byzantine], dtype=torch.long)
         if byz_rows.numel():
-            ctx = AttackContext(t, up, byz_rows, torch.zeros(len(up), dtype=torch.long), [self.attack_gen], None)
+            ctx = AttackContext(t, up, byz_rows, torch.zeros(len(up), dtype=torch.long), [self.attack_gen], None,
+                                previous=self.global_state.to(up.dtype).expand(len(up), -1))
             up = up.index_put((byz_rows,), self.attack.forge(ctx).to(up.dtype))
         self.global_state = self.aggregator(up).to(up.dtype)
 

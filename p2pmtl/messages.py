@@ -22,19 +22,23 @@ class Messages:
     forged_rows: torch.Tensor  # node ids whose row is not their own honest model
     override_edges: Optional[torch.Tensor] = None  # edge ids with per-edge forgeries
     override_values: Optional[torch.Tensor] = None  # [len(override_edges), D]
-    valid: Optional[torch.Tensor] = None  # [M*E0] finite message (None: every message is)
+    valid: Optional[torch.Tensor] = None  # [M*E0] finite and received (None: every message is)
+    delivered: Optional[torch.Tensor] = None  # [M*E0] received this step (None: all); see network model
+    receivers: Optional[torch.Tensor] = None  # [N0] world agents that combine this step (None: all)
     _per_edge: Optional[torch.Tensor] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         from .ops import all_finite
 
         node_ok = None if all_finite(self.sent) else torch.isfinite(self.sent).all(1)
-        if node_ok is None and self.override_edges is None:
+        if node_ok is None and self.override_edges is None and self.delivered is None:
             return
         e = self.edges
         valid = torch.ones(e.num_edges, dtype=torch.bool) if node_ok is None else node_ok[e.src]
         if self.override_edges is not None:
             valid[self.override_edges] = torch.isfinite(self.override_values).all(1)
+        if self.delivered is not None:
+            valid &= self.delivered
         self.valid = valid
 
     @property

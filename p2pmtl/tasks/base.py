@@ -11,6 +11,7 @@ of the messages, with the world's edge list.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Optional
 
 import numpy as np
 import torch
@@ -33,12 +34,15 @@ class Population(ABC):
     dtype: torch.dtype
 
     @abstractmethod
-    def sample(self, step: int) -> None:
-        """Draw every agent's data xi_k for this iteration (once per world)."""
+    def sample(self, step: int, active: Optional[torch.Tensor] = None) -> None:
+        """Draw every agent's data xi_k for this iteration (once per world). Populations may
+        skip agents that are not ``active`` (their data is not used this time)."""
 
     @abstractmethod
-    def adapt(self) -> torch.Tensor:
-        """Local step psi_k = theta_k - mu grad l(theta_k; xi_k) (Li2020 eq. 2); ``[M*N0, D]``."""
+    def adapt(self, active: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Local step psi_k = theta_k - mu grad l(theta_k; xi_k) (Li2020 eq. 2); ``[M*N0, D]``.
+        ``active`` ([N0] bool, world level; None: all): agents that take a step this time; the
+        rows of the others are their current models, and their optimizer state stays as it is."""
 
     @abstractmethod
     def edge_losses(self, msgs: Messages, lane: int) -> torch.Tensor:
@@ -69,6 +73,12 @@ class StackedPopulation(Population):
     theta: torch.Tensor
 
     world_edges: EdgeIndex
+
+    def _hold(self, psi: torch.Tensor, active: Optional[torch.Tensor]) -> torch.Tensor:
+        """psi for active agents, theta for the others (``psi`` ``[M*N0, D]``)."""
+        if active is None:
+            return psi
+        return torch.where(active.repeat(self.lanes).unsqueeze(1), psi, self.theta)
 
     def edge_sq_dists(self, msgs, lane):
         n0 = self.world_nodes

@@ -160,30 +160,36 @@ class ImageClassification(Population):
     def _node(self, lane: int, k: int) -> int:
         return lane * self.world_nodes + k
 
-    def sample(self, step: int) -> None:
+    def sample(self, step: int, active=None) -> None:
         """Every agent's next mini-batch (reshuffled each epoch) and whether it skips its
         local step (agent k skips w.p. skip_prob[k % len], the reference code's uneven data)."""
         b, probs = self.cfg.batch_size, self.cfg.skip_prob
-        self.batch: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if not hasattr(self, "batch"):
+            self.batch: list[tuple[torch.Tensor, torch.Tensor]] = [None] * self.world_nodes
         self.skip = np.zeros(self.world_nodes, dtype=bool)
         for k in range(self.world_nodes):
+            if active is not None and not active[k]:
+                continue  # keeps its last batch (used by nobody this step)
             g = self.generators[self.run_of[k]]
             n = len(self.train_y[k])
             if self._perm[k] is None or self._pos[k] + min(b, n) > n:
                 self._perm[k], self._pos[k] = torch.randperm(n, generator=g), 0
             idx = self._perm[k][self._pos[k]:self._pos[k] + b]
             self._pos[k] += len(idx)
-            self.batch.append((self.train_x[k][idx], self.train_y[k][idx]))
+            self.batch[k] = (self.train_x[k][idx], self.train_y[k][idx])
             if probs:
                 self.skip[k] = float(torch.rand((), generator=g)) < probs[self.local_index[k] % len(probs)]
 
-    def adapt(self) -> torch.Tensor:
+    def adapt(self, active=None) -> torch.Tensor:
         """One optimizer step per training agent and lane; rows of agents that skip (or are
-        frozen) stay as they were."""
+        frozen, or not ``active``) stay as they were."""
         psi = self.theta.clone()
+        idle = self.frozen | self.skip
+        if active is not None:
+            idle = idle | ~active.numpy()
         for j in range(self.lanes):
             for k in range(self.world_nodes):
-                if self.frozen[k] or self.skip[k]:
+                if idle[k]:
                     continue
                 i = self._node(j, k)
                 self.bank.train_step(i, *self.batch[k])
@@ -202,6 +208,8 @@ class ImageClassification(Population):
             eids = self.out_edges[l]
             receivers = e.dst[eids]
             keep = torch.from_numpy(~self.frozen[receivers.numpy()])  # Byzantine scores are unused
+            if msgs.receivers is not None:
+                keep &= msgs.receivers[receivers]
             eids, receivers = eids[keep], receivers[keep]
             if not len(eids):
                 continue
@@ -215,7 +223,7 @@ class ImageClassification(Population):
             out[eids] = torch.stack([c.mean() for c in torch.split(ce, [len(t) for t in xs])]).to(self.dtype)
         for eid, value in self._lane_overrides(msgs, lane):
             k = int(e.dst[eid])
-            if not self.frozen[k]:
+            if not self.frozen[k] and (msgs.receivers is None or bool(msgs.receivers[k])):
                 x, y = self.bank.prepare(self.batch[k][0][:sb]), self.batch[k][1][:sb]
                 out[eid] = F.cross_entropy(self._sender_logits(value, None, True, x, [k], lane, [len(y)]), y)
         return out
@@ -288,6 +296,30 @@ class ImageClassification(Population):
                 loss[i] = float(F.cross_entropy(logits, self.test_y[k]))
                 acc[i] = float((logits.argmax(1) == self.test_y[k]).double().mean())
         return {"test_loss": loss, "test_acc": acc}
+
+    # -- for attacks (p2pmtl.attacks) ----------------------------------------------------------
+    def losses_of(self, values: torch.Tensor, receivers: torch.Tensor, lane: int = 0) -> torch.Tensor:
+        """Cross-entropy of arbitrary messages ``values [K, D]`` on the scoring batches of world
+        agents ``receivers [K]`` (as ``edge_losses`` scores a neighbour; representation sharing:
+        with the receiver's head). One forward pass per row."""
+        sb = self.cfg.score_batch
+        out = torch.empty(len(receivers), dtype=self.dtype)
+        for i, (value, k) in enumerate(zip(values, receivers.tolist())):
+            x, y = self.bank.prepare(self.batch[k][0][:sb]), self.batch[k][1][:sb]
+            out[i] = F.cross_entropy(self._sender_logits(value, None, True, x, [k], lane, [len(y)]), y)
+        return out
+
+    def poison_labels(self, nodes: torch.Tensor, relabel) -> None:
+        """Data poisoning: training labels of world agents ``nodes`` become ``relabel(y, C)``
+        and those agents train (they are no longer frozen); idempotent per agent."""
+        classes = 1 + max(int(y.max()) for y in self.train_y)
+        done = getattr(self, "_poisoned", set())
+        for k in (int(k) for k in nodes.tolist()):
+            if k not in done:
+                self.train_y[k] = relabel(self.train_y[k], classes)
+                self.frozen[k] = False
+                done.add(k)
+        self._poisoned = done
 
 
 def _mix(edges: EdgeIndex, weights: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

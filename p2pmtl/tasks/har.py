@@ -70,7 +70,7 @@ class SoftmaxRegression(StackedPopulation):
     def _split(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return theta[:, : self.f * self.c].view(-1, self.f, self.c), theta[:, self.f * self.c:]
 
-    def sample(self, step: int) -> None:
+    def sample(self, step: int, active=None) -> None:
         """Mini-batches drawn uniformly with replacement from each agent's training set, and
         which agents skip this step; each run from its own generator."""
         b, n0 = self.cfg.batch_size, self.world_nodes
@@ -83,7 +83,7 @@ class SoftmaxRegression(StackedPopulation):
         self.by = self.y_all[idx]  # [N0, B]
         self.train_mask = (u[:, b] >= self.skip_p).repeat(self.lanes)
 
-    def adapt(self) -> torch.Tensor:
+    def adapt(self, active=None) -> torch.Tensor:
         """psi = theta - optimizer step on the mean cross-entropy of the batch; gradient in closed
         form: dW = X^T (softmax(XW + b) - Y) / B, db = column sums of the same."""
         w, bias = self._split(self.theta)
@@ -92,7 +92,8 @@ class SoftmaxRegression(StackedPopulation):
         p = torch.softmax(torch.baddbmm(bias.unsqueeze(1), x, w), dim=-1)
         g = (p - F.one_hot(y, self.c).to(p.dtype)) / x.shape[1]
         grad = torch.cat([torch.bmm(x.transpose(1, 2), g).flatten(1), g.sum(1)], dim=1)
-        return self.opt.step(self.theta, grad, self.train_mask)
+        mask = self.train_mask if active is None else self.train_mask & active.repeat(self.lanes)
+        return self.opt.step(self.theta, grad, mask)
 
     def edge_losses(self, msgs: Messages, lane: int) -> torch.Tensor:
         """Mean cross-entropy of sender l's classifier on receiver k's batch, per edge."""
@@ -112,3 +113,25 @@ class SoftmaxRegression(StackedPopulation):
             loss[i] = float(F.cross_entropy(logits, d.y))
             acc[i] = float((logits.argmax(1) == d.y).double().mean())
         return {"test_loss": loss, "test_acc": acc}
+
+    # -- for attacks (p2pmtl.attacks) ----------------------------------------------------------
+    def losses_of(self, values: torch.Tensor, receivers: torch.Tensor, lane: int = 0) -> torch.Tensor:
+        """Mean cross-entropy of arbitrary classifiers ``values [K, D]`` on the current batches of
+        world agents ``receivers [K]`` (the formula of ``edge_losses``)."""
+        w, bias = self._split(values)
+        logits = torch.baddbmm(bias.unsqueeze(1), self.bx[receivers], w)
+        ce = F.cross_entropy(logits.flatten(0, 1), self.by[receivers].flatten(), reduction="none")
+        return ce.view(len(receivers), -1).mean(1)
+
+    def poison_labels(self, nodes: torch.Tensor, relabel) -> None:
+        """Data poisoning: training labels of world agents ``nodes`` become ``relabel(y, C)``;
+        idempotent per agent (every lane's attack may call it)."""
+        done = getattr(self, "_poisoned", set())
+        new = [int(k) for k in nodes.tolist() if int(k) not in done]
+        if not new:
+            return
+        owner = torch.repeat_interleave(torch.arange(self.world_nodes), self.sizes.squeeze(1).long())
+        rows = torch.isin(owner, torch.tensor(new))
+        self.y_all = self.y_all.clone()
+        self.y_all[rows] = relabel(self.y_all[rows], self.c)
+        self._poisoned = done | set(new)

@@ -101,14 +101,14 @@ class TargetLocalization(StackedPopulation):
         self._q = torch.addcmul(self.x, d.unsqueeze(-1), u)  # pseudo-observation x + d u
         self._c = d + rowdot(u, self.x)  # d + u^T x, so that l(w) = (c - u^T w)^2
 
-    def sample(self, step: int) -> None:
+    def sample(self, step: int, active=None) -> None:
         if self._chunk_start is None or step - self._chunk_start >= NOISE_CHUNK or step < self._chunk_start:
             self._draw_chunk()
             self._chunk_start = step
         i = step - self._chunk_start
         self.u, self.d, self.q, self.c = self._u[i], self._d[i], self._q[i], self._c[i]
 
-    def adapt(self) -> torch.Tensor:
+    def adapt(self, active=None) -> torch.Tensor:
         """``pseudo_observation`` (reference code): psi = theta + mu (q - theta), q = x + d u.
         ``lms``: psi = theta + mu u (d - u^T (theta - x)) = theta + mu u (c - u^T theta), SGD on l/2."""
         theta = self._lanes(self.theta)
@@ -117,7 +117,7 @@ class TargetLocalization(StackedPopulation):
         else:
             err = self.c - rowdot(theta, self.u)
             psi = torch.addcmul(theta, err.unsqueeze(-1), self.u, value=self.mu)
-        return psi.view(self.num_nodes, -1)
+        return self._hold(psi.view(self.num_nodes, -1), active)
 
     def edge_losses(self, msgs: Messages, lane: int) -> torch.Tensor:
         """(d_k - u_k^T (psi_l - x_k))^2 = (c_k - u_k^T psi_l)^2 for edge l -> k of one lane:
@@ -132,3 +132,15 @@ class TargetLocalization(StackedPopulation):
         r = self.c - rowdot(theta, self.u)
         err = theta - self.wstar
         return {"loss": (r * r).view(-1), "msd": rowdot(err, err).view(-1)}
+
+    # -- for adaptive attacks (p2pmtl.attacks) -------------------------------------------------
+    def losses_of(self, values: torch.Tensor, receivers: torch.Tensor, lane: int = 0) -> torch.Tensor:
+        """Loss of arbitrary models ``values [K, 2]`` on the current samples of world agents
+        ``receivers [K]``: (c_k - u_k^T w)^2 (the same formula as ``edge_losses``)."""
+        r = self.c[receivers] - rowdot(self.u[receivers], values)
+        return r * r
+
+    def loss_grads_of(self, values: torch.Tensor, receivers: torch.Tensor, lane: int = 0) -> torch.Tensor:
+        """Gradient of ``losses_of`` with respect to the model: -2 (c_k - u_k^T w) u_k, ``[K, 2]``."""
+        r = self.c[receivers] - rowdot(self.u[receivers], values)
+        return -2.0 * r.unsqueeze(1) * self.u[receivers]

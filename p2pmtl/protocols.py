@@ -1,0 +1,307 @@
+"""Gossip protocols on the SimPy clock with the network model (SPEC sec. 7).
+
+Both drive a batched :class:`~p2pmtl.engine.GossipEngine`; the network decides who computes
+and which messages are held, never what the learning maths is.
+
+- :class:`SyncGossip`: round-tagged synchronous gossip. Agent k's round r starts at s_k (when
+  it finished round r-1), computes for c_k, sends psi_k, and combines when every message of its
+  online in-neighbours has arrived, or at s_k + deadline with what it has:
+
+      ready_k = s_k + c_k,  arrival_lk = ready_l + latency_lk + bytes / bandwidth_lk (FIFO),
+      done_k  = max(ready_k, max_{l delivered} arrival_lk)  [capped at max(ready_k, s_k + deadline)]
+
+  a max-plus recursion evaluated for all agents and edges at once (numpy over the edge list);
+  one SimPy event per round, at the time the last agent finishes. No per-message objects.
+- :class:`AsyncGossip`: every agent at its own pace. When agent k finishes a local step it
+  sends psi_k on its out-links and combines its psi_k with the freshest model it holds from each
+  in-neighbour (weights from the same rules; the loss rule scores stale models on k's current
+  data). Agents finishing at the same simulated instant are computed in one batched call, and
+  so are all agents finishing within one *lookahead* window [t, t + d_min) where d_min is the
+  smallest possible message delay (conservative parallel discrete-event simulation): no
+  message sent inside the window can arrive inside it, and each agent still combines exactly
+  the messages that arrived by its own finishing time.
+
+Records: per agent, cumulative bytes sent and received, simulated time, and time spent
+computing, sending (until its last message of the round arrived) and waiting.
+"""
+from __future__ import annotations
+
+import heapq
+from typing import Callable, Optional
+
+import numpy as np
+import simpy
+import torch
+
+from .engine import GossipEngine
+from .network import NetworkModel
+
+OnRecord = Callable[[int, float, dict], None]
+
+
+class _Accounts:
+    """Cumulative per-agent counters (world level)."""
+
+    def __init__(self, n0: int) -> None:
+        z = lambda: np.zeros(n0)  # noqa: E731
+        self.now, self.sent, self.received = z(), z(), z()
+        self.compute, self.send, self.wait, self.staleness = z(), z(), z(), z()
+
+    def extras(self) -> dict[str, np.ndarray]:
+        return {"sim_time": self.now, "bytes_sent": self.sent, "bytes_received": self.received,
+                "time_compute": self.compute, "time_send": self.send, "time_wait": self.wait}
+
+
+def _segment_max(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Max over consecutive segments ``offsets[i]:offsets[i+1]`` (every segment non-empty)."""
+    return np.maximum.reduceat(values, offsets[:-1])
+
+
+class SyncGossip:
+    """Synchronous rounds with per-agent timelines (module docstring)."""
+
+    def __init__(self, engine: GossipEngine, net: NetworkModel, iterations: int, deadline: Optional[float],
+                 every: int, record_every: int, on_record: OnRecord) -> None:
+        self.engine, self.net, self.iterations = engine, net, iterations
+        self.deadline, self.every, self.record_every, self.on_record = deadline, every, record_every, on_record
+        e = engine.world_edges
+        self.src, self.dst = e.src.numpy(), e.dst.numpy()
+        self.is_self = self.src == self.dst
+        self.others = ~self.is_self
+        self.offsets = e.offsets.numpy()
+        order = np.argsort(self.src, kind="stable")
+        self.by_src = order
+        counts = np.bincount(self.src, minlength=e.num_nodes)
+        self.src_offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.start = np.zeros(e.num_nodes)
+        self.acc = _Accounts(e.num_nodes)
+        self.bytes = net.message_bytes
+        self.env = simpy.Environment()
+        self.env.process(self._rounds())
+
+    def _rounds(self):
+        for r in range(self.iterations):
+            done = self.round(r)
+            yield self.env.timeout(max(0.0, float(done.max()) - self.env.now))
+            if (r + 1) % self.record_every == 0 or r + 1 == self.iterations:
+                self.on_record(r, float(self.env.now), self.acc.extras())
+
+    def round(self, r: int) -> np.ndarray:
+        """Timing of round r for every agent, then the batched learning step; returns done times."""
+        net, src, dst = self.net, self.src, self.dst
+        start = self.start
+        online = net.online(start)
+        c = net.compute_times()
+        ready = start + c
+        present = net.present(r // self.every)
+        sending = self.others & online[src]
+        if present is not None:
+            sending &= present
+        eids = np.flatnonzero(sending)
+        arrival = np.full(len(src), -np.inf)
+        arr, lost = net.send(ready[src[eids]], eids)
+        arrival[eids] = np.where(lost, -np.inf, arr)
+        arrival[self.is_self] = ready[dst[self.is_self]]
+        heard = sending & np.isfinite(arrival) & online[dst]
+        waits_for = np.where(heard | self.is_self, arrival, -np.inf)
+        done = _segment_max(waits_for, self.offsets)
+        if self.deadline is not None:
+            done = np.minimum(done, np.maximum(ready, start + self.deadline))
+        delivered = heard & (arrival <= done[dst])
+        done = np.where(online, done, ready)  # an offline agent idles one step's time
+        learn_all = bool(online.all()) and bool(delivered[self.others].all())
+        self.engine.step(
+            r,
+            None if learn_all else torch.from_numpy(delivered | self.is_self),
+            None if online.all() else torch.from_numpy(online),
+        )
+        # accounts
+        acc, b = self.acc, self.bytes
+        acc.sent += b * np.bincount(src[eids], minlength=len(start))
+        acc.received += b * np.bincount(dst[delivered], minlength=len(start))
+        delay = np.where(sending & np.isfinite(arrival), arrival - ready[src], 0.0)
+        own_send = _segment_max(delay[self.by_src], self.src_offsets)
+        busy = np.where(online, c, 0.0)
+        send = np.minimum(own_send, done - ready)
+        acc.compute += busy
+        acc.send += np.where(online, send, 0.0)
+        acc.wait += done - start - busy - np.where(online, send, 0.0)
+        acc.now = done
+        self.start = done
+        return done
+
+    def run(self) -> None:
+        self.env.run()
+
+
+class AsyncGossip:
+    """Asynchronous gossip (module docstring). Stops after ``iterations`` local steps per agent
+    on average (the same computation as a synchronous run) and records every ``record_every``
+    such average steps."""
+
+    def __init__(self, engine: GossipEngine, net: NetworkModel, iterations: int, every_seconds: float,
+                 record_every: int, on_record: OnRecord) -> None:
+        self.engine, self.net, self.iterations = engine, net, iterations
+        self.block_seconds, self.record_every, self.on_record = every_seconds, record_every, on_record
+        e = engine.world_edges
+        self.n0, self.e0, self.m = e.num_nodes, e.num_edges, engine.lanes
+        self.src, self.dst = e.src.numpy(), e.dst.numpy()
+        self.is_self = self.src == self.dst
+        order = np.argsort(self.src, kind="stable")
+        counts = np.bincount(self.src, minlength=self.n0)
+        self.out_edges = np.split(order, np.cumsum(counts)[:-1])  # edge ids by sender (self included)
+        self.in_offsets = e.offsets.numpy()
+        self.has = np.zeros(self.e0, dtype=bool)
+        self.held_iter = np.zeros(self.e0)
+        self.inbox: Optional[torch.Tensor] = None  # [M*E0, D] lazily, on the first message
+        self.iters = np.zeros(self.n0, dtype=np.int64)
+        self.rejoined = np.full(self.n0, -np.inf)
+        self.next_fire = net.compute_times()
+        self.lookahead = net.min_delay()
+        self._present: dict[int, Optional[np.ndarray]] = {}
+        self.acc = _Accounts(self.n0)
+        self.pending: list = []  # heap of (arrival, seq, record id, positions)
+        self.records: dict[int, tuple] = {}
+        self._seq = 0
+        self.events = 0  # agent steps simulated
+        self.batches = 0  # batched calls (distinct instants)
+        self.env = simpy.Environment()
+        self.env.process(self._loop())
+
+    def run(self) -> None:
+        self.env.run()
+
+    def _loop(self):
+        budget = self.iterations * self.n0
+        next_record = self.record_every * self.n0
+        while self.events < budget:
+            t = float(self.next_fire.min())
+            yield self.env.timeout(max(0.0, t - self.env.now))
+            if self.lookahead > 0:
+                due = np.flatnonzero(self.next_fire < t + self.lookahead)
+            else:
+                due = np.flatnonzero(self.next_fire == t)
+            times = self.next_fire[due]
+            online = self.net.online(np.where(np.isin(np.arange(self.n0), due), self.next_fire, t))
+            asleep = due[~online[due]]
+            if len(asleep):  # offline: sleep until back; the inbox is lost meanwhile
+                back = self.net.back_online(asleep)
+                self.acc.wait[asleep] += back - self.next_fire[asleep]
+                self.next_fire[asleep] = back + self.net.compute_times(asleep)
+                self.rejoined[asleep] = back
+                for k in asleep.tolist():
+                    self.has[self.in_offsets[k]:self.in_offsets[k + 1]] = False
+            fire = due[online[due]]
+            if len(fire):
+                self._fire(fire, times[online[due]])
+            while self.events >= next_record and next_record <= budget:
+                self.acc.now[:] = t
+                self.on_record(next_record // self.n0 - 1, t, {**self.acc.extras(), "staleness": self.acc.staleness.copy()})
+                next_record += self.record_every * self.n0
+
+    def _fire(self, fire: np.ndarray, t: np.ndarray) -> None:
+        """Agents ``fire`` finish a local step at times ``t`` (all within one lookahead window)."""
+        eng, net = self.engine, self.net
+        active = np.zeros(self.n0, dtype=bool)
+        active[fire] = True
+        active_t = torch.from_numpy(active)
+        sent, overrides = eng.produce(self.batches, active_t)
+        cutoff = np.full(self.n0, np.inf)
+        cutoff[fire] = t
+        self._send(fire, cutoff, sent, overrides)
+        self._deliver(float(t.max()), cutoff)
+        in_edges = np.concatenate([np.arange(self.in_offsets[k], self.in_offsets[k + 1]) for k in fire.tolist()])
+        held = self.has.copy()
+        held[self.is_self] = True
+        edge_values = None
+        if self.inbox is not None:
+            ids = np.flatnonzero(self.has & active[self.dst])
+            lane_ids = torch.from_numpy((ids[None, :] + self.e0 * np.arange(self.m)[:, None]).ravel())
+            edge_values = (lane_ids, self.inbox[lane_ids])
+        eng.consume(eng.messages(sent, overrides, torch.from_numpy(held), active_t, edge_values))
+        # staleness: how many newer steps each sender has taken since the model k holds
+        nb = in_edges[self.has[in_edges] & ~self.is_self[in_edges]]
+        stale = self.iters[self.src[nb]] - self.held_iter[nb]
+        sums = np.bincount(self.dst[nb], weights=stale, minlength=self.n0)
+        cnt = np.bincount(self.dst[nb], minlength=self.n0)
+        self.acc.staleness[fire] = np.where(cnt[fire] > 0, sums[fire] / np.maximum(cnt[fire], 1), 0.0)
+        c = net.compute_times(fire)
+        self.acc.compute[fire] += c
+        self.acc.now[fire] = t
+        self.iters[fire] += 1
+        self.next_fire[fire] = t + c
+        self.events += len(fire)
+        self.batches += 1
+
+    def _send(self, fire: np.ndarray, at: np.ndarray, sent: torch.Tensor, overrides) -> None:
+        """psi (or forgeries) of the firing agents onto their out-links (present in the topology
+        block of the sending time), in flight until arrival. ``at``: per node send time."""
+        eids = np.concatenate([self.out_edges[k] for k in fire.tolist()])
+        eids = eids[~self.is_self[eids]]
+        if self.net.present_blocks is not None:
+            block = (at[self.src[eids]] // self.block_seconds).astype(np.int64) if self.block_seconds > 0 else np.zeros(len(eids), np.int64)
+            keep = np.zeros(len(eids), dtype=bool)
+            for b in np.unique(block).tolist():
+                if b not in self._present:
+                    self._present = {b: self.net.present(b)}  # blocks only move forward
+                sel = block == b
+                keep[sel] = self._present[b][eids[sel]]
+            eids = eids[keep]
+        if not len(eids):
+            return
+        arrival, lost = self.net.send(at[self.src[eids]], eids)
+        self.acc.sent += self.net.message_bytes * np.bincount(self.src[eids], minlength=self.n0)
+        eids, arrival = eids[~lost], arrival[~lost]
+        if not len(eids):
+            return
+        lanes = np.arange(self.m)[:, None]
+        rows = torch.from_numpy((self.src[eids][None, :] + self.n0 * lanes).ravel())
+        values = sent[rows]
+        if overrides[0] is not None:  # per-edge forgeries of Byzantine senders
+            lane_eids = (eids[None, :] + self.e0 * lanes).ravel()
+            pos = {int(x): i for i, x in enumerate(lane_eids)}
+            for oe, ov in zip(overrides[0].tolist(), overrides[1]):
+                if oe in pos:
+                    values[pos[oe]] = ov
+        rid = self._seq
+        self.records[rid] = [eids, values, self.iters[self.src[eids]].astype(np.float64), 0]
+        for a in np.unique(arrival):
+            heapq.heappush(self.pending, (float(a), self._seq, rid, np.flatnonzero(arrival == a)))
+            self._seq += 1
+            self.records[rid][3] += 1
+
+    def _deliver(self, t: float, cutoff: np.ndarray) -> None:
+        """Every message that arrived by ``t`` replaces what its receiver held on that link
+        (FIFO links: a later arrival is a newer model); arrivals at offline agents are lost.
+        A receiver that fires in this batch gets only what arrived by its ``cutoff`` time; the
+        rest stays in flight."""
+        later = []
+        while self.pending and self.pending[0][0] <= t:
+            a, seq, rid, pos = heapq.heappop(self.pending)
+            rec = self.records[rid]
+            eids = rec[0][pos]
+            wait = a > cutoff[self.dst[eids]]
+            if wait.any():
+                later.append((a, seq, rid, pos[wait]))
+                pos, eids = pos[~wait], eids[~wait]
+                if not len(pos):
+                    continue
+                rec[3] += 1  # the entry stays alive for its remaining messages
+            ok = a >= self.rejoined[self.dst[eids]]
+            if ok.any():
+                pos, eids = pos[ok], eids[ok]
+                if self.inbox is None:
+                    self.inbox = torch.zeros(self.m * self.e0, rec[1].shape[1], dtype=rec[1].dtype)
+                k = len(rec[0])
+                lanes = np.arange(self.m)[:, None]
+                src_rows = torch.from_numpy((pos[None, :] + k * lanes).ravel())
+                dst_rows = torch.from_numpy((eids[None, :] + self.e0 * lanes).ravel())
+                self.inbox[dst_rows] = rec[1][src_rows]
+                self.has[eids] = True
+                self.held_iter[eids] = rec[2][pos]
+                self.acc.received += self.net.message_bytes * np.bincount(self.dst[eids], minlength=self.n0)
+            rec[3] -= 1
+            if rec[3] == 0:
+                del self.records[rid]
+        for entry in later:
+            heapq.heappush(self.pending, entry)

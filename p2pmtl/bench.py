@@ -176,7 +176,7 @@ def server_round(rounds: int = 3) -> list[dict]:
 
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
-    parts = set(args.only or ["linear", "scale", "digits", "server", "aggregators"])
+    parts = set(args.only or ["linear", "scale", "digits", "server", "aggregators", "network"])
     if "linear" in parts:
         print(f"torch {torch.__version__}, 1 thread; target localization, 100 agents, 20 Byzantine")
         print(f"{'rule':<48} {'reference ms/it':>15} {'batched ms/it':>14} {'speed-up':>9}")
@@ -199,6 +199,10 @@ def main(args: argparse.Namespace) -> int:
 
         print(f"\naggregators: {args.agg_n} clients x {args.agg_dim:,} parameters, 20% far outliers, f = {args.agg_n // 10}")
         print(format_table(benchmark_aggregators(n=args.agg_n, dim=args.agg_dim, f=args.agg_n // 10)))
+    if "network" in parts:
+        from .network_bench import main as network_main
+
+        network_main()
     if "scale" in parts and args.sizes:
         print(f"\nscaling: random geometric (density of Li2020, cap 9), 20% Byzantine, loss rule, "
               f"{args.scale_iterations} iterations")

@@ -1,0 +1,223 @@
+"""The network model and the gossip protocols on it (SPEC sec. 7)."""
+import numpy as np
+import pytest
+import torch
+
+from p2pmtl.config import load_config
+from p2pmtl.experiment import build_world, make_engine, make_network, make_protocol, run_experiment
+from p2pmtl.protocols import AsyncGossip, SyncGossip
+
+
+def _cfg(tiny_config_dict, **network):
+    data = dict(tiny_dict)
+    if network is not None:
+        data["network"] = network
+    return load_config(data=data)
+
+
+def _two_nodes(network: dict, rules=("average",), iterations=3):
+    data = {"name": "two", "iterations": iterations, "graph": {"family": "complete", "n": 2},
+            "task": {"targets": [[5.0, 5.0]]}, "rules": {"names": list(rules)},
+            "clock": {"compute_time": 1.0}, "network": network, "output": {"figures": False}}
+    cfg = load_config(data=data)
+    sc = cfg.scenarios[0]
+    world = build_world(cfg, sc)
+    return cfg, world, make_engine(cfg, world, sc, cfg.rules.names)
+
+
+def test_two_node_arrival_is_latency_plus_bytes_over_bandwidth():
+    cfg, world, engine = _two_nodes({"latency": 0.25, "bandwidth": 64.0})
+    net = make_network(cfg, world, engine)
+    assert engine.pop.message_bytes == 16  # two float64 coordinates
+    eid = np.flatnonzero(net.src != net.dst)
+    arrival, lost = net.send(np.array([1.0, 1.0]), eid)
+    assert np.array_equal(arrival, [1.0 + 0.25 + 16 / 64] * 2) and not lost.any()
+    # inside the synchronous protocol: round 1 ends when the neighbour's model has arrived
+    cfg, world, engine = _two_nodes({"latency": 0.25, "bandwidth": 64.0})
+    proto = SyncGossip(engine, make_network(cfg, world, engine), 3, None, 1, 1, lambda *a: None)
+    done = proto.round(0)
+    assert np.array_equal(done, [1.5, 1.5])
+    assert np.array_equal(proto.acc.compute, [1.0, 1.0])
+    assert np.array_equal(proto.acc.send, [0.5, 0.5]) and np.array_equal(proto.acc.wait, [0.0, 0.0])
+    assert np.array_equal(proto.acc.sent, [16, 16]) and np.array_equal(proto.acc.received, [16, 16])
+
+
+@pytest.mark.parametrize("delay,held", [(1.0, True), (1.0 + 1e-9, False)])
+def test_async_message_is_held_exactly_from_its_arrival(delay, held):
+    """Both agents finish steps at t = 1, 2, ...; a message sent at t = 1 that arrives at
+    1 + delay is combined at t = 2 only if it has arrived by then."""
+    cfg, world, engine = _two_nodes({"protocol": "async", "latency": delay})
+    proto = AsyncGossip(engine, make_network(cfg, world, engine), 2, 1.0, 1, lambda *a: None)
+    proto.run()
+    assert proto.events == 4
+    w = engine.lane_weights(0)
+    others = engine.world_edges.src != engine.world_edges.dst
+    if held:
+        assert torch.allclose(w[others], torch.full((2,), 0.5, dtype=w.dtype))
+        assert np.array_equal(proto.acc.staleness, [1.0, 1.0])  # the sender has stepped once since
+    else:
+        assert torch.all(w[others] == 0)
+
+
+def test_lost_and_late_messages_are_not_combined():
+    """Every message lost (or past the deadline): averaging is exactly non-cooperation."""
+    for network in ({"loss": 1.0}, {"latency": 2.0, "deadline": 1.5}):
+        cfg, world, engine = _two_nodes(network, rules=("noncoop", "average"), iterations=5)
+        proto = SyncGossip(engine, make_network(cfg, world, engine), 5, network.get("deadline"), 1, 1,
+                           lambda *a: None)
+        proto.run()
+        theta = engine.pop.theta
+        assert torch.equal(theta[:2], theta[2:])
+        others = engine.world_edges.src != engine.world_edges.dst
+        assert torch.all(engine.lane_weights(1)[others] == 0)
+        assert proto.acc.received.sum() == 0 and proto.acc.sent.sum() == 2 * 5 * 16
+    # the deadline case: each round ends at the deadline, not at the late arrival
+    assert np.allclose(proto.acc.now, 5 * 1.5)
+
+
+def _metrics(out):
+    import csv
+
+    with open(out / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["metric"] in ("loss", "msd")]
+    return [(r["scenario"], r["rule"], r["step"], r["agent"], r["metric"], r["value"]) for r in rows]
+
+
+@pytest.mark.parametrize("protocol", ["sync", "async"])
+def test_zero_latency_equal_speeds_equals_plain_engine(tmp_path, tiny_dict, protocol):
+    plain = load_config(data=tiny_dict)
+    net = load_config(data={**tiny_dict, "network": {"protocol": protocol}})
+    run_experiment(plain, tmp_path / "plain", progress=False, figures=False)
+    run_experiment(net, tmp_path / "net", progress=False, figures=False)
+    a, b = _metrics(tmp_path / "plain"), _metrics(tmp_path / "net")
+    assert a == b and len(a) > 100
+
+
+HETERO = {"protocol": "async", "latency": {"kind": "uniform", "low": 0.1, "high": 0.4}, "latency_per_message": True,
+          "bandwidth": 2000.0, "speed": {"kind": "lognormal", "median": 1.0, "sigma": 0.4},
+          "stragglers": {"fraction": 0.2, "slowdown": 5.0, "mode": "random"}, "loss": 0.1,
+          "churn": {"fraction": 0.3, "mean_online": 10.0, "mean_offline": 5.0}}
+
+
+def test_async_runs_are_deterministic_for_a_seed(tmp_path, tiny_dict):
+    cfg = load_config(data={**tiny_dict, "network": HETERO})
+    outs = []
+    for name in ("a", "b"):
+        run_experiment(cfg, tmp_path / name, progress=False, figures=False)
+        outs.append((tmp_path / name / "metrics.csv").read_text())
+    assert outs[0] == outs[1]
+    other = load_config(data={**tiny_dict, "seed": 1, "network": HETERO})
+    run_experiment(other, tmp_path / "c", progress=False, figures=False)
+    assert (tmp_path / "c" / "metrics.csv").read_text() != outs[0]
+    assert "staleness" in outs[0] and "bytes_received" in outs[0]
+
+
+def test_async_lookahead_batches_agents_and_keeps_causality(tiny_dict):
+    """With a minimum delay the protocol batches many agents per call; every model an agent
+    combines was sent at least that delay before (staleness >= 0, no message from the future)."""
+    cfg = load_config(data={**tiny_dict, "iterations": 20,
+                            "network": {"protocol": "async", "latency": 0.3,
+                                        "speed": {"kind": "uniform", "low": 0.5, "high": 1.5}}})
+    sc = cfg.scenarios[0]
+    world = build_world(cfg, sc)
+    engine = make_engine(cfg, world, sc, cfg.rules.names)
+    proto = make_protocol(cfg, world, engine, lambda *a: None)
+    proto.run()
+    assert proto.events >= 20 * world.edges.num_nodes
+    assert proto.batches < proto.events / 2
+    assert (proto.acc.staleness >= 0).all()
+
+
+def test_churned_agents_freeze_then_rejoin_and_catch_up():
+    """Agents 0-3 are offline for the first 60 rounds: their models stay exactly their initial
+    ones (no compute, no messages), then, back online, the loss-based rule pulls them to their
+    group: within 30 rounds their error is that of agents that never left."""
+    data = {"name": "churn", "seed": 3, "iterations": 100, "graph": {"family": "complete", "n": 20},
+            "rules": {"names": ["loss"]}, "clock": {"compute_time": 1.0},
+            "network": {"churn": {"fraction": 0.2}}, "output": {"figures": False}}
+    cfg = load_config(data=data)
+    sc = cfg.scenarios[0]
+    world = build_world(cfg, sc)
+    engine = make_engine(cfg, world, sc, ["loss"])
+    net = make_network(cfg, world, engine)
+    away = np.arange(20) < 4
+    net.online = lambda times: ~away | (np.asarray(times) >= 60.0)  # a fixed churn schedule
+    proto = SyncGossip(engine, net, 100, None, 1, 1, lambda *a: None)
+    theta0 = engine.pop.theta.clone()
+    msd = []
+    for r in range(100):
+        proto.round(r)
+        msd.append(engine.pop.metrics()["msd"].numpy().copy())
+        if r == 59:
+            assert torch.equal(engine.pop.theta[:4], theta0[:4])
+            assert proto.acc.sent[:4].sum() == 0 and proto.acc.received[:4].sum() == 0
+    msd = np.array(msd)
+    stayed = np.median(msd[89, 4:])
+    assert msd[59, :4].min() > 100 * stayed  # far behind when they rejoin
+    assert msd[89, :4].max() < 3 * max(stayed, 1e-3)
+
+
+def test_churn_model_alternates_online_and_offline_periods():
+    cfg, world, engine = _two_nodes({"churn": {"fraction": 1.0, "mean_online": 3.0, "mean_offline": 1.0}})
+    net = make_network(cfg, world, engine)
+    states = np.array([net.online(t).copy() for t in np.arange(0.0, 4000.0, 0.5)])
+    assert abs((~states).mean() - 0.25) < 0.05  # offline a quarter of the time
+    switches = (states[1:] != states[:-1]).sum(0)
+    assert (switches > 500).all()
+
+
+def test_time_varying_topology_uses_only_present_edges(tiny_dict):
+    data = {**tiny_dict, "iterations": 6, "graph": {"family": "erdos_renyi", "n": 12, "p": 0.3},
+            "network": {"topology": {"kind": "redraw", "every": 2}}}
+    cfg = load_config(data=data)
+    sc = cfg.scenarios[0]
+    world = build_world(cfg, sc)
+    assert world.present is not None and len(world.present) == 3
+    engine = make_engine(cfg, world, sc, ["average"])
+    net = make_network(cfg, world, engine)
+    proto = SyncGossip(engine, net, 6, None, 2, 1, lambda *a: None)
+    e = world.edges
+    for r in range(6):
+        proto.round(r)
+        absent = ~torch.from_numpy(net.present(r // 2))
+        assert torch.all(engine.lane_weights(0)[absent] == 0)
+    # different blocks use different edges
+    assert not np.array_equal(net.present(0), net.present(1))
+    assert e.num_edges > len(world.present[0])
+
+
+def test_network_config_errors_name_field_and_allowed(tiny_dict):
+    from p2pmtl.config import ConfigError
+
+    for bad, words in ((("network.protocol", "'x'"), ("network.protocol", "sync")),
+                       (("network.latency.kind", "'pareto'"), ("network.latency.kind", "lognormal")),
+                       (("network.loss", "1.5"), ("network.loss",)),
+                       (("network.bandwidth", "0"), ("bandwidth", "> 0"))):
+        data = {**tiny_dict, "network": {}}
+        with pytest.raises(ConfigError) as e:
+            load_config(data=data, overrides=[f"{bad[0]}={bad[1]}"])
+        for w in words:
+            assert w in str(e.value), str(e.value)
+
+
+def test_static_fast_path_equals_general_round():
+    """The precomputed path for fixed timing gives the general max-plus round's numbers."""
+    net_cfg = {"latency": {"kind": "uniform", "low": 0.1, "high": 0.5}, "bandwidth": 100.0, "deadline": 1.3,
+               "speed": {"kind": "lognormal", "median": 1.0, "sigma": 0.3}, "stragglers": {"fraction": 0.2}}
+    data = {"name": "fast", "iterations": 15, "graph": {"family": "random_geometric", "n": 20, "radius": 1.5,
+            "box": 3.0, "max_neighbors": 5}, "network": net_cfg, "output": {"figures": False}}
+    runs = []
+    for static in (True, False):
+        cfg = load_config(data=data)
+        sc = cfg.scenarios[0]
+        world = build_world(cfg, sc)
+        engine = make_engine(cfg, world, sc, ["noncoop", "average", "loss"])
+        proto = make_protocol(cfg, world, engine, lambda *a: None)
+        assert proto.static
+        proto.static = static
+        proto.run()
+        runs.append((engine.pop.theta.clone(), {k: v.copy() for k, v in proto.acc.extras().items()}))
+    assert torch.equal(runs[0][0], runs[1][0])
+    for k in runs[0][1]:
+        assert np.allclose(runs[0][1][k], runs[1][1][k], rtol=0, atol=1e-12), k
+    assert runs[0][1]["bytes_received"].sum() < runs[0][1]["bytes_sent"].sum()  # the deadline dropped some

@@ -305,7 +305,9 @@ class ScenarioConfig(Strict):
     """One attack setting: how many agents are Byzantine (chosen at random, or listed)."""
 
     name: str
-    byzantine: Union[int, list[int]] = Field(0, description="a count (random choice) or node ids")
+    byzantine: Union[int, list[int]] = Field(0, description="a count (placed by `placement`) or node ids")
+    placement: Literal["random", "degree"] = Field(
+        "random", description="a count of Byzantine agents goes to random nodes or to the highest-degree ones")
     attack: AttackConfig = AttackConfig()
     methods: Optional[list[str]] = Field(None, description="server mode: methods of this scenario (default: all)")
 

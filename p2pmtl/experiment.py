@@ -50,11 +50,18 @@ class World:
         return torch.arange(self.edges.num_nodes) // self.n
 
 
-def choose_byzantine(spec, n: int, seed: int, field: str = "byzantine") -> np.ndarray:
+def choose_byzantine(spec, n: int, seed: int, field: str = "byzantine", placement: str = "random",
+                     graph=None) -> np.ndarray:
+    """Byzantine node ids: listed, or a count placed at random or on the highest-degree nodes
+    (in-degree + out-degree without self loops; ties broken at random)."""
     if isinstance(spec, int):
         if spec > n:
             raise ValueError(f"{field} = {spec}: more Byzantine agents than the {n} agents")
-        return np.sort(np.random.default_rng(seed).choice(n, size=spec, replace=False))
+        rng = np.random.default_rng(seed)
+        if placement == "degree":
+            deg = np.array([graph.degree(k) - 2 * graph.has_edge(k, k) for k in range(n)], dtype=np.float64)
+            return np.sort(np.lexsort((rng.random(n), -deg))[:spec])
+        return np.sort(rng.choice(n, size=spec, replace=False))
     ids = np.asarray(spec, dtype=np.int64)
     if ids.size and ids.max() >= n:
         raise ValueError(f"{field} = {spec}: ids must be < {n} (the number of agents)")
@@ -75,7 +82,8 @@ def build_world(cfg: ExperimentConfig, scenario: ScenarioConfig) -> World:
         edges.append(EdgeIndex.from_graph(g))
         setups.append(TASKS.get(cfg.task.name).make_setup(cfg.task, g, np.random.default_rng(s["setup"])))
         seeds.append(s)
-        byz.append(choose_byzantine(scenario.byzantine, n, s["byzantine"], f"scenarios.{scenario.name}.byzantine") + r * n)
+        byz.append(choose_byzantine(scenario.byzantine, n, s["byzantine"], f"scenarios.{scenario.name}.byzantine",
+                                    scenario.placement, g) + r * n)
     world_edges, present = EdgeIndex.disjoint_union(edges), None
     net = cfg.network
     if net is not None and net.topology.kind != "static":

@@ -211,6 +211,7 @@ class FederatedRun:
         self.global_state = flat(self.shared)  # every client starts from the same model
         self.n = len(clients.models)
         self.picked = max(1, int(round(server.alpha * self.n)))
+        self.skipped_rounds = 0
         if attack is not None and self.byzantine:  # data-poisoning attacks change data here
             attack.setup(clients, torch.as_tensor(sorted(self.byzantine), dtype=torch.long))
 
@@ -222,8 +223,13 @@ class FederatedRun:
     def message_bytes(self) -> int:
         return self.global_state.numel() * self.global_state.element_size()
 
-    def round(self, t: int) -> None:
-        """Algorithm 1, one round: pick clients, local updates, (Byzantine) uploads, aggregation."""
+    def round(self, t: int, arrives: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> np.ndarray:
+        """Algorithm 1, one round: pick clients, local updates, (Byzantine) uploads, aggregation.
+        ``arrives(chosen)`` (the network model, :class:`~p2pmtl.protocols.ServerRounds`) tells
+        whose upload reaches the server before its deadline: the others still train (their
+        heads move) but their uploads are dropped. If too few arrive for the aggregator (e.g.
+        Krum's n >= 2f + 3), the server keeps its model this round (counted in
+        ``skipped_rounds``). Returns the chosen clients."""
         chosen = np.sort(self.rng.choice(self.n, size=self.picked, replace=False))
         uploads = []
         for i in chosen.tolist():
@@ -238,7 +244,18 @@ class FederatedRun:
             ctx = AttackContext(t, up, byz_rows, torch.zeros(len(up), dtype=torch.long), [self.attack_gen], None,
                                 previous=self.global_state.to(up.dtype).expand(len(up), -1))
             up = up.index_put((byz_rows,), self.attack.forge(ctx).to(up.dtype))
-        self.global_state = self.aggregator(up).to(up.dtype)
+        on_time = np.ones(len(chosen), dtype=bool) if arrives is None else arrives(chosen)
+        if not on_time.all():
+            up = up[torch.from_numpy(np.flatnonzero(on_time))]
+        try:
+            if not len(up):
+                raise ValueError("no upload arrived")
+            self.global_state = self.aggregator(up).to(up.dtype)
+        except ValueError:
+            if on_time.all():
+                raise
+            self.skipped_rounds += 1
+        return chosen
 
     def evaluate(self) -> dict[str, torch.Tensor]:
         """Each client's personalised model on its test set: server representation (FedAvg:

@@ -353,3 +353,98 @@ class AsyncGossip:
                 del self.records[rid]
         for entry in later:
             heapq.heappush(self.pending, entry)
+
+
+class ServerRounds:
+    """BR-MTRL's synchronous broadcast (Le and Moothedath, Algorithm 1 and Table I) on the
+    network model; the star's hub (node 0) is the server, client i is node i + 1.
+
+    A round at time T: the server sends the shared model to the chosen clients (down link),
+    each trains for its compute time, then uploads (up link). ``placement = "parallel"``: every
+    client on its own machine, client c is done at down_c + train_c + up_c; ``"sequential"``:
+    one machine trains the chosen clients one after another, so completions add up. The server
+    aggregates when every responding upload has arrived, or at the deadline with those that
+    did: stragglers, offline clients and lost messages are dropped. One SimPy event per round.
+    """
+
+    def __init__(self, net: NetworkModel, placement: str, deadline: Optional[float]) -> None:
+        self.net, self.placement, self.deadline = net, placement, deadline
+        src, dst = net.src, net.dst
+        n = net.num_nodes
+        self.down = np.full(n, -1)
+        self.up = np.full(n, -1)
+        for e in np.flatnonzero(src != dst).tolist():
+            if src[e] == 0:
+                self.down[dst[e]] = e
+            elif dst[e] == 0:
+                self.up[src[e]] = e
+        self.clients = n - 1
+        self.acc = _Accounts(self.clients)
+        self.now = 0.0
+        self.round_time = 0.0
+        self.phases = np.zeros(3)  # down, train, up: elapsed per phase, summed over rounds
+        self.rounds = 0
+        self.dropped = 0
+        self.bytes = net.message_bytes
+
+    def arrives(self, chosen: np.ndarray) -> np.ndarray:
+        """Timing of one round for the chosen clients (0-based); whose upload counts."""
+        net, T, nodes = self.net, self.now, chosen + 1
+        online = net.online(T)[nodes]
+        train = net.compute_times(nodes)
+        down_at, down_lost = net.send(np.full(len(nodes), T), self.down[nodes])
+        down = down_at - T
+        if self.placement == "parallel":
+            send_up = down_at + train
+        else:  # one machine: a client starts training when the previous one has sent its upload
+            send_up = np.empty(len(nodes))
+            free = T
+            for i in range(len(nodes)):
+                free = max(free, down_at[i]) + train[i]
+                send_up[i] = free
+        up_at, up_lost = net.send(send_up, self.up[nodes])
+        up = up_at - send_up
+        responds = online & ~down_lost & ~up_lost
+        on_time = responds.copy()
+        if self.deadline is not None:
+            on_time &= up_at <= T + self.deadline
+        if self.deadline is not None and not on_time.all():
+            end = T + self.deadline  # the server cannot tell a straggler from a lost message
+        else:  # without a deadline, failures (offline, lost) are known and not waited for
+            end = float(up_at[on_time].max()) if on_time.any() else T
+        self.round_time = end - T
+        acc, b = self.acc, self.bytes
+        got = online & ~down_lost
+        acc.received[chosen] += b * got
+        acc.sent[chosen] += b * got
+        acc.compute[chosen] += np.where(got, train, 0.0)
+        acc.send[chosen] += np.where(got, down + up, 0.0)
+        acc.wait[chosen] += np.maximum(0.0, self.round_time - np.where(got, down + train + up, 0.0))
+        agg = np.max if self.placement == "parallel" else np.sum
+        self.phases += [down.max(), agg(np.where(got, train, 0.0)), agg(np.where(got, up, 0.0))]
+        self.rounds += 1
+        self.dropped += int((~on_time).sum())
+        self.now = end
+        self.acc.now[:] = end
+        return on_time
+
+    def run(self, iterations: int, on_round: Callable[[int], None], on_record: Callable[[int, float], None],
+            record_every: int) -> None:
+        """``on_round(t)`` runs the learning round (calling :meth:`arrives`); records follow."""
+        env = simpy.Environment()
+
+        def rounds():
+            for t in range(iterations):
+                on_round(t)
+                yield env.timeout(self.round_time)
+                if (t + 1) % record_every == 0 or t + 1 == iterations:
+                    on_record(t, float(env.now))
+
+        env.process(rounds())
+        env.run()
+
+    def summary(self) -> dict:
+        r = max(1, self.rounds)
+        return {"round_time_mean": self.now / r, "phase_down_mean": self.phases[0] / r,
+                "phase_train_mean": self.phases[1] / r, "phase_up_mean": self.phases[2] / r,
+                "uploads_dropped": self.dropped}

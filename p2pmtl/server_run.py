@@ -73,13 +73,42 @@ def run_server_scenarios(cfg: ExperimentConfig, out_dir: Path, progress: bool, p
                 per_round = 2 * run.picked * run.message_bytes  # download + upload
                 every = cfg.output.record_every
 
-                def on_round(t: int, now: float, run=run, block=block) -> None:
-                    run.round(t)
-                    if (t + 1) % every == 0 or t + 1 == cfg.iterations:
-                        rec.record(block, t, now, per_round * (t + 1), run.evaluate())
-                    bar.update(1)
+                extra: dict = {}
+                if cfg.network is None:
+                    def on_round(t: int, now: float, run=run, block=block) -> None:
+                        run.round(t)
+                        if (t + 1) % every == 0 or t + 1 == cfg.iterations:
+                            rec.record(block, t, now, per_round * (t + 1), run.evaluate())
+                        bar.update(1)
 
-                SynchronousRounds(cfg.clock, cfg.iterations, on_round).run()
+                    SynchronousRounds(cfg.clock, cfg.iterations, on_round).run()
+                else:
+                    extra = _network_rounds(cfg, rec, run, block, g, seeds, bar)
                 meta, naive = run.meta_test(setup.new_clients, cfg.server.meta_test, seeds["setup"])
-                rec.end_block(block, cfg.output.window, {"meta_test_acc": meta, "naive_meta_test_acc": naive})
+                rec.end_block(block, cfg.output.window, {"meta_test_acc": meta, "naive_meta_test_acc": naive,
+                                                         "skipped_rounds": run.skipped_rounds, **extra})
     return rec.summary, state["interrupted"]
+
+
+def _network_rounds(cfg: ExperimentConfig, rec: RunRecorder, run: FederatedRun, block, g, seeds: dict, bar) -> dict:
+    """Server rounds on the network model (:class:`~p2pmtl.protocols.ServerRounds`); per-client
+    bytes and time are recorded next to the accuracy; returns the round-time summary."""
+    from .edges import EdgeIndex
+    from .network import NetworkModel
+    from .protocols import ServerRounds
+
+    net = NetworkModel(cfg.network, cfg.clock, [g], EdgeIndex.from_graph(g), g.number_of_nodes(),
+                       run.message_bytes, [seeds["network"]])
+    timing = ServerRounds(net, cfg.server.placement, cfg.network.deadline)
+
+    def on_round(t: int) -> None:
+        run.round(t, timing.arrives)
+        bar.update(1)
+
+    def on_record(t: int, now: float) -> None:
+        extras = {k: torch.from_numpy(np.asarray(v, dtype=np.float64).copy()) for k, v in timing.acc.extras().items()}
+        total = float(timing.acc.sent.sum() + timing.acc.received.sum())
+        rec.record(block, t, now, total, {**run.evaluate(), **extras})
+
+    timing.run(cfg.iterations, on_round, on_record, cfg.output.record_every)
+    return timing.summary()

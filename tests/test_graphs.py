@@ -79,3 +79,17 @@ def test_named_topologies_are_valid():
     assert "li2020_target" in named_topologies()
     assert set(GRAPHS.names()) >= {"random_geometric", "complete", "ring", "star", "grid_2d",
                                    "erdos_renyi", "watts_strogatz", "barabasi_albert", "file"}
+
+
+def test_byzantine_placement_on_highest_degree_nodes():
+    import networkx as nx
+
+    from p2pmtl.experiment import choose_byzantine
+
+    g = nx.star_graph(5)
+    g.add_edge(1, 2)
+    assert list(choose_byzantine(2, 6, 0, placement="degree", graph=g)) == [0, 1] or \
+        list(choose_byzantine(2, 6, 0, placement="degree", graph=g)) == [0, 2]
+    assert list(choose_byzantine(1, 6, 0, placement="degree", graph=g)) == [0]
+    picks = {tuple(choose_byzantine(2, 6, s, placement="degree", graph=g)) for s in range(20)}
+    assert picks == {(0, 1), (0, 2)}  # the tie between nodes 1 and 2 is broken at random

@@ -221,3 +221,68 @@ def test_static_fast_path_equals_general_round():
     for k in runs[0][1]:
         assert np.allclose(runs[0][1][k], runs[1][1][k], rtol=0, atol=1e-12), k
     assert runs[0][1]["bytes_received"].sum() < runs[0][1]["bytes_sent"].sum()  # the deadline dropped some
+
+
+def _star_timing(placement, network, clients=4, message_bytes=100.0):
+    import networkx as nx
+
+    from p2pmtl.config import ClockConfig, NetworkConfig
+    from p2pmtl.edges import EdgeIndex
+    from p2pmtl.network import NetworkModel
+    from p2pmtl.protocols import ServerRounds
+
+    g = nx.star_graph(clients)
+    net = NetworkModel(NetworkConfig(**network), ClockConfig(compute_time=1.0), [g], EdgeIndex.from_graph(g),
+                       clients + 1, message_bytes, [0])
+    return ServerRounds(net, placement, network.get("deadline"))
+
+
+def test_server_round_time_parallel_vs_sequential_clients():
+    """BR-MTRL Table I's contrast: clients in parallel finish a round in one training time,
+    clients on one machine in the sum of them. Link: 0.1 s + 100 B / 1000 B/s = 0.2 s."""
+    chosen = np.arange(4)
+    par = _star_timing("parallel", {"latency": 0.1, "bandwidth": 1000.0})
+    assert par.arrives(chosen).all()
+    assert par.round_time == pytest.approx(0.2 + 1.0 + 0.2)
+    seq = _star_timing("sequential", {"latency": 0.1, "bandwidth": 1000.0})
+    assert seq.arrives(chosen).all()
+    assert seq.round_time == pytest.approx(0.2 + 4 * 1.0 + 0.2)
+    s = seq.summary()
+    assert s["phase_train_mean"] == pytest.approx(4.0) and par.summary()["phase_train_mean"] == pytest.approx(1.0)
+    assert np.array_equal(par.acc.sent, [100.0] * 4) and np.array_equal(par.acc.received, [100.0] * 4)
+
+
+def test_server_deadline_drops_stragglers_from_the_aggregate():
+    from tests.test_federated import small_clients
+    from p2pmtl.aggregators import make_aggregator
+    from p2pmtl.config import ServerConfig
+    from p2pmtl.federated import FederatedRun, Method
+
+    timing = _star_timing("parallel", {"latency": 0.1, "deadline": 3.0,
+                                       "stragglers": {"fraction": 0.5, "slowdown": 10.0}})
+    slow = timing.net.straggler[1:]
+    assert slow.any() and not slow.all()
+    clients, _ = small_clients()
+    run = FederatedRun(Method.parse("fedavg"), ServerConfig(methods=["fedavg"], alpha=1.0, tau_joint=1), clients,
+                       make_aggregator("mean"), np.array([], dtype=int), None, 0)
+    uploads = []
+    orig = run.aggregator
+    run.aggregator = lambda up: (uploads.append(up.clone()), orig(up))[1]
+    run.round(0, timing.arrives)
+    assert len(uploads[0]) == int((~slow).sum())  # only the on-time uploads were aggregated
+    assert timing.round_time == pytest.approx(3.0) and timing.dropped == int(slow.sum())
+    fast = _star_timing("parallel", {"latency": 0.1, "stragglers": {"fraction": 0.5, "slowdown": 10.0}})
+    assert fast.arrives(np.arange(4)).all() and fast.round_time == pytest.approx(0.1 + 10.0 + 0.1)
+
+
+def test_server_mode_records_network_accounts(tmp_path):
+    from tests.test_federated import server_config_dict
+
+    data = server_config_dict()
+    data["network"] = {"latency": 0.05, "bandwidth": 1e6}
+    data["output"] = {"figures": False}
+    cfg = load_config(data=data)
+    s = run_experiment(cfg, tmp_path, progress=False, figures=False)
+    res = s["results"]["clean"]["fedavg"]
+    assert res["round_time_mean"] > 1.0 and res["uploads_dropped"] == 0
+    assert res["bytes_sent"]["final_mean"] > 0

@@ -476,6 +476,8 @@ class ExperimentConfig(Strict):
     network: Optional[NetworkConfig] = None
     output: OutputConfig = OutputConfig()
     server: ServerConfig = ServerConfig()
+    sweep: Optional[dict[str, Any]] = Field(
+        None, description="the grid of `p2pmtl sweep` (validated there; `p2pmtl run` ignores it)")
 
     @model_validator(mode="after")
     def _mode(self) -> "ExperimentConfig":
@@ -483,11 +485,17 @@ class ExperimentConfig(Strict):
             if self.graph.family != "star":
                 raise ValueError(f"mode = 'server' needs graph.family = 'star' (node 0 is the server), "
                                  f"got {self.graph.family!r}")
-            if self.task.name != "federated_images":
-                raise ValueError(f"mode = 'server' runs task.name = 'federated_images', got {self.task.name!r}")
+            if self.task.name not in ("federated_images", "target_localization", "har"):
+                raise ValueError(f"mode = 'server' runs task.name = 'federated_images', 'target_localization' "
+                                 f"or 'har', got {self.task.name!r}")
             for s in self.scenarios:
                 if s.methods is not None:
                     ServerConfig(methods=s.methods)
+                if self.task.name != "federated_images":
+                    for m in s.methods or self.server.methods:
+                        if m.partition("+")[0] != "fedavg":
+                            raise ValueError(f"server.methods: {m!r} needs a representation/head split; a linear "
+                                             f"task ({self.task.name}) allows fedavg and fedavg+<aggregator>")
         return self
 
     @field_validator("scenarios")

@@ -76,12 +76,14 @@ class GossipEngine:
         """Edge slice of lane j (lanes are contiguous because edges are sorted by receiver)."""
         return slice(j * self.e0, (j + 1) * self.e0)
 
-    def step(self, step: int, delivered: Optional[torch.Tensor] = None, active: Optional[torch.Tensor] = None) -> None:
+    def step(self, step: int, delivered: Optional[torch.Tensor] = None, active: Optional[torch.Tensor] = None,
+             adapting: Optional[torch.Tensor] = None) -> None:
         """One synchronous iteration. ``delivered`` ([E0] bool, world edges; None: all) marks the
         messages received this time (the network model: losses, deadlines, churn, absent
-        edges); ``active`` ([N0] bool; None: all) the agents that compute and combine (the
-        others keep their model and scores)."""
-        sent, overrides = self.produce(step, active)
+        edges); ``active`` ([N0] bool; None: all) the agents that combine (the others keep their
+        model and scores); ``adapting`` (default: ``active``) those that also finished their
+        local step (a step cut by a deadline is abandoned: the agent combines its old model)."""
+        sent, overrides = self.produce(step, active if adapting is None else adapting)
         self.consume(self.messages(sent, overrides, delivered, active))
 
     def produce(self, step: int, active: Optional[torch.Tensor] = None):

@@ -138,7 +138,7 @@ def run_experiment(
 
 
 def _job_names(cfg: ExperimentConfig) -> list[str]:
-    if cfg.mode == "server":
+    if cfg.mode == "server" and cfg.task.name == "federated_images":
         return [f"{s.name}/{m}" for s in cfg.scenarios for m in (s.methods or cfg.server.methods)]
     return [s.name for s in cfg.scenarios]
 
@@ -263,6 +263,12 @@ def _run_parallel(cfg: ExperimentConfig, out_dir: Path, jobs: int, progress: boo
 def _job_configs(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
     """The units run in parallel: gossip, one per scenario (its rules share one engine);
     server mode, one per (scenario, method). Worlds are built here to raise errors early."""
+    if cfg.mode == "server" and cfg.task.name != "federated_images":
+        from .linear_server import LinearServer
+
+        for s in cfg.scenarios:
+            LinearServer(cfg, s, s.methods or cfg.server.methods, run_seeds(cfg.seed))
+        return [(s.name, cfg.model_copy(update={"scenarios": [s]})) for s in cfg.scenarios]
     if cfg.mode == "server":
         from .server_run import server_world
 

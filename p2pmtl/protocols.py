@@ -12,6 +12,9 @@ and which messages are held, never what the learning maths is.
 
   a max-plus recursion evaluated for all agents and edges at once (numpy over the edge list);
   one SimPy event per round, at the time the last agent finishes. No per-message objects.
+  A local step still running at the deadline is abandoned: that agent sends nothing and, at
+  s_k + deadline, combines its previous model with what it received (so a straggler never
+  holds its neighbours back by more than the deadline).
 - :class:`AsyncGossip`: every agent at its own pace. When agent k finishes a local step it
   sends psi_k on its out-links and combines its psi_k with the freshest model it holds from each
   in-neighbour (weights from the same rules; the loss rule scores stale models on k's current
@@ -81,7 +84,8 @@ class SyncGossip:
         # delays and compute times, every message delivered unless past the deadline; rounds
         # then reduce to ~15 numpy ops on precomputed arrays
         self.static = (nc.loss == 0 and not nc.latency_per_message and nc.churn.fraction == 0
-                       and net.present_blocks is None and (nc.stragglers.fraction == 0 or nc.stragglers.mode == "fixed"))
+                       and net.present_blocks is None and (nc.stragglers.fraction == 0 or nc.stragglers.mode == "fixed")
+                       and (deadline is None or bool((net.compute_times() <= deadline).all())))
         if self.static:
             self.c = net.compute_times()
             self.others_idx = np.flatnonzero(self.others)
@@ -106,32 +110,38 @@ class SyncGossip:
         """Timing of round r for every agent, then the batched learning step; returns done times."""
         if self.static:
             return self._static_round(r)
-        net, src, dst = self.net, self.src, self.dst
+        net, src, dst, D = self.net, self.src, self.dst, self.deadline
         start = self.start
         online = net.online(start)
         c = net.compute_times()
         ready = start + c
+        finished = online if D is None else online & (c <= D)  # a step cut by the deadline is abandoned
         present = net.present(r // self.every)
-        sending = self.others & online[src]
+        sending = self.others & finished[src]
         if present is not None:
             sending &= present
         eids = np.flatnonzero(sending)
         arrival = np.full(len(src), -np.inf)
         arr, lost = net.send(ready[src[eids]], eids)
         arrival[eids] = np.where(lost, -np.inf, arr)
-        arrival[self.is_self] = ready[dst[self.is_self]]
+        arrival[self.is_self] = np.where(finished, ready, -np.inf)[dst[self.is_self]]
         heard = sending & np.isfinite(arrival) & online[dst]
         waits_for = np.where(heard | self.is_self, arrival, -np.inf)
         done = _segment_max(waits_for, self.offsets)
-        if self.deadline is not None:
-            done = np.minimum(done, np.maximum(ready, start + self.deadline))
+        if D is not None:
+            done = np.where(finished, np.minimum(done, start + D), start + D)
         delivered = heard & (arrival <= done[dst])
+        if D is not None:  # a receiver cannot tell a lost or abandoned message from a late one
+            expected = self.others & online[src] & online[dst] & (True if present is None else present)
+            missing = np.add.reduceat((expected & ~delivered).astype(np.int64), self.offsets[:-1]) > 0
+            done = np.where(missing, start + D, done)
         done = np.where(online, done, ready)  # an offline agent idles one step's time
         learn_all = bool(online.all()) and bool(delivered[self.others].all())
         self.engine.step(
             r,
             None if learn_all else torch.from_numpy(delivered | self.is_self),
             None if online.all() else torch.from_numpy(online),
+            None if (finished == online).all() else torch.from_numpy(finished),
         )
         # accounts
         acc, b = self.acc, self.bytes
@@ -139,11 +149,11 @@ class SyncGossip:
         acc.received += b * np.bincount(dst[delivered], minlength=len(start))
         delay = np.where(sending & np.isfinite(arrival), arrival - ready[src], 0.0)
         own_send = _segment_max(delay[self.by_src], self.src_offsets)
-        busy = np.where(online, c, 0.0)
-        send = np.minimum(own_send, done - ready)
+        busy = np.where(online, np.where(finished, c, done - start), 0.0)
+        send = np.where(finished, np.minimum(own_send, done - ready), 0.0)
         acc.compute += busy
-        acc.send += np.where(online, send, 0.0)
-        acc.wait += done - start - busy - np.where(online, send, 0.0)
+        acc.send += send
+        acc.wait += done - start - busy - send
         acc.now = done
         self.start = done
         return done

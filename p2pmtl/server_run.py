@@ -46,7 +46,10 @@ def server_world(cfg: ExperimentConfig, scenario: ScenarioConfig, seeds: dict):
 def run_server_scenarios(cfg: ExperimentConfig, out_dir: Path, progress: bool, position: int = 0) -> tuple[dict, bool]:
     """All scenarios x methods of a server-mode config in this process; (summary, interrupted)."""
     from .experiment import _save_arrays_world, run_seeds
+    from .linear_server import LINEAR_TASKS, run_linear_server
 
+    if cfg.task.name in LINEAR_TASKS:
+        return run_linear_server(cfg, out_dir, progress, position)
     torch.set_num_threads(cfg.threads)
     seeds = run_seeds(cfg.seed)
     worlds = {s.name: server_world(cfg, s, seeds) for s in cfg.scenarios}  # errors before work

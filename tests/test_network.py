@@ -202,7 +202,7 @@ def test_network_config_errors_name_field_and_allowed(tiny_dict):
 
 def test_static_fast_path_equals_general_round():
     """The precomputed path for fixed timing gives the general max-plus round's numbers."""
-    net_cfg = {"latency": {"kind": "uniform", "low": 0.1, "high": 0.5}, "bandwidth": 100.0, "deadline": 1.3,
+    net_cfg = {"latency": {"kind": "uniform", "low": 0.1, "high": 0.5}, "bandwidth": 100.0, "deadline": 100.0,
                "speed": {"kind": "lognormal", "median": 1.0, "sigma": 0.3}, "stragglers": {"fraction": 0.2}}
     data = {"name": "fast", "iterations": 15, "graph": {"family": "random_geometric", "n": 20, "radius": 1.5,
             "box": 3.0, "max_neighbors": 5}, "network": net_cfg, "output": {"figures": False}}
@@ -215,6 +215,7 @@ def test_static_fast_path_equals_general_round():
         proto = make_protocol(cfg, world, engine, lambda *a: None)
         assert proto.static
         proto.static = static
+        proto.deadline = float(proto.net.compute_times().max()) + 0.2  # every step finishes, some messages are late
         proto.run()
         runs.append((engine.pop.theta.clone(), {k: v.copy() for k, v in proto.acc.extras().items()}))
     assert torch.equal(runs[0][0], runs[1][0])
@@ -286,3 +287,26 @@ def test_server_mode_records_network_accounts(tmp_path):
     res = s["results"]["clean"]["fedavg"]
     assert res["round_time_mean"] > 1.0 and res["uploads_dropped"] == 0
     assert res["bytes_sent"]["final_mean"] > 0
+
+
+def test_step_cut_by_the_deadline_is_abandoned():
+    """A straggler whose step outlasts the deadline sends nothing and combines its old model
+    with what it received: its round (and its neighbours') lasts exactly the deadline."""
+    cfg, world, engine = _two_nodes({"deadline": 2.0, "stragglers": {"fraction": 0.5, "slowdown": 10.0}},
+                                    rules=("average",), iterations=1)
+    net = make_network(cfg, world, engine)
+    net.straggler = slow = np.array([False, True])  # agent 1 computes 10 s, agent 0 1 s
+    proto = SyncGossip(engine, net, 1, 2.0, 1, 1, lambda *a: None)
+    assert not proto.static
+    theta0 = engine.pop.theta.clone()
+    done = proto.round(0)
+    assert np.allclose(done, [2.0, 2.0])  # agent 0 waits for agent 1 until the deadline
+    k, other = int(np.flatnonzero(slow)[0]), int(np.flatnonzero(~slow)[0])
+    assert proto.acc.sent[k] == 0 and proto.acc.received[k] == 16  # it heard its neighbour
+    w = engine.lane_weights(0)
+    e = engine.world_edges
+    into_fast = (e.dst == other) & (e.src == k)
+    assert float(w[into_fast]) == 0.0  # nothing from the straggler
+    # the straggler averaged its OLD model with the neighbour's new one
+    psi_other = engine.sent[other]
+    assert torch.allclose(engine.pop.theta[k], 0.5 * (theta0[k] + psi_other))

@@ -1,0 +1,264 @@
+"""Studies: several experiment configs (variants of a base config) run into one directory and
+compared in figures. ``p2pmtl study experiments/server_vs_gossip.toml``.
+
+A study file::
+
+    name = "server_vs_gossip"
+    kind = "compare"              # or "topology"
+    metric = "loss"               # metric of normal agents (mean over them) in the figures
+    [[variants]]
+    name = "gossip_ring"          # run directory under the study directory
+    config = "target_localization.toml"   # relative to the study file
+    curve = "attacked/loss"       # scenario/rule (or scenario/method) drawn for this variant
+    label = "gossip, ring"
+    panel = "no stragglers"       # compare: one row of panels per value
+    set = { "graph.family" = "ring", "graph.n" = 100 }   # overrides (dotted keys, TOML values)
+
+Variants run one after another (each with its config's ``jobs``); a finished variant (its
+``summary.json`` says finished) is not run again, so an interrupted study resumes.
+
+- ``compare``: metric against simulated seconds and against bytes sent, one line per variant.
+- ``topology``: per variant, time (and bytes) to reach ``target`` against the algebraic
+  connectivity of the graph and the mean number of same-task neighbours per agent, and the final
+  metric with Byzantine agents placed at random or on the highest-degree nodes (scenarios named
+  in ``placement_scenarios``).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .config import ConfigError, ExperimentConfig, format_validation_error
+
+
+class Variant(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    config: str
+    curve: str = Field(description="scenario/rule (gossip) or scenario/method (server) to draw")
+    label: Optional[str] = None
+    panel: str = ""
+    set: dict[str, Any] = Field(default_factory=dict)
+
+
+class StudyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    kind: Literal["compare", "topology"] = "compare"
+    metric: str = "loss"
+    target: Optional[float] = Field(None, gt=0, description="topology: the loss to reach")
+    placement_scenarios: list[str] = Field(default_factory=list,
+                                           description="topology: scenarios compared as Byzantine placements")
+    variants: list[Variant]
+
+
+def _set_path(data: dict, key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
+    if isinstance(node, list):
+        node[int(parts[-1])] = value
+    else:
+        node[parts[-1]] = value
+
+
+def load_study(path: Path) -> tuple[StudyConfig, list[ExperimentConfig]]:
+    """The study and every variant's validated config (all errors before any work)."""
+    path = Path(path)
+    try:
+        study = StudyConfig.model_validate(tomllib.loads(path.read_text()))
+    except ValidationError as e:
+        raise ConfigError(str(e)) from None
+    names = [v.name for v in study.variants]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"study {path}: variant names must be distinct, got {names}")
+    configs = []
+    for v in study.variants:
+        base = (path.parent / v.config)
+        if not base.is_file():
+            raise ConfigError(f"study variant {v.name!r}: config {str(base)!r} not found")
+        data = tomllib.loads(base.read_text())
+        for key, value in v.set.items():
+            _set_path(data, key, value)
+        data["output"] = {**data.get("output", {}), "figures": False}
+        try:
+            cfg = ExperimentConfig.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e, f"{path} variant {v.name!r}")) from None
+        scenario, _, rule = v.curve.partition("/")
+        if scenario not in [s.name for s in cfg.scenarios]:
+            raise ConfigError(f"variant {v.name!r}: curve scenario {scenario!r} not in "
+                              f"{[s.name for s in cfg.scenarios]}")
+        configs.append(cfg)
+    return study, configs
+
+
+def run_study(path: Path, out_dir: Path, progress: bool = True) -> dict:
+    from .experiment import run_experiment
+
+    study, configs = load_study(path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "study.toml").write_text(Path(path).read_text())
+    for v, cfg in zip(study.variants, configs):
+        d = out_dir / v.name
+        if (d / "summary.json").is_file() and json.loads((d / "summary.json").read_text()).get("finished"):
+            continue
+        if progress:
+            print(f"[{study.name}] {v.name}")
+        run_experiment(cfg, d, progress=progress, figures=False)
+    return plot_study(out_dir, study, configs)
+
+
+def _curve(run_dir: Path, curve: str, metric: str) -> dict[str, np.ndarray]:
+    scenario, _, rule = curve.partition("/")
+    rows = []
+    with open(run_dir / "curves.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            if r["scenario"] == scenario and r["rule"] == rule and r["group"] == "all" and r["metric"] == metric:
+                rows.append((int(r["step"]), float(r["time"]), float(r["bytes"]), float(r["mean"])))
+    if not rows:
+        raise ValueError(f"{run_dir}: no curve {curve!r} for metric {metric!r}")
+    a = np.array(rows)
+    return {"step": a[:, 0], "time": a[:, 1], "bytes": a[:, 2], "value": a[:, 3]}
+
+
+def first_reach(c: dict[str, np.ndarray], target: float) -> tuple[float, float]:
+    """(simulated seconds, bytes) when the mean metric first reaches ``target`` (inf if never)."""
+    hit = np.flatnonzero(c["value"] <= target)
+    if not len(hit):
+        return float("inf"), float("inf")
+    return float(c["time"][hit[0]]), float(c["bytes"][hit[0]])
+
+
+def graph_stats(run_dir: Path, scenario: str) -> dict[str, float]:
+    """Algebraic connectivity (second-smallest Laplacian eigenvalue of the undirected graph, no
+    self loops) and the mean number of same-task neighbours per agent, of run 0's graph."""
+    import networkx as nx
+
+    w = np.load(run_dir / "arrays" / f"world__{scenario}.npz")
+    src, dst, groups = w["src"], w["dst"], w["groups"]
+    n = len(groups)
+    g = nx.Graph()
+    g.add_nodes_from(range(n))
+    g.add_edges_from((int(s), int(d)) for s, d in zip(src, dst) if s != d and s < n and d < n)
+    lam = nx.algebraic_connectivity(g, method="tracemin_lu", seed=0) if nx.is_connected(g) else 0.0
+    other = (src != dst) & (src < n) & (dst < n)
+    same = np.bincount(dst[other], weights=(groups[src[other]] == groups[dst[other]]).astype(float), minlength=n)
+    return {"algebraic_connectivity": float(lam), "same_task_neighbours": float(same.mean()),
+            "mean_degree": float(np.bincount(dst[other], minlength=n).mean())}
+
+
+def plot_study(out_dir: Path, study: Optional[StudyConfig] = None, configs=None) -> dict:
+    """Draw the study's figures from its run directories; returns (and writes) study.json."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    if study is None:
+        study = StudyConfig.model_validate(tomllib.loads((out_dir / "study.toml").read_text()))
+    done = [v for v in study.variants if (out_dir / v.name / "curves.csv").is_file()]
+    result: dict = {"name": study.name, "kind": study.kind, "metric": study.metric, "variants": {}}
+    if study.kind == "compare":
+        panels = list(dict.fromkeys(v.panel for v in done))
+        fig, axes = plt.subplots(len(panels), 2, figsize=(11, 3.6 * len(panels)), squeeze=False)
+        for v in done:
+            c = _curve(out_dir / v.name, v.curve, study.metric)
+            row = panels.index(v.panel)
+            style = "--" if "server" in v.name else "-"
+            for col, x in enumerate(("time", "bytes")):
+                axes[row, col].plot(c[x], c["value"], style, label=v.label or v.name, lw=1.4)
+            result["variants"][v.name] = {"final": float(c["value"][-1]), "time": float(c["time"][-1]),
+                                          "bytes": float(c["bytes"][-1]), "label": v.label or v.name,
+                                          "panel": v.panel}
+            if study.target is not None:
+                t, b = first_reach(c, study.target)
+                result["variants"][v.name].update(time_to_target=t, bytes_to_target=b)
+        for row, p in enumerate(panels):
+            for col, xl in enumerate(("simulated seconds", "bytes sent (total, all agents)")):
+                ax = axes[row, col]
+                ax.set_yscale("log")
+                ax.set_xlabel(xl)
+                ax.set_ylabel(f"mean {study.metric}, normal agents")
+                ax.set_title(p or study.name, fontsize=10)
+                if col == 1:
+                    ax.set_xscale("log")
+                ax.grid(alpha=0.3)
+            axes[row, 1].legend(fontsize=7, loc="upper right")
+        fig.tight_layout()
+        fig.savefig(out_dir / f"{study.name}.png", dpi=130)
+        plt.close(fig)
+    else:
+        _plot_topology(out_dir, study, done, result, plt)
+    (out_dir / "study.json").write_text(json.dumps(result, indent=2, default=float).replace("Infinity", "null"))
+    return result
+
+
+def _plot_topology(out_dir: Path, study: StudyConfig, done: list, result: dict, plt) -> None:
+    target = study.target if study.target is not None else 0.1
+    families = sorted({v.label or v.name for v in done})
+    colors = {f: plt.cm.tab10(i % 10) for i, f in enumerate(families)}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    sizes = sorted({_n_of(out_dir, v) for v in done})
+    for v in done:
+        d = out_dir / v.name
+        scenario = v.curve.partition("/")[0]
+        stats = graph_stats(d, scenario)
+        c = _curve(d, v.curve, study.metric)
+        t, b = first_reach(c, target)
+        entry = {**stats, "time_to_target": t, "bytes_to_target": b, "final": float(c["value"][-1]),
+                 "label": v.label or v.name}
+        rule = v.curve.partition("/")[2]
+        for s in study.placement_scenarios:
+            try:
+                entry[f"final__{s}"] = float(_curve(d, f"{s}/{rule}", study.metric)["value"][-1])
+            except ValueError:
+                pass
+        result["variants"][v.name] = entry
+        marker = "osD^v<>"[sizes.index(_n_of(out_dir, v)) % 7]
+        col = colors[v.label or v.name]
+        y = t if np.isfinite(t) else np.nan
+        axes[0].scatter(stats["algebraic_connectivity"], y, color=col, marker=marker, s=40)
+        axes[1].scatter(stats["same_task_neighbours"], y, color=col, marker=marker, s=40)
+    for f in families:
+        axes[0].scatter([], [], color=colors[f], label=f)
+    for i, n in enumerate(sizes):
+        axes[0].scatter([], [], color="grey", marker="osD^v<>"[i % 7], label=f"n = {n}")
+    for ax, xl in zip(axes[:2], ("algebraic connectivity (spectral gap of the Laplacian)",
+                                 "same-task neighbours per agent (mean)")):
+        ax.set_xlabel(xl)
+        ax.set_ylabel(f"simulated seconds to mean {study.metric} <= {target:g}")
+        ax.set_xscale("symlog", linthresh=1e-2)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    # Byzantine placement: final metric, random vs highest-degree nodes, per variant
+    ax = axes[2]
+    names = [v.name for v in done]
+    width = 0.8 / max(1, len(study.placement_scenarios))
+    for i, s in enumerate(study.placement_scenarios):
+        vals = [result["variants"][nm].get(f"final__{s}", np.nan) for nm in names]
+        ax.bar(np.arange(len(names)) + i * width, vals, width, label=s)
+    ax.set_xticks(np.arange(len(names)) + width * (len(study.placement_scenarios) - 1) / 2)
+    ax.set_xticklabels([result["variants"][nm]["label"] + f"\nn={_n_of(out_dir, v)}" for nm, v in zip(names, done)],
+                       rotation=60, fontsize=6, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel(f"final mean {study.metric}, normal agents")
+    ax.set_title("Byzantine agents placed at random vs on hubs", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_dir / f"{study.name}.png", dpi=130)
+    plt.close(fig)
+
+
+def _n_of(out_dir: Path, v: Variant) -> int:
+    scenario = v.curve.partition("/")[0]
+    return int(np.load(out_dir / v.name / "arrays" / f"world__{scenario}.npz")["groups"].shape[0])

@@ -52,7 +52,8 @@ class StudyConfig(BaseModel):
     name: str
     kind: Literal["compare", "topology"] = "compare"
     metric: str = "loss"
-    target: Optional[float] = Field(None, gt=0, description="topology: the loss to reach")
+    target: Optional[float] = Field(None, gt=0, description="the value of the metric to reach")
+    smooth: int = Field(20, ge=1, description="time to target: trailing mean over this many records")
     placement_scenarios: list[str] = Field(default_factory=list,
                                            description="topology: scenarios compared as Byzantine placements")
     variants: list[Variant]
@@ -130,9 +131,28 @@ def _curve(run_dir: Path, curve: str, metric: str) -> dict[str, np.ndarray]:
     return {"step": a[:, 0], "time": a[:, 1], "bytes": a[:, 2], "value": a[:, 3]}
 
 
-def first_reach(c: dict[str, np.ndarray], target: float) -> tuple[float, float]:
-    """(simulated seconds, bytes) when the mean metric first reaches ``target`` (inf if never)."""
-    hit = np.flatnonzero(c["value"] <= target)
+def _round_times(run_dir: Path, curve: str) -> dict[str, float]:
+    """Server runs: mean round time and its phases (down, train, up) from summary.json."""
+    try:
+        s = json.loads((run_dir / "summary.json").read_text())
+        scenario, _, rule = curve.partition("/")
+        res = s["results"][scenario][rule]
+    except (OSError, KeyError, ValueError):
+        return {}
+    keys = ("round_time_mean", "phase_down_mean", "phase_train_mean", "phase_up_mean", "uploads_dropped")
+    return {k: res[k] for k in keys if k in res}
+
+
+def first_reach(c: dict[str, np.ndarray], target: float, smooth: int = 1) -> tuple[float, float]:
+    """(simulated seconds, bytes) when the trailing mean over ``smooth`` records of the mean
+    metric first reaches ``target`` (inf if never), so that one noisy record does not count."""
+    v = c["value"]
+    if smooth > 1:
+        cs = np.cumsum(np.r_[0.0, v])
+        lo = np.maximum(np.arange(1, len(v) + 1) - smooth, 0)
+        v = (cs[1:] - cs[lo]) / (np.arange(1, len(v) + 1) - lo)
+        v[: min(smooth, len(v)) - 1] = np.inf  # a full window first
+    hit = np.flatnonzero(v <= target)
     if not len(hit):
         return float("inf"), float("inf")
     return float(c["time"][hit[0]]), float(c["bytes"][hit[0]])
@@ -179,9 +199,9 @@ def plot_study(out_dir: Path, study: Optional[StudyConfig] = None, configs=None)
                 axes[row, col].plot(c[x], c["value"], style, label=v.label or v.name, lw=1.4)
             result["variants"][v.name] = {"final": float(c["value"][-1]), "time": float(c["time"][-1]),
                                           "bytes": float(c["bytes"][-1]), "label": v.label or v.name,
-                                          "panel": v.panel}
+                                          "panel": v.panel, **_round_times(out_dir / v.name, v.curve)}
             if study.target is not None:
-                t, b = first_reach(c, study.target)
+                t, b = first_reach(c, study.target, study.smooth)
                 result["variants"][v.name].update(time_to_target=t, bytes_to_target=b)
         for row, p in enumerate(panels):
             for col, xl in enumerate(("simulated seconds", "bytes sent (total, all agents)")):
@@ -214,7 +234,7 @@ def _plot_topology(out_dir: Path, study: StudyConfig, done: list, result: dict, 
         scenario = v.curve.partition("/")[0]
         stats = graph_stats(d, scenario)
         c = _curve(d, v.curve, study.metric)
-        t, b = first_reach(c, target)
+        t, b = first_reach(c, target, study.smooth)
         entry = {**stats, "time_to_target": t, "bytes_to_target": b, "final": float(c["value"][-1]),
                  "label": v.label or v.name}
         rule = v.curve.partition("/")[2]

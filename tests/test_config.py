@@ -96,7 +96,17 @@ def test_too_many_byzantine_is_an_early_error(tiny_dict):
 def test_every_bundled_experiment_config_is_valid():
     from pathlib import Path
 
+    import tomllib
+
+    from p2pmtl.study import load_study
+
     files = sorted(Path("experiments").glob("*.toml"))
     assert len(files) >= 6
+    studies = 0
     for f in files:
-        load_config(f)
+        if "variants" in tomllib.loads(f.read_text()):  # a study: every variant's config must be valid
+            load_study(f)
+            studies += 1
+        else:
+            load_config(f)
+    assert studies >= 3

@@ -254,7 +254,7 @@ def test_server_round_time_parallel_vs_sequential_clients():
 
 
 def test_server_deadline_drops_stragglers_from_the_aggregate():
-    from tests.test_federated import small_clients
+    from test_federated import small_clients
     from p2pmtl.aggregators import make_aggregator
     from p2pmtl.config import ServerConfig
     from p2pmtl.federated import FederatedRun, Method
@@ -277,7 +277,7 @@ def test_server_deadline_drops_stragglers_from_the_aggregate():
 
 
 def test_server_mode_records_network_accounts(tmp_path):
-    from tests.test_federated import server_config_dict
+    from test_federated import server_config_dict
 
     data = server_config_dict()
     data["network"] = {"latency": 0.05, "bandwidth": 1e6}

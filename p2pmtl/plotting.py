@@ -31,7 +31,8 @@ def plot_run(run_dir: Path) -> list[Path]:
     written = []
     curves = read_curves(run_dir)
     if curves:
-        metrics = sorted({c["metric"] for c in curves})
+        metrics = sorted({c["metric"] for c in curves} - set(NETWORK_METRICS))
+        written.append(plot_network_accounts(run_dir, curves))
         for m in metrics:
             written.append(plot_metric(run_dir, curves, m, group="all"))
             groups = sorted({c["group"] for c in curves if c["metric"] == m and c["group"] != "all"})
@@ -40,6 +41,57 @@ def plot_run(run_dir: Path) -> list[Path]:
     written += plot_networks(run_dir)
     written += plot_weights(run_dir)
     return [w for w in written if w is not None]
+
+
+NETWORK_METRICS = ("sim_time", "bytes_sent", "bytes_received", "time_compute", "time_send", "time_wait", "staleness")
+
+
+def plot_network_accounts(run_dir: Path, curves) -> Path | None:
+    """Runs on the network model: per scenario, the normal agents' mean cumulative bytes sent
+    and received, the time split (computing / sending / waiting, stacked) and, asynchronous,
+    the staleness, against simulated time. The network is the same for every rule, so the
+    first rule of each scenario is drawn."""
+    import matplotlib.pyplot as plt
+
+    have = {c["metric"] for c in curves} & set(NETWORK_METRICS)
+    if "bytes_sent" not in have:
+        return None
+    scenarios = list(dict.fromkeys(c["scenario"] for c in curves))
+    panels = 3 + ("staleness" in have)
+    fig, axes = plt.subplots(len(scenarios), panels, figsize=(4.2 * panels, 3.2 * len(scenarios)), squeeze=False)
+    for row, sc in enumerate(scenarios):
+        rule = next(c["rule"] for c in curves if c["scenario"] == sc)
+        get = {m: np.array([(float(c["time"]), float(c["mean"])) for c in curves if c["scenario"] == sc and
+                            c["rule"] == rule and c["group"] == "all" and c["metric"] == m]) for m in have}
+        ax = axes[row, 0]
+        for m in ("bytes_sent", "bytes_received"):
+            ax.plot(get[m][:, 0], get[m][:, 1], label=m.replace("_", " "))
+        ax.set_ylabel("bytes per agent (mean)")
+        ax.legend(fontsize=7)
+        ax = axes[row, 1]
+        t = get["time_compute"][:, 0]
+        parts = [get[m][:, 1] for m in ("time_compute", "time_send", "time_wait")]
+        ax.stackplot(t, *parts, labels=["computing", "sending", "waiting"], alpha=0.8)
+        ax.set_ylabel("seconds per agent (mean, cumulative)")
+        ax.legend(fontsize=7, loc="upper left")
+        ax = axes[row, 2]
+        share = np.array(parts) / np.maximum(np.sum(parts, 0), 1e-12)
+        for p, lab in zip(share, ("computing", "sending", "waiting")):
+            ax.plot(t, p, label=lab)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("share of time")
+        if "staleness" in have:
+            axes[row, 3].plot(get["staleness"][:, 0], get["staleness"][:, 1])
+            axes[row, 3].set_ylabel("staleness (steps, mean)")
+        for a in axes[row]:
+            a.set_xlabel("simulated seconds")
+            a.grid(True, ls=":", lw=0.5)
+        axes[row, 0].set_title(sc, fontsize=9, loc="left")
+    fig.tight_layout()
+    out = Path(run_dir) / "network_accounts.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 def _series(curves, metric, group):

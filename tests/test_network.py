@@ -310,3 +310,35 @@ def test_step_cut_by_the_deadline_is_abandoned():
     # the straggler averaged its OLD model with the neighbour's new one
     psi_other = engine.sent[other]
     assert torch.allclose(engine.pop.theta[k], 0.5 * (theta0[k] + psi_other))
+
+
+def test_latency_from_an_edge_attribute_and_a_schedule_of_graphs(tmp_path):
+    import networkx as nx
+
+    from p2pmtl.config import ClockConfig, NetworkConfig
+    from p2pmtl.edges import EdgeIndex
+    from p2pmtl.network import NetworkModel
+
+    g = nx.path_graph(3)
+    g[0][1]["delay"] = 0.7
+    e = EdgeIndex.from_graph(g)
+    net = NetworkModel(NetworkConfig(latency={"kind": "edge_attr", "attr": "delay", "default": 0.2}),
+                       ClockConfig(), [g], e, 3, 8.0, [0])
+    lat = {(int(s), int(d)): float(x) for s, d, x in zip(e.src, e.dst, net.latency)}
+    assert lat[(0, 1)] == lat[(1, 0)] == 0.7 and lat[(1, 2)] == lat[(2, 1)] == 0.2 and lat[(0, 0)] == 0.0
+    with pytest.raises(ValueError, match="default"):
+        NetworkModel(NetworkConfig(latency={"kind": "edge_attr", "attr": "delay"}), ClockConfig(), [g], e, 3, 8.0, [0])
+    # a schedule: ring, then complete, in turn every 2 rounds
+    data = {"name": "sched", "iterations": 8, "graph": {"family": "ring", "n": 6}, "rules": {"names": ["average"]},
+            "network": {"topology": {"kind": "schedule", "every": 2, "schedule": [
+                {"family": "ring", "n": 6}, {"family": "complete", "n": 6}]}}, "output": {"figures": False}}
+    cfg = load_config(data=data)
+    sc = cfg.scenarios[0]
+    world = build_world(cfg, sc)
+    engine = make_engine(cfg, world, sc, ["average"])
+    net = make_network(cfg, world, engine)
+    proto = SyncGossip(engine, net, 8, None, 2, 1, lambda *a: None)
+    for r in range(8):
+        proto.round(r)
+        w = engine.lane_weights(0)
+        assert torch.allclose(w[w > 0], torch.full_like(w[w > 0], 1 / (3 if (r // 2) % 2 == 0 else 6)))

@@ -95,6 +95,7 @@ class SyncGossip:
             self.own_send = np.zeros(e.num_nodes)
             np.maximum.at(self.own_send, self.o_src, self.delay)
             self.sent_per_round = self.bytes * np.bincount(self.o_src, minlength=e.num_nodes)
+            self.received_per_round = self.bytes * np.bincount(self.o_dst, minlength=e.num_nodes)
             self._waits = np.empty(len(self.src))
         self.env = simpy.Environment()
         self.env.process(self._rounds())
@@ -178,12 +179,15 @@ class SyncGossip:
         self.engine.step(r, delivered)
         acc = self.acc
         acc.sent += self.sent_per_round
-        got = self.o_dst if delivered is None else self.o_dst[~late]
-        acc.received += self.bytes * np.bincount(got, minlength=len(start))
-        send = np.minimum(self.own_send, done - ready)
+        if delivered is None:
+            acc.received += self.received_per_round
+        else:
+            acc.received += self.bytes * np.bincount(self.o_dst[~late], minlength=len(start))
+        span = done - ready
+        send = np.minimum(self.own_send, span)
         acc.compute += c
         acc.send += send
-        acc.wait += done - ready - send
+        acc.wait += span - send
         acc.now = done
         self.start = done
         return done

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 from .config import load_config
 from .experiment import build_world, make_engine, make_protocol
 

@@ -223,7 +223,7 @@ class AsyncGossip:
         self._present: dict[int, Optional[np.ndarray]] = {}
         self.acc = _Accounts(self.n0)
         self.pending: list = []  # heap of (arrival, seq, record id, positions)
-        self.records: dict[int, tuple] = {}
+        self.records: dict[int, list] = {}  # id -> [edge ids, values, sender steps, live heap entries]
         self._seq = 0
         self.events = 0  # agent steps simulated
         self.batches = 0  # batched calls (distinct instants)

@@ -8,13 +8,6 @@ from p2pmtl.experiment import build_world, make_engine, make_network, make_proto
 from p2pmtl.protocols import AsyncGossip, SyncGossip
 
 
-def _cfg(tiny_config_dict, **network):
-    data = dict(tiny_dict)
-    if network is not None:
-        data["network"] = network
-    return load_config(data=data)
-
-
 def _two_nodes(network: dict, rules=("average",), iterations=3):
     data = {"name": "two", "iterations": iterations, "graph": {"family": "complete", "n": 2},
             "task": {"targets": [[5.0, 5.0]]}, "rules": {"names": list(rules)},

@@ -1,6 +1,4 @@
 """Studies (variants of a config compared in figures) and server mode for linear tasks."""
-import json
-
 import numpy as np
 import pytest
 

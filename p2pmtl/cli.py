@@ -1,4 +1,4 @@
-"""Command line: ``p2pmtl run | sweep | list | plot | bench``."""
+"""Command line: ``p2pmtl run | sweep | study | list | plot | bench``."""
 from __future__ import annotations
 
 import argparse
@@ -125,7 +125,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if not (run_dir / "cells.json").is_file():
             print(f"error: {run_dir} is not a sweep directory (no cells.json)", file=sys.stderr)
             return 2
-        print(format_matrix(write_matrix(run_dir)))
+        print(format_matrix(write_matrix(run_dir, metric=args.metric)))
         return 0
     try:
         cfg, _ = load_sweep(args.config, args.set)
@@ -145,6 +145,32 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         return 2
     print(format_matrix(matrix))
     print(f"{matrix['ran']} cells run, {matrix['skipped']} already finished; results in {out}")
+    return 0
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .study import load_study, plot_study, run_study
+
+    try:
+        if args.plot:
+            res = plot_study(Path(args.study))
+            out = Path(args.study)
+        else:
+            study, _ = load_study(Path(args.study))
+            out = Path(args.out) if args.out else Path("runs") / study.name
+            res = run_study(Path(args.study), out, progress=not args.no_progress)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished variants kept in {out}; rerun to resume", file=sys.stderr)
+        return 130
+    for name, v in res["variants"].items():
+        extra = "".join(f"  {k} {v[k]:.4g}" for k in ("time_to_target", "bytes_to_target", "algebraic_connectivity",
+                                                       "same_task_neighbours") if k in v and v[k] is not None)
+        print(f"{name:<28} final {res['metric']} {v['final']:.4g}{extra}")
+    print(f"figure: {out / (res['name'] + '.png')}")
     return 0
 
 
@@ -186,9 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="local processes (default) or Ray tasks (pip install 'p2pmtl[ray]')")
     sw.add_argument("--ray-address", help="Ray cluster address (default: start or join a local Ray)")
     sw.add_argument("--plot", action="store_true", help="only redraw the matrix of a sweep directory")
+    sw.add_argument("--metric", help="with --plot: draw this recorded metric instead (matrix_METRIC.png)")
     sw.add_argument("--no-progress", action="store_true", help="no progress bar")
     sw.add_argument("--no-figures", action="store_true", help="skip matrix.png")
     sw.set_defaults(func=_cmd_sweep)
+    st = sub.add_parser("study", help="run the variants of a study and draw its comparison figures",
+                        description="Run every variant of a study file (e.g. experiments/server_vs_gossip.toml) "
+                                    "into one directory, skipping finished variants, then draw the figures.")
+    st.add_argument("study", help="study TOML file (with --plot: a study directory)")
+    st.add_argument("--out", help="study directory (default runs/NAME; rerun to resume)")
+    st.add_argument("--plot", action="store_true", help="only redraw the figures of a study directory")
+    st.add_argument("--no-progress", action="store_true", help="no progress bar")
+    st.set_defaults(func=_cmd_study)
     b = sub.add_parser("bench", help="time the batched engine against a per-agent numpy loop",
                        description="Target localization: batched engine vs the per-agent loop of the "
                                    "published reference code, then scaling to large graphs.")
@@ -196,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000, 100000],
                    help="agent counts for the scaling part")
     b.add_argument("--scale-iterations", type=int, default=100, help="iterations per scaling size")
-    b.add_argument("--only", nargs="*", choices=["linear", "scale", "digits", "server", "aggregators"],
+    b.add_argument("--only", nargs="*", choices=["linear", "scale", "digits", "server", "aggregators", "network"],
                    help="run only these parts (default: all)")
     b.add_argument("--agg-n", type=int, default=1000, help="aggregators: number of client vectors")
     b.add_argument("--agg-dim", type=int, default=1_000_000,

@@ -4,7 +4,8 @@ rule of a study sees the same network, and the same seed gives the same network)
 
 - compute time of one local step: ``clock.compute_time`` x the agent's speed factor (drawn
   once), x ``stragglers.slowdown`` for stragglers (fixed agents, or redrawn every step);
-- a message on link l -> k: latency (per link, drawn once or per message) + bytes / bandwidth;
+- a message on link l -> k: bytes / bandwidth to transmit (one message at a time per link: a
+  message waits for the previous one), then the latency (per link, drawn once or per message);
   lost with probability ``loss``; links are FIFO (a message never overtakes an earlier one);
 - churn: agents alternate online / offline periods of exponential length;
 - time-varying topology: the world's edge list is the union of every graph used, and a mask of
@@ -86,6 +87,7 @@ class NetworkModel:
                          else self.message_bytes / np.maximum(self._per_edge(bw, attr(bw)), 1e-300))
         self.transfer[self.is_self] = 0.0
         self.last_arrival = np.full(self.num_edges, -np.inf)  # FIFO links
+        self.link_free = np.full(self.num_edges, -np.inf)  # when each link has sent its last message
         ch = cfg.churn
         self.churny = self._per_node(lambda r, k: r.random(k) < ch.fraction) if ch.fraction > 0 else np.zeros(self.num_nodes, bool)
         self.online_now = np.ones(self.num_nodes, dtype=bool)
@@ -137,7 +139,12 @@ class NetworkModel:
 
     # -- links ------------------------------------------------------------------------------
     def delays(self, edge_ids: Optional[np.ndarray] = None) -> np.ndarray:
-        """latency + bytes / bandwidth for messages on ``edge_ids`` (default: every edge)."""
+        """latency + bytes / bandwidth of messages on idle links ``edge_ids`` (default: all)."""
+        ids = slice(None) if edge_ids is None else edge_ids
+        return self.latencies(edge_ids) + self.transfer[ids]
+
+    def latencies(self, edge_ids: Optional[np.ndarray] = None) -> np.ndarray:
+        """The latency of one message on each of ``edge_ids`` (drawn anew if per message)."""
         ids = slice(None) if edge_ids is None else edge_ids
         lat = self.latency[ids]
         if self.cfg.latency_per_message:
@@ -150,7 +157,7 @@ class NetworkModel:
                 attr = None if self._lat_attr is None else self._lat_attr[eids[sel]]
                 lat[sel] = draw(lat_cfg, len(sel), self.rngs[r], attr)
             lat = np.where(self.is_self[eids], 0.0, lat)
-        return lat + self.transfer[ids]
+        return lat
 
     def min_delay(self) -> float:
         """A lower bound on every message's delay (0 if none is known): the lookahead that lets
@@ -166,9 +173,14 @@ class NetworkModel:
         return float((lat + self.transfer[others]).min())
 
     def send(self, send_times: np.ndarray, edge_ids: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
-        """Messages put on ``edge_ids`` at ``send_times``: (arrival times on FIFO links, lost mask)."""
+        """Messages put on ``edge_ids`` (distinct) at ``send_times``: (arrival times, lost mask).
+        A link transmits one message at a time at its bandwidth (a message waits until the
+        previous one is through), then the message travels for the link's latency; links are
+        FIFO, so a message never arrives before an earlier one."""
         ids = np.arange(self.num_edges) if edge_ids is None else edge_ids
-        arrival = np.maximum(send_times + self.delays(edge_ids), self.last_arrival[ids])
+        through = np.maximum(send_times, self.link_free[ids]) + self.transfer[ids]
+        self.link_free[ids] = through
+        arrival = np.maximum(through + self.latencies(edge_ids), self.last_arrival[ids])
         self.last_arrival[ids] = arrival
         lost = np.zeros(len(ids), dtype=bool)
         if self.cfg.loss > 0:

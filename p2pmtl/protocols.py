@@ -16,7 +16,8 @@ and which messages are held, never what the learning maths is.
   s_k + deadline, combines its previous model with what it received (so a straggler never
   holds its neighbours back by more than the deadline).
 - :class:`AsyncGossip`: every agent at its own pace. When agent k finishes a local step it
-  sends psi_k on its out-links and combines its psi_k with the freshest model it holds from each
+  sends psi_k on its out-links that are free (a link still transmitting an earlier model skips
+  this one: the freshest model goes out next time) and combines its psi_k with the freshest model it holds from each
   in-neighbour (weights from the same rules; the loss rule scores stale models on k's current
   data). Agents finishing at the same simulated instant are computed in one batched call, and
   so are all agents finishing within one *lookahead* window [t, t + d_min) where d_min is the
@@ -91,9 +92,10 @@ class SyncGossip:
             self.others_idx = np.flatnonzero(self.others)
             self.self_idx = np.flatnonzero(self.is_self)
             self.o_src, self.o_dst = self.src[self.others_idx], self.dst[self.others_idx]
-            self.delay = net.delays(self.others_idx)
-            self.own_send = np.zeros(e.num_nodes)
-            np.maximum.at(self.own_send, self.o_src, self.delay)
+            self.latency = net.latency[self.others_idx]
+            self.transfer = net.transfer[self.others_idx]
+            self.link_free = np.full(len(self.others_idx), -np.inf)
+            self._delay = np.zeros(len(self.src))
             self.sent_per_round = self.bytes * np.bincount(self.o_src, minlength=e.num_nodes)
             self.received_per_round = self.bytes * np.bincount(self.o_dst, minlength=e.num_nodes)
             self._waits = np.empty(len(self.src))
@@ -163,7 +165,9 @@ class SyncGossip:
         """:meth:`round` for a network with fixed timing (same maths, precomputed parts)."""
         start, c = self.start, self.c
         ready = start + c
-        arrival = ready[self.o_src] + self.delay
+        through = np.maximum(ready[self.o_src], self.link_free) + self.transfer  # links send one message at a time
+        self.link_free = through
+        arrival = through + self.latency
         waits = self._waits
         waits[self.others_idx] = arrival
         waits[self.self_idx] = ready
@@ -184,7 +188,9 @@ class SyncGossip:
         else:
             acc.received += self.bytes * np.bincount(self.o_dst[~late], minlength=len(start))
         span = done - ready
-        send = np.minimum(self.own_send, span)
+        self._delay[self.others_idx] = arrival - ready[self.o_src]
+        own_send = _segment_max(self._delay[self.by_src], self.src_offsets)
+        send = np.minimum(own_send, span)
         acc.compute += c
         acc.send += send
         acc.wait += span - send
@@ -300,6 +306,7 @@ class AsyncGossip:
         block of the sending time), in flight until arrival. ``at``: per node send time."""
         eids = np.concatenate([self.out_edges[k] for k in fire.tolist()])
         eids = eids[~self.is_self[eids]]
+        eids = eids[self.net.link_free[eids] <= at[self.src[eids]]]  # a busy link skips this model
         if self.net.present_blocks is not None:
             block = (at[self.src[eids]] // self.block_seconds).astype(np.int64) if self.block_seconds > 0 else np.zeros(len(eids), np.int64)
             keep = np.zeros(len(eids), dtype=bool)

@@ -221,14 +221,17 @@ def plan(cfg: ExperimentConfig, spec: SweepSpec) -> list[dict]:
                     scenario["attack"] = {"name": attack.name, **attack.params}
                 if cfg.mode == "server":
                     scenario["methods"] = unit
-                over = {"name": cid, "seed": seed, "runs": 1, "jobs": 1, "scenarios": [scenario],
+                over = {"name": cid, "seed": seed, "runs": 1, "jobs": 1, "scenarios": [scenario], "sweep": None,
                         "output": {**cfg.output.model_dump(mode="json"), "figures": False}}
                 if cfg.mode == "gossip":
                     over["rules"] = {**cfg.rules.model_dump(mode="json"), "names": unit}
                 data = {**cfg.model_dump(mode="json"), **over}
                 data["graph"] = {"family": cfg.graph.family, **cfg.graph.params}
-                cell_cfg = ExperimentConfig.model_validate(data).model_dump(mode="json")
-                digest = hashlib.sha256(json.dumps(cell_cfg, sort_keys=True).encode()).hexdigest()[:16]
+                validated = ExperimentConfig.model_validate(data)
+                cell_cfg = validated.model_dump(mode="json")
+                # the hash sees only non-default settings: new config fields do not unfinish cells
+                key = validated.model_dump(mode="json", exclude_defaults=True)
+                digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
                 cells.append({"id": cid, "attack": row, "fraction": frac, "seed": seed, "byzantine": count,
                               "defences": unit, "config": cell_cfg, "hash": digest})
     return cells
@@ -337,6 +340,8 @@ def _run_local(pending: list[dict], root: Path, jobs: int, on_done: Callable[[di
 
 
 def _run_ray(pending: list[dict], root: Path, address: Optional[str], on_done: Callable[[dict], None]) -> None:
+    if not pending:
+        return
     try:
         import ray
     except ImportError:
@@ -447,22 +452,27 @@ def matrix_rows(header: dict, results: list[dict]) -> list[dict]:
     return rows
 
 
-def write_matrix(root: Union[str, Path], figures: bool = True) -> dict:
-    """matrix.csv, matrix.json and (if any cell finished) matrix.png from the finished cells."""
+def write_matrix(root: Union[str, Path], figures: bool = True, metric: Optional[str] = None) -> dict:
+    """matrix.csv, matrix.json and (if any cell finished) matrix.png from the finished cells;
+    for another recorded ``metric`` than the sweep's, matrix_METRIC.csv/.json/.png."""
     import csv
 
     root = Path(root)
     header, results = collect(root)
+    stem = "matrix"
+    if metric and metric != header["metric"]:
+        header = {**header, "metric": metric, "higher_is_better": higher_is_better(metric)}
+        stem = f"matrix_{metric}"
     rows = matrix_rows(header, results)
-    with open(root / "matrix.csv", "w", newline="") as f:
+    with open(root / f"{stem}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["attack", "fraction", "defence", "mean", "std", "seeds"])
         w.writeheader()
         w.writerows(rows)
     out = {"metric": header["metric"], "mode": header["mode"], "defences": header["defences"],
            "finished_cells": len(results), "total_cells": len(header["cells"]), "rows": rows}
-    _write_json_atomic(root / "matrix.json", out)
+    _write_json_atomic(root / f"{stem}.json", out)
     if figures and rows:
-        plot_matrix(root, header, rows)
+        plot_matrix(root, header, rows, root / f"{stem}.png")
     return out
 
 
@@ -491,10 +501,10 @@ def _fmt(r: dict) -> str:
     return m + (f" ± {r['std']:.2g}" if r["seeds"] > 1 else "")
 
 
-def plot_matrix(root: Path, header: dict, rows: list[dict]) -> Path:
+def plot_matrix(root: Path, header: dict, rows: list[dict], path: Optional[Path] = None) -> Path:
     """Heatmap panels, one per Byzantine fraction: attacks (rows, the no-attack baseline first)
     x defences (columns), colour = mean final metric over seeds (log scale for losses spanning
-    more than two decades), each cell annotated."""
+    more than two decades, saturating four decades above the best cell), each cell annotated."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -516,8 +526,11 @@ def plot_matrix(root: Path, header: dict, rows: list[dict]) -> Path:
         grids.append(g)
     finite = np.concatenate([g[np.isfinite(g)] for g in grids]) if grids else np.array([])
     good_high = higher_is_better(metric)
+    extend = "neither"
     if finite.size and (finite > 0).all() and not good_high and finite.max() / finite.min() > 100:
-        norm = LogNorm(vmin=finite.min(), vmax=finite.max())
+        vmax = min(finite.max(), 1e4 * finite.min())  # four decades: diverged cells saturate
+        extend = "max" if vmax < finite.max() else "neither"
+        norm = LogNorm(vmin=finite.min(), vmax=vmax, clip=True)
     else:
         norm = Normalize(vmin=finite.min() if finite.size else 0, vmax=finite.max() if finite.size else 1)
     cmap = plt.get_cmap("viridis" if good_high else "viridis_r").with_extremes(bad="lightgrey")
@@ -534,9 +547,9 @@ def plot_matrix(root: Path, header: dict, rows: list[dict]) -> Path:
                 txt = "n/a" if not np.isfinite(v) else f"{v:.3g}"
                 dark = np.isfinite(v) and (norm(v) < 0.45 if good_high else norm(v) > 0.55)
                 ax.text(j, i, txt, ha="center", va="center", fontsize=7, color="white" if dark else "black")
-    fig.colorbar(im, ax=axes[0].tolist(), label=f"{metric}\n({'higher' if good_high else 'lower'} is better)")
+    fig.colorbar(im, ax=axes[0].tolist(), extend=extend, label=f"{metric}\n({'higher' if good_high else 'lower'} is better)")
     fig.suptitle(f"{root.name}: final {metric} of normal agents, mean over seeds", fontsize=9)
-    path = root / "matrix.png"
+    path = path or root / "matrix.png"
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path

@@ -335,3 +335,24 @@ def test_latency_from_an_edge_attribute_and_a_schedule_of_graphs(tmp_path):
         proto.round(r)
         w = engine.lane_weights(0)
         assert torch.allclose(w[w > 0], torch.full_like(w[w > 0], 1 / (3 if (r // 2) % 2 == 0 else 6)))
+
+
+def test_a_link_transmits_one_message_at_a_time():
+    """Bandwidth is a capacity: a message sent while the link is still busy waits for it."""
+    cfg, world, engine = _two_nodes({"latency": 0.25, "bandwidth": 16.0})  # 16 bytes: 1 s on the wire
+    net = make_network(cfg, world, engine)
+    e = np.flatnonzero(net.src != net.dst)[:1]
+    a1, _ = net.send(np.array([0.0]), e)
+    a2, _ = net.send(np.array([0.1]), e)
+    a3, _ = net.send(np.array([5.0]), e)
+    assert a1[0] == pytest.approx(1.25) and a2[0] == pytest.approx(2.25) and a3[0] == pytest.approx(6.25)
+
+
+def test_async_skips_models_while_a_link_is_busy():
+    """Steps of 1 s, 4 s on the wire: each link carries one model in four; bytes count only
+    what was sent."""
+    cfg, world, engine = _two_nodes({"protocol": "async", "bandwidth": 4.0})
+    proto = AsyncGossip(engine, make_network(cfg, world, engine), 8, 1.0, 1, lambda *a: None)
+    proto.run()
+    assert proto.events == 16
+    assert np.array_equal(proto.acc.sent, [32.0, 32.0])  # steps 1 and 5 of each agent

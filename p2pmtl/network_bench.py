@@ -29,12 +29,14 @@ def _setup(n: int, network: dict, rules: list[str], byzantine: int = 0, iteratio
     return cfg, world, engine
 
 
-def sync_overhead(iters: int = 300, repeats: int = 5) -> list[dict]:
+def sync_overhead(iters: int = 300, repeats: int = 7) -> list[dict]:
     """ms per synchronous iteration (100 agents, 20 Byzantine, 4 rules as lanes), best of
-    ``repeats`` interleaved batches of ``iters`` iterations."""
+    ``repeats`` interleaved batches of ``iters`` iterations (order reversed every other
+    repeat). A second copy of the plain engine shows the noise floor of the comparison."""
     rules = ["noncoop", "average", "loss", "distance"]
     settings = {
         "plain engine (no network model)": None,
+        "plain engine, second copy (noise floor)": None,
         "network model, zero latency, equal speeds": {},
         "latency 10 ms + 1 MB/s + lognormal speeds + 10% stragglers": {
             "latency": 0.01, "bandwidth": 1e6, "speed": {"kind": "lognormal", "median": 1.0, "sigma": 0.3},
@@ -53,8 +55,9 @@ def sync_overhead(iters: int = 300, repeats: int = 5) -> list[dict]:
             runners[name] = proto.round
     best = {k: float("inf") for k in settings}
     counter = {k: 0 for k in settings}
-    for _ in range(repeats):
-        for name, fn in runners.items():
+    for rep in range(repeats):
+        order = list(runners.items())
+        for name, fn in (order if rep % 2 == 0 else order[::-1]):
             t = time.perf_counter()
             for _ in range(iters):
                 fn(counter[name])

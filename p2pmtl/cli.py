@@ -19,6 +19,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if getattr(cfg, "sweep", None) is not None:
+        print(f"note: {args.config} has a [sweep] table; `p2pmtl run` runs its base config once "
+              f"(use `p2pmtl sweep {args.config}` for the grid)", file=sys.stderr)
     try:
         summary = run_experiment(cfg, out, progress=not args.no_progress,
                                  figures=False if args.no_figures else None, jobs=args.jobs)

@@ -498,6 +498,23 @@ class ExperimentConfig(Strict):
                                              f"task ({self.task.name}) allows fedavg and fedavg+<aggregator>")
         return self
 
+    @model_validator(mode="after")
+    def _attacks_fit(self) -> "ExperimentConfig":
+        """Attacks that need a graph and a population (gossip only), or population methods the
+        task lacks (e.g. label flipping needs labels), are refused before any work."""
+        from .tasks import TASKS
+
+        task = TASKS.get(self.task.name) if self.task.name in TASKS else None
+        for s in self.scenarios:
+            cls = ATTACKS.get(s.attack.name)
+            if self.mode == "server" and cls.gossip_only:
+                raise ValueError(f"scenarios.{s.name}.attack.name = {s.attack.name!r}: works in gossip mode only")
+            missing = [m for m in cls.needs if self.mode == "gossip" and task is not None and not hasattr(task, m)]
+            if missing and (s.byzantine if isinstance(s.byzantine, int) else len(s.byzantine)):
+                raise ValueError(f"scenarios.{s.name}.attack.name = {s.attack.name!r}: does not apply to task "
+                                 f"{self.task.name!r} (it needs {', '.join(missing)})")
+        return self
+
     @field_validator("scenarios")
     @classmethod
     def _unique(cls, v):

@@ -53,6 +53,9 @@ class GossipEngine:
         self.attacks = list(attacks) if attacks is not None else [None] * m
         if self.byzantine.numel() and any(a is None for a in self.attacks):
             raise ValueError("Byzantine agents given but no attack")
+        if self.byzantine.numel():
+            for attack in self.attacks:  # before the first local step (data poisoning changes data here)
+                attack.setup(population, self.byzantine)
         self.is_byzantine = torch.zeros(self.n0, dtype=torch.bool)  # world-level
         self.is_byzantine[self.byzantine] = True
         self.byz_all = torch.cat([self.byzantine + j * self.n0 for j in range(m)])
@@ -133,9 +136,6 @@ class GossipEngine:
         forged, per_edge = [], []
         theta = getattr(self.pop, "theta", None)  # models before this round's local step
         for j, attack in enumerate(self.attacks):
-            if not getattr(attack, "_set_up", False):  # once, before its first forgery
-                attack.setup(self.pop, self.byzantine)
-                attack._set_up = True
             prev = theta[self.lane(j), :psi.shape[1]] if isinstance(theta, torch.Tensor) else None
             ctx = AttackContext(step, psi[self.lane(j)], self.byzantine, self.run_of_node,
                                 self.attack_generators[j], self.world_edges, prev, self.pop, j)

@@ -598,6 +598,17 @@ def _allowed_hint(loc: tuple) -> str:
     return f"; allowed: {', '.join(fields)}" if fields else ""
 
 
+def read_toml(path: Union[str, Path]) -> dict:
+    """A TOML file as a dict; a missing or malformed file is a :class:`ConfigError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+
+
 def load_config(
     path: Optional[Union[str, Path]] = None,
     overrides: tuple[str, ...] | list[str] = (),
@@ -606,13 +617,7 @@ def load_config(
     """Read, override and validate a config; raise :class:`ConfigError` on any problem."""
     source = str(path) if path is not None else "<dict>"
     if data is None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {source!r} not found")
-        try:
-            data = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {source!r} is not valid TOML: {e}") from None
+        data = read_toml(path)
     else:
         import copy
 

@@ -34,7 +34,7 @@ from typing import Any, Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .config import ConfigError, ExperimentConfig, format_validation_error
+from .config import ConfigError, ExperimentConfig, format_validation_error, read_toml
 
 
 class Variant(BaseModel):
@@ -74,7 +74,7 @@ def load_study(path: Path) -> tuple[StudyConfig, list[ExperimentConfig]]:
     """The study and every variant's validated config (all errors before any work)."""
     path = Path(path)
     try:
-        study = StudyConfig.model_validate(tomllib.loads(path.read_text()))
+        study = StudyConfig.model_validate(read_toml(path))
     except ValidationError as e:
         raise ConfigError(str(e)) from None
     names = [v.name for v in study.variants]
@@ -85,7 +85,7 @@ def load_study(path: Path) -> tuple[StudyConfig, list[ExperimentConfig]]:
         base = (path.parent / v.config)
         if not base.is_file():
             raise ConfigError(f"study variant {v.name!r}: config {str(base)!r} not found")
-        data = tomllib.loads(base.read_text())
+        data = read_toml(base)
         for key, value in v.set.items():
             _set_path(data, key, value)
         data["output"] = {**data.get("output", {}), "figures": False}

@@ -38,13 +38,12 @@ import sys
 import tarfile
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .config import AttackConfig, ConfigError, ExperimentConfig, apply_override, format_validation_error
+from .config import AttackConfig, ConfigError, ExperimentConfig, apply_override, format_validation_error, read_toml
 
 CELLS = "cells"
 BACKENDS = ("local", "ray")
@@ -111,13 +110,7 @@ def load_sweep(path: Optional[Union[str, Path]] = None, overrides: Iterable[str]
 
     source = str(path) if path is not None else "<dict>"
     if data is None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {source!r} not found")
-        try:
-            data = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {source!r} is not valid TOML: {e}") from None
+        data = read_toml(path)
     data = copy.deepcopy(data)
     for o in overrides:
         apply_override(data, o)

@@ -213,11 +213,13 @@ def _network_rounds(cfg: ExperimentConfig, rec: RunRecorder, engine: GossipEngin
                     bar) -> None:
     """A gossip protocol on the network model; per-agent network accounts are recorded as
     metrics next to the task's (bytes, simulated time, time computing / sending / waiting)."""
+    from .protocols import as_metrics
+
     last = [-1]
 
     def on_record(step: int, now: float, extras: dict) -> None:
         metrics = engine.pop.metrics()
-        net_rows = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)) for k, v in extras.items()}
+        net_rows = as_metrics(extras)
         total = float(extras["bytes_sent"].sum()) / len(world.setups)
         for j, block in enumerate(blocks):
             rec.record(block, step, now, total, {**{k: engine.lane_values(v, j) for k, v in metrics.items()},

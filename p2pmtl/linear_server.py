@@ -100,8 +100,7 @@ def run_linear_server(cfg: ExperimentConfig, out_dir: Path, progress: bool, posi
     """Every scenario of a server-mode config on a linear task; methods as lanes."""
     from .clock import SynchronousRounds
     from .experiment import _save_arrays_world, run_seeds
-    from .network import NetworkModel
-    from .protocols import ServerRounds
+    from .protocols import ServerRounds, as_metrics
 
     torch.set_num_threads(cfg.threads)
     seeds = run_seeds(cfg.seed)
@@ -123,14 +122,11 @@ def run_linear_server(cfg: ExperimentConfig, out_dir: Path, progress: bool, posi
             every = cfg.output.record_every
             timing = None
             if cfg.network is not None:
-                net = NetworkModel(cfg.network, cfg.clock, [g], EdgeIndex.from_graph(g), g.number_of_nodes(),
-                                   srv.message_bytes, [seeds["network"]])
-                timing = ServerRounds(net, cfg.server.placement, cfg.network.deadline)
+                timing = ServerRounds.for_star(cfg, g, srv.message_bytes, seeds["network"])
 
             def record(t: int, now: float) -> None:
                 metrics = srv.metrics()
-                extras = {} if timing is None else {
-                    k: torch.from_numpy(np.asarray(v, dtype=np.float64).copy()) for k, v in timing.acc.extras().items()}
+                extras = {} if timing is None else as_metrics(timing.acc.extras())
                 total = (2 * srv.picked * srv.message_bytes * (t + 1) if timing is None
                          else float(timing.acc.sent.sum() + timing.acc.received.sum()))
                 for j, block in enumerate(blocks):

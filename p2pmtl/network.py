@@ -79,9 +79,9 @@ class NetworkModel:
         self.speed = self._per_node(lambda r, k: draw(cfg.speed, k, r))
         st = cfg.stragglers
         self.straggler = self._per_node(lambda r, k: r.random(k) < st.fraction) if st.mode == "fixed" else None
-        lat = cfg.latency if cfg.latency is not None else DistConfig(value=clock.latency)
-        self._lat_attr = attr(lat)
-        self.latency = self._per_edge(lat, self._lat_attr)
+        self.latency_dist = cfg.latency if cfg.latency is not None else DistConfig(value=clock.latency)
+        self._lat_attr = attr(self.latency_dist)
+        self.latency = self._per_edge(self.latency_dist, self._lat_attr)
         bw = cfg.bandwidth
         self.transfer = (np.zeros(self.num_edges) if bw is None
                          else self.message_bytes / np.maximum(self._per_edge(bw, attr(bw)), 1e-300))
@@ -107,13 +107,16 @@ class NetworkModel:
             out[sel] = draw(dist, len(sel), rng, None if attr_values is None else attr_values[sel])
         return out
 
-    def _exp(self, nodes: np.ndarray, mean: float) -> np.ndarray:
-        out = np.empty(len(nodes))
-        runs = nodes // self.n
+    def _by_run(self, runs: np.ndarray, f) -> np.ndarray:
+        """Per-item draws ``f(rng of the run, positions)`` for items belonging to ``runs``."""
+        out = np.empty(len(runs))
         for r in np.unique(runs):
-            sel = runs == r
-            out[sel] = self.rngs[r].exponential(mean, int(sel.sum()))
+            sel = np.flatnonzero(runs == r)
+            out[sel] = f(self.rngs[r], sel)
         return out
+
+    def _exp(self, nodes: np.ndarray, mean: float) -> np.ndarray:
+        return self._by_run(nodes // self.n, lambda g, sel: g.exponential(mean, len(sel)))
 
     # -- compute ----------------------------------------------------------------------------
     def compute_times(self, nodes: Optional[np.ndarray] = None) -> np.ndarray:
@@ -125,17 +128,9 @@ class NetworkModel:
             if self.straggler is not None:
                 slow = self.straggler[nodes]
             else:
-                slow = self._uniform_nodes(nodes) < st.fraction
+                slow = self._by_run(nodes // self.n, lambda g, sel: g.random(len(sel))) < st.fraction
             t = np.where(slow, t * st.slowdown, t)
         return t
-
-    def _uniform_nodes(self, nodes: np.ndarray) -> np.ndarray:
-        out = np.empty(len(nodes))
-        runs = nodes // self.n
-        for r in np.unique(runs):
-            sel = runs == r
-            out[sel] = self.rngs[r].random(int(sel.sum()))
-        return out
 
     # -- links ------------------------------------------------------------------------------
     def delays(self, edge_ids: Optional[np.ndarray] = None) -> np.ndarray:
@@ -148,14 +143,10 @@ class NetworkModel:
         ids = slice(None) if edge_ids is None else edge_ids
         lat = self.latency[ids]
         if self.cfg.latency_per_message:
-            lat_cfg = self.cfg.latency if self.cfg.latency is not None else DistConfig(value=self.clock.latency)
             eids = np.arange(self.num_edges) if edge_ids is None else edge_ids
-            lat = np.zeros(len(eids))
-            runs = self.run_of_edge[eids]
-            for r in np.unique(runs):
-                sel = np.flatnonzero(runs == r)
-                attr = None if self._lat_attr is None else self._lat_attr[eids[sel]]
-                lat[sel] = draw(lat_cfg, len(sel), self.rngs[r], attr)
+            attr = self._lat_attr
+            lat = self._by_run(self.run_of_edge[eids], lambda g, sel: draw(
+                self.latency_dist, len(sel), g, None if attr is None else attr[eids[sel]]))
             lat = np.where(self.is_self[eids], 0.0, lat)
         return lat
 
@@ -167,7 +158,7 @@ class NetworkModel:
             return 0.0
         lat = self.latency[others]
         if self.cfg.latency_per_message:
-            d = self.cfg.latency if self.cfg.latency is not None else DistConfig(value=self.clock.latency)
+            d = self.latency_dist
             floor = {"constant": d.value, "uniform": d.low, "lognormal": 0.0}.get(d.kind)
             lat = np.full(int(others.sum()), floor) if floor is not None else lat
         return float((lat + self.transfer[others]).min())
@@ -184,17 +175,9 @@ class NetworkModel:
         self.last_arrival[ids] = arrival
         lost = np.zeros(len(ids), dtype=bool)
         if self.cfg.loss > 0:
-            lost = self._uniform_edges(ids) < self.cfg.loss
+            lost = self._by_run(self.run_of_edge[ids], lambda g, sel: g.random(len(sel))) < self.cfg.loss
             lost &= ~self.is_self[ids]
         return arrival, lost
-
-    def _uniform_edges(self, ids: np.ndarray) -> np.ndarray:
-        out = np.empty(len(ids))
-        runs = self.run_of_edge[ids]
-        for r in np.unique(runs):
-            sel = runs == r
-            out[sel] = self.rngs[r].random(int(sel.sum()))
-        return out
 
     # -- churn ------------------------------------------------------------------------------
     def online(self, times: np.ndarray | float) -> np.ndarray:

@@ -56,6 +56,11 @@ class _Accounts:
                 "time_compute": self.compute, "time_send": self.send, "time_wait": self.wait}
 
 
+def as_metrics(extras: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Accounts as per-node float64 tensors (copies), ready for the recorder."""
+    return {k: torch.tensor(np.asarray(v, dtype=np.float64)) for k, v in extras.items()}
+
+
 def _segment_max(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Max over consecutive segments ``offsets[i]:offsets[i+1]`` (every segment non-empty)."""
     return np.maximum.reduceat(values, offsets[:-1])
@@ -282,7 +287,9 @@ class AsyncGossip:
             else:
                 due = np.flatnonzero(self.next_fire == t)
             times = self.next_fire[due]
-            online = self.net.online(np.where(np.isin(np.arange(self.n0), due), self.next_fire, t))
+            at = np.full(self.n0, t)
+            at[due] = times
+            online = self.net.online(at)
             asleep = due[~online[due]]
             if len(asleep):  # offline: sleep until back; the inbox is lost meanwhile
                 back = self.net.back_online(asleep)
@@ -419,6 +426,15 @@ class ServerRounds:
     aggregates when every responding upload has arrived, or at the deadline with those that
     did: stragglers, offline clients and lost messages are dropped. One SimPy event per round.
     """
+
+    @classmethod
+    def for_star(cls, cfg, star, message_bytes: float, seed: int) -> "ServerRounds":
+        """The network model of ``cfg`` (an experiment config) on the server's star graph."""
+        from .edges import EdgeIndex
+
+        net = NetworkModel(cfg.network, cfg.clock, [star], EdgeIndex.from_graph(star), star.number_of_nodes(),
+                           message_bytes, [seed])
+        return cls(net, cfg.server.placement, cfg.network.deadline)
 
     def __init__(self, net: NetworkModel, placement: str, deadline: Optional[float]) -> None:
         self.net, self.placement, self.deadline = net, placement, deadline

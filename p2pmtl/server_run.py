@@ -96,20 +96,16 @@ def run_server_scenarios(cfg: ExperimentConfig, out_dir: Path, progress: bool, p
 def _network_rounds(cfg: ExperimentConfig, rec: RunRecorder, run: FederatedRun, block, g, seeds: dict, bar) -> dict:
     """Server rounds on the network model (:class:`~p2pmtl.protocols.ServerRounds`); per-client
     bytes and time are recorded next to the accuracy; returns the round-time summary."""
-    from .edges import EdgeIndex
-    from .network import NetworkModel
-    from .protocols import ServerRounds
+    from .protocols import ServerRounds, as_metrics
 
-    net = NetworkModel(cfg.network, cfg.clock, [g], EdgeIndex.from_graph(g), g.number_of_nodes(),
-                       run.message_bytes, [seeds["network"]])
-    timing = ServerRounds(net, cfg.server.placement, cfg.network.deadline)
+    timing = ServerRounds.for_star(cfg, g, run.message_bytes, seeds["network"])
 
     def on_round(t: int) -> None:
         run.round(t, timing.arrives)
         bar.update(1)
 
     def on_record(t: int, now: float) -> None:
-        extras = {k: torch.from_numpy(np.asarray(v, dtype=np.float64).copy()) for k, v in timing.acc.extras().items()}
+        extras = as_metrics(timing.acc.extras())
         total = float(timing.acc.sent.sum() + timing.acc.received.sum())
         rec.record(block, t, now, total, {**run.evaluate(), **extras})
 

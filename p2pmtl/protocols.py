@@ -317,7 +317,7 @@ class AsyncGossip:
         cutoff[fire] = t
         self._send(fire, cutoff, sent, overrides)
         self._deliver(float(t.max()), cutoff)
-        in_edges = np.concatenate([np.arange(self.in_offsets[k], self.in_offsets[k + 1]) for k in fire.tolist()])
+        in_edges = np.flatnonzero(active[self.dst])
         held = self.has.copy()
         held[self.is_self] = True
         edge_values = None

@@ -12,29 +12,51 @@ from typing import Optional, Sequence
 def _cmd_run(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_config
     from .experiment import run_experiment
+    from .rundir import unique_default
 
     try:
         cfg = load_config(args.config, args.set)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if getattr(cfg, "sweep", None) is not None:
         print(f"note: {args.config} has a [sweep] table; `p2pmtl run` runs its base config once "
               f"(use `p2pmtl sweep {args.config}` for the grid)", file=sys.stderr)
+    out = Path(args.out) if args.out else unique_default(Path("runs"), cfg.name)
     try:
         summary = run_experiment(cfg, out, progress=not args.no_progress,
-                                 figures=False if args.no_figures else None, jobs=args.jobs)
+                                 figures=False if args.no_figures else None, jobs=args.jobs,
+                                 overwrite=args.overwrite)
     except KeyboardInterrupt:
         print(f"\ninterrupted: partial results kept in {out} (summary.json says which runs finished)",
               file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if (out / "summary.json").is_file():
+            print(f"error: {_one_line(e)}\n(partial results in {out}; summary.json says failed)", file=sys.stderr)
+        else:
+            print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     print(format_summary(summary))
     print(f"results in {out}")
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception as the user should read it: its message (KeyError's without quotes)."""
+    if isinstance(e, KeyError) and e.args:
+        return str(e.args[0])
+    return str(e) or type(e).__name__
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; allowed: an integer >= 1") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v}: allowed: an integer >= 1")
+    return v
 
 
 def format_summary(summary: dict, metric: str = "loss") -> str:
@@ -106,16 +128,25 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .plotting import plot_run
+    from .recorder import inspect_run
 
     run_dir = Path(args.run_dir)
-    if not (run_dir / "curves.csv").is_file():
-        print(f"error: {run_dir} is not a run directory (no curves.csv)", file=sys.stderr)
+    if not run_dir.is_dir():
+        print(f"error: {run_dir} is not a folder", file=sys.stderr)
         return 2
+    problems = inspect_run(run_dir)
+    if not (run_dir / "curves.csv").is_file() and not (run_dir / "summary.json").is_file():
+        print(f"error: {run_dir} is not a run directory (no curves.csv, no summary.json)", file=sys.stderr)
+        return 2
+    for line in problems:
+        print(f"note: {line}", file=sys.stderr)
     for p in plot_run(run_dir):
         print(p)
     summary = run_dir / "summary.json"
-    if summary.is_file():
+    try:
         print(format_summary(json.loads(summary.read_text())))
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        print("(no readable summary)")
     return 0
 
 
@@ -194,7 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set iterations=100 --set scenarios.1.byzantine=5")
-    r.add_argument("--jobs", type=int, help="run scenarios in this many parallel processes (default: config's jobs)")
+    r.add_argument("--jobs", type=_positive_int,
+                   help="run scenarios in this many parallel processes (default: config's jobs)")
+    r.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier run in --out (refused while a live run holds it)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     r.set_defaults(func=_cmd_run)
@@ -210,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", help="sweep directory (default runs/NAME-sweep; rerun to resume)")
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value, e.g. --set iterations=100 --set 'sweep.seeds=[0]'")
-    sw.add_argument("--jobs", type=int, help="parallel cells (local backend; default: sweep.jobs or CPU count)")
+    sw.add_argument("--jobs", type=_positive_int, help="parallel cells (local backend; default: sweep.jobs or CPU count)")
     sw.add_argument("--backend", choices=["local", "ray"], default="local",
                     help="local processes (default) or Ray tasks (pip install 'p2pmtl[ray]')")
     sw.add_argument("--ray-address", help="Ray cluster address (default: start or join a local Ray)")
@@ -244,8 +278,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point. Errors end in one line on stderr: status 2 for bad input (config, names,
+    paths), 1 for a failed run or an output folder that cannot be written (full disk,
+    permissions, ``--out`` a file), 130 for Ctrl-C. ``P2PMTL_TRACEBACK=1`` shows tracebacks."""
+    import os
+
+    from .rundir import OutputError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        if os.environ.get("P2PMTL_TRACEBACK"):
+            raise
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"error: cannot read or write files{where}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if os.environ.get("P2PMTL_TRACEBACK"):
+            raise
+        print(f"error: {type(e).__name__}: {_one_line(e)} (set P2PMTL_TRACEBACK=1 for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -111,30 +111,70 @@ def make_engine(cfg: ExperimentConfig, world: World, scenario: ScenarioConfig, r
 
 def run_experiment(
     cfg: ExperimentConfig, out_dir: Path, progress: bool = True, figures: Optional[bool] = None,
-    jobs: Optional[int] = None,
+    jobs: Optional[int] = None, *, overwrite: bool = False,
 ) -> dict:
     """Run every scenario x rule; returns the summary dict (also in ``out_dir/summary.json``).
 
-    Files are written as the run goes; Ctrl-C closes them cleanly (summary marked interrupted),
-    draws the figures of what finished, then re-raises KeyboardInterrupt. With ``jobs > 1``
+    ``out_dir`` must not hold another run (:func:`p2pmtl.rundir.claim`) unless ``overwrite``;
+    it is locked while the run lasts. Files are written as the run goes; Ctrl-C closes them
+    cleanly (status ``interrupted``), draws the figures of what finished, then re-raises
+    KeyboardInterrupt. Any other error marks the run ``failed`` with the error message in
+    ``summary.json`` (what finished before stays readable) and is re-raised. With ``jobs > 1``
     scenarios run in parallel processes (one torch thread each), each writing a part directory
     that is merged into the run directory at the end.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.toml").write_text(dump_config(cfg))
-    jobs = min(jobs or cfg.jobs, len(_job_names(cfg)))
-    if jobs > 1:
-        summary, interrupted = _run_parallel(cfg, out_dir, jobs, progress)
-    else:
-        summary, interrupted = _run_scenarios(cfg, out_dir, progress)
-    if figures if figures is not None else cfg.output.figures:
-        from .plotting import plot_run
+    from .rundir import claim
 
-        plot_run(out_dir)
-    if interrupted:
-        raise KeyboardInterrupt
-    return summary
+    out_dir = Path(out_dir)
+    lock = claim(out_dir, overwrite=overwrite)
+    try:
+        (out_dir / "config.toml").write_text(dump_config(cfg))
+        jobs = min(jobs or cfg.jobs, len(_job_names(cfg)))
+        try:
+            if jobs > 1:
+                summary, interrupted = _run_parallel(cfg, out_dir, jobs, progress)
+            else:
+                summary, interrupted = _run_scenarios(cfg, out_dir, progress)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:
+            _mark_failed(out_dir, e)
+            raise
+        if figures if figures is not None else cfg.output.figures:
+            from .plotting import plot_run
+
+            try:
+                plot_run(out_dir)
+            except Exception as e:
+                _mark_failed(out_dir, e, stage="figures")
+                raise
+        if interrupted:
+            raise KeyboardInterrupt
+        return summary
+    finally:
+        lock.release()
+
+
+def _mark_failed(out_dir: Path, e: BaseException, stage: str = "run") -> None:
+    """Write ``status = failed`` (with the error) into ``summary.json``, keeping every result
+    already summarised there; a run that failed before any scenario started gets a summary
+    with no results. Best effort: if even this write fails (full disk), the caller's error
+    is what the user sees."""
+    from .recorder import describe_error, set_status
+
+    path = out_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text()) if path.is_file() else {"results": {}}
+    except (OSError, ValueError):
+        summary = {"results": {}}
+    set_status(summary, "failed", describe_error(e))
+    summary["failed_stage"] = stage
+    try:
+        tmp = out_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False))
+        tmp.replace(path)
+    except OSError:
+        pass
 
 
 def _job_names(cfg: ExperimentConfig) -> list[str]:
@@ -230,36 +270,50 @@ def _network_rounds(cfg: ExperimentConfig, rec: RunRecorder, engine: GossipEngin
     make_protocol(cfg, world, engine, on_record).run()
 
 
-def _scenario_worker(cfg_data: dict, part_dir: str, progress: bool, position: int) -> bool:
-    """Child process: one scenario into its own part directory; returns 'interrupted'."""
-    cfg = ExperimentConfig.model_validate(cfg_data)
-    return _run_scenarios(cfg, Path(part_dir), progress, position)[1]
+def _scenario_worker(cfg_data: dict, part_dir: str, progress: bool, position: int) -> str:
+    """Child process: one scenario into its own part directory; returns its status (an error
+    is recorded in the part's summary and re-raised to the parent)."""
+    try:
+        cfg = ExperimentConfig.model_validate(cfg_data)
+        return "interrupted" if _run_scenarios(cfg, Path(part_dir), progress, position)[1] else "finished"
+    except KeyboardInterrupt:  # stopped by the parent before or while it ran
+        return "interrupted"
 
 
 def _run_parallel(cfg: ExperimentConfig, out_dir: Path, jobs: int, progress: bool) -> tuple[dict, bool]:
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
+    from .workers import call, process_pool, stop_pool
 
     jobs_cfg = _job_configs(cfg)  # every error before any work
     parts = [out_dir / "parts" / name for name, _ in jobs_cfg]
-    interrupted = False
+    interrupted, error = False, None
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+    pool = process_pool(jobs, threads=cfg.threads)
+    try:
         futures = [
-            pool.submit(_scenario_worker, job.model_dump(mode="json"), str(part), progress, i % jobs)
+            pool.submit(call, _scenario_worker, job.model_dump(mode="json"), str(part), progress, i % jobs)
             for i, ((_, job), part) in enumerate(zip(jobs_cfg, parts))
         ]
-        try:
-            interrupted = any([f.result() for f in futures])
-        except KeyboardInterrupt:
-            interrupted = True
-            pool.shutdown(wait=True, cancel_futures=True)
-    summary = merge_parts(out_dir, parts)
+        for f in futures:
+            try:
+                interrupted |= f.result() == "interrupted"
+            except Exception as e:  # a failed scenario: the others go on, the run fails
+                error = error or e
+    except KeyboardInterrupt:
+        interrupted = True
+        stop_pool(pool)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    summary = merge_parts(out_dir, parts, [name for name, _ in jobs_cfg])
     summary["wall_seconds"] = time.perf_counter() - t0
-    summary["finished"] = summary["finished"] and not interrupted
-    summary["interrupted"] = summary["interrupted"] or interrupted
+    status = "failed" if error is not None or summary["status"] == "failed" else (
+        "interrupted" if interrupted or summary["status"] == "interrupted" else "finished")
+    from .recorder import describe_error, set_status
+
+    set_status(summary, status, describe_error(error) if error is not None else None)
     (out_dir / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False))
-    return summary, summary["interrupted"]
+    if error is not None:
+        raise error
+    return summary, status == "interrupted"
 
 
 def _job_configs(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
@@ -287,10 +341,14 @@ def _job_configs(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
     return [(s.name, cfg.model_copy(update={"scenarios": [s]})) for s in cfg.scenarios]
 
 
-def merge_parts(out_dir: Path, parts: list[Path]) -> dict:
+def merge_parts(out_dir: Path, parts: list[Path], names: Optional[list[str]] = None) -> dict:
     """Concatenate the part directories of parallel scenarios into ``out_dir`` (long-format
-    CSVs, summaries, arrays) and remove them."""
-    summary: dict = {"finished": True, "interrupted": False, "results": {}}
+    CSVs, summaries, arrays) and remove them. ``summary["jobs"]`` gives each part's status
+    (``not started`` when its worker never began)."""
+    from .recorder import run_status
+
+    summary: dict = {"status": "finished", "results": {}, "jobs": {}}
+    statuses = []
     (out_dir / "arrays").mkdir(exist_ok=True)
     for name in ("metrics.csv", "curves.csv"):
         with open(out_dir / name, "w") as out:
@@ -300,21 +358,32 @@ def merge_parts(out_dir: Path, parts: list[Path]) -> dict:
                     if i == 0:
                         out.write(header)
                     shutil.copyfileobj(f, out)
-    for part in parts:
-        if (part / "summary.json").is_file():
+    for k, part in enumerate(parts):
+        name = names[k] if names else part.name
+        try:
             s = json.loads((part / "summary.json").read_text())
-            for scenario, by_rule in s["results"].items():
+        except (OSError, ValueError):
+            s = None
+        if s is None:
+            status = "not started" if not part.exists() else "interrupted"
+        else:
+            status = run_status(s)
+            for scenario, by_rule in s.get("results", {}).items():
                 summary["results"].setdefault(scenario, {}).update(by_rule)
             summary.setdefault("group_names", s.get("group_names"))
             summary.setdefault("mode", s.get("mode", "gossip"))
-            summary["finished"] &= s["finished"]
-            summary["interrupted"] |= s["interrupted"]
-        else:
-            summary["finished"] = False
+            if s.get("error"):
+                summary.setdefault("error", s["error"])
+        summary["jobs"][name] = status
+        statuses.append(status)
         for f in (part / "arrays").glob("*.npz") if (part / "arrays").is_dir() else []:
             shutil.move(str(f), out_dir / "arrays" / f.name)
     shutil.rmtree(out_dir / "parts", ignore_errors=True)
-    return summary
+    status = ("failed" if "failed" in statuses else
+              "interrupted" if any(s != "finished" for s in statuses) else "finished")
+    from .recorder import set_status
+
+    return set_status(summary, status)
 
 
 def _bytes_per_round(world: World, engine: GossipEngine) -> float:

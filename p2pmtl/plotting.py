@@ -27,9 +27,11 @@ LOG_METRICS = {"loss", "msd", "test_loss"}
 
 
 def plot_run(run_dir: Path) -> list[Path]:
+    """Draw every figure the files of ``run_dir`` allow (damaged curve rows are skipped; see
+    :func:`p2pmtl.recorder.inspect_run` for what is missing)."""
     run_dir = Path(run_dir)
     written = []
-    curves = read_curves(run_dir)
+    curves = read_curves(run_dir) if (run_dir / "curves.csv").is_file() else []
     if curves:
         metrics = sorted({c["metric"] for c in curves} - set(NETWORK_METRICS))
         written.append(plot_network_accounts(run_dir, curves))

@@ -30,7 +30,7 @@ class RunRecorder:
         self._curves.write(",".join(CURVES_HEADER) + "\n")
         self._mbuf: list[str] = []
         self._cbuf: list[str] = []
-        self.summary: dict = {"finished": False, "interrupted": False, "results": {}}
+        self.summary: dict = {"status": "running", "finished": False, "interrupted": False, "results": {}}
         self._flushed = time.monotonic()
 
     # -- one (scenario, rule) block ------------------------------------------------------
@@ -48,14 +48,15 @@ class RunRecorder:
         for name, values in metrics.items():
             v = values.detach().cpu().numpy()[block.normal_idx].astype(np.float64)
             block.series.setdefault(name, []).append(v)
+            name_f = csv_field(name)
             if self.per_agent:
                 self._mbuf.extend(
-                    f"{h},{mid},{t},{name},{x:.8g}" for h, t, x in zip(block.heads, block.tails, v.tolist())
+                    f"{h},{mid},{t},{name_f},{x:.8g}" for h, t, x in zip(block.heads, block.tails, v.tolist())
                 )
             for gname, sel in block.group_selectors:
                 w = v[sel]
                 self._cbuf.append(
-                    f"{block.scenario},{block.rule},{gname},{name},{mid},{w.mean():.8g},{w.min():.8g},{w.max():.8g}"
+                    f"{block.key},{gname},{name_f},{mid},{w.mean():.8g},{w.min():.8g},{w.max():.8g}"
                 )
         if len(self._mbuf) + len(self._cbuf) > 200_000 or time.monotonic() - self._flushed > 5.0:
             self.flush()
@@ -100,13 +101,51 @@ class RunRecorder:
         tmp.write_text(json.dumps(json_safe(self.summary), indent=2, allow_nan=False))
         tmp.replace(self.out / "summary.json")
 
-    def close(self, finished: bool, interrupted: bool = False) -> None:
-        self.flush()
-        self.summary["finished"] = finished
-        self.summary["interrupted"] = interrupted
-        self.write_summary()
-        self._metrics.close()
-        self._curves.close()
+    def close(self, status: str, error: Optional[str] = None) -> None:
+        """Flush and close the files; ``summary.json`` gets ``status`` (finished, interrupted or
+        failed, see :func:`set_status`). A write error while closing is raised after both
+        files are closed."""
+        set_status(self.summary, status, error)
+        try:
+            self.flush()
+        finally:
+            try:
+                self.write_summary()
+            finally:
+                self._metrics.close()
+                self._curves.close()
+
+
+STATUSES = ("finished", "interrupted", "failed")
+
+
+def set_status(summary: dict, status: str, error: Optional[str] = None) -> dict:
+    """The run's status in its summary: ``status`` is one of :data:`STATUSES` (``running``
+    while it runs); the booleans ``finished`` / ``interrupted`` are kept beside it for older
+    readers; ``error`` holds the message of a failed run."""
+    if status not in STATUSES + ("running",):
+        raise ValueError(f"status = {status!r}; allowed: {', '.join(STATUSES)}")
+    summary["status"] = status
+    summary["finished"] = status == "finished"
+    summary["interrupted"] = status == "interrupted"
+    if error is not None:
+        summary["error"] = error
+    return summary
+
+
+def run_status(summary: dict) -> str:
+    """The status of a summary written by any version (older ones have only the booleans)."""
+    if summary.get("status") in STATUSES + ("running",):
+        return summary["status"]
+    if summary.get("finished"):
+        return "finished"
+    return "interrupted" if summary.get("interrupted") else "failed"
+
+
+def describe_error(e: BaseException) -> str:
+    """One line for a failed run: the exception type and message."""
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0] if msg else ''}".rstrip(": ")
 
 
 def json_safe(obj):
@@ -123,18 +162,36 @@ def json_safe(obj):
 @contextmanager
 def interruptible(rec: RunRecorder, bar) -> Iterator[dict]:
     """Run a recording session: Ctrl-C ends it early and cleanly. On the way out the progress
-    bar closes and the recorder writes its summary (``finished`` / ``interrupted``, wall time).
-    Yields a dict whose ``"interrupted"`` tells the caller what happened."""
+    bar closes and the recorder writes its summary with its status (``finished``,
+    ``interrupted``, or ``failed`` with the error message, which is then re-raised) and wall
+    time. Yields a dict whose ``"interrupted"`` tells the caller what happened."""
     state = {"interrupted": False}
     t0 = time.perf_counter()
+    status, error = "finished", None
     try:
         yield state
     except KeyboardInterrupt:
         state["interrupted"] = True
+        status = "interrupted"
+    except BaseException as e:
+        status, error = "failed", describe_error(e)
+        raise
     finally:
         bar.close()
         rec.summary["wall_seconds"] = time.perf_counter() - t0
-        rec.close(finished=not state["interrupted"], interrupted=state["interrupted"])
+        try:
+            rec.close(status, error)
+        except OSError:
+            if status != "failed":
+                raise
+
+
+def csv_field(text: str) -> str:
+    """``text`` as one CSV field (RFC 4180: quoted, inner quotes doubled, when it holds a comma,
+    a quote or a line break), so any name round-trips through :mod:`csv`."""
+    if any(c in text for c in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 class Block:
@@ -146,7 +203,8 @@ class Block:
         self.run_of = self.normal_idx // n
         agent_of = self.normal_idx % n
         group_of = groups[self.normal_idx]
-        self.heads = [f"{scenario},{rule},{r}" for r in self.run_of.tolist()]
+        self.key = f"{csv_field(scenario)},{csv_field(rule)}"
+        self.heads = [f"{self.key},{r}" for r in self.run_of.tolist()]
         self.tails = [f"{a},{g}" for a, g in zip(agent_of.tolist(), group_of.tolist())]
         self.group_selectors: list = [("all", slice(None))]
         if len(np.unique(groups)) > 1:  # the world has groups: a row for each that has normal agents
@@ -155,6 +213,49 @@ class Block:
         self.steps: list[int] = []
 
 
-def read_curves(run_dir: Path) -> list[dict]:
+def read_curves(run_dir: Path, problems: Optional[list[str]] = None) -> list[dict]:
+    """The rows of ``curves.csv``; rows that do not parse (a run killed mid-write leaves a
+    truncated last line) are skipped and described in ``problems``."""
+    rows, bad = [], 0
     with open(Path(run_dir) / "curves.csv", newline="") as f:
-        return list(csv.DictReader(f))
+        for row in csv.DictReader(f):
+            try:
+                if None in row or any(row[k] is None for k in CURVES_HEADER):
+                    raise ValueError
+                float(row["mean"]), float(row["time"]), int(row["step"])
+            except (ValueError, KeyError, TypeError):
+                bad += 1
+                continue
+            rows.append(row)
+    if bad and problems is not None:
+        problems.append(f"curves.csv: {bad} damaged row(s) skipped (a run stopped mid-write?)")
+    return rows
+
+
+def inspect_run(run_dir: Path) -> list[str]:
+    """What is missing or damaged in a run folder, one line each (empty when all is well):
+    missing files, an unreadable summary, a status other than ``finished``, damaged rows."""
+    run_dir = Path(run_dir)
+    problems: list[str] = []
+    for name in ("config.toml", "metrics.csv", "curves.csv", "summary.json"):
+        if not (run_dir / name).is_file():
+            problems.append(f"{name}: missing")
+    if (run_dir / "summary.json").is_file():
+        try:
+            s = json.loads((run_dir / "summary.json").read_text())
+            status = run_status(s)
+            if status == "running":
+                from .rundir import lock_owner
+
+                status = "running" if lock_owner(run_dir) else "interrupted (killed: no live process holds it)"
+            if status != "finished":
+                err = f" ({s['error']})" if s.get("error") else ""
+                problems.append(f"summary.json: status {status}{err}; the figures show what finished")
+        except (OSError, ValueError) as e:
+            problems.append(f"summary.json: damaged ({e})")
+    if (run_dir / "curves.csv").is_file():
+        try:
+            read_curves(run_dir, problems)
+        except (OSError, csv.Error, UnicodeDecodeError) as e:
+            problems.append(f"curves.csv: unreadable ({e})")
+    return problems

@@ -59,63 +59,193 @@ class StudyConfig(BaseModel):
     variants: list[Variant]
 
 
-def _set_path(data: dict, key: str, value: Any) -> None:
-    node = data
+def _set_path(data: dict, key: str, value: Any, where: str) -> None:
+    """Set a dotted ``key`` (list items by index) in ``data``; a path through a value that is
+    neither a table nor a list, or a bad list index, is a :class:`ConfigError` naming it."""
+    node: Any = data
     parts = key.split(".")
-    for p in parts[:-1]:
-        node = node[int(p)] if isinstance(node, list) else node.setdefault(p, {})
-    if isinstance(node, list):
-        node[int(parts[-1])] = value
-    else:
-        node[parts[-1]] = value
+    for i, p in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            try:
+                idx = int(p)
+                if last:
+                    node[idx] = value
+                else:
+                    node = node[idx]
+            except (ValueError, IndexError):
+                raise ConfigError(f"{where}: set key {key!r}: {'.'.join(parts[:i + 1])} is not a valid "
+                                  f"list index (the list has {len(node)} items)") from None
+        elif isinstance(node, dict):
+            if last:
+                node[p] = value
+            else:
+                node = node.setdefault(p, {})
+        else:
+            raise ConfigError(f"{where}: set key {key!r}: {'.'.join(parts[:i])} is a value, not a table")
+
+
+def _study_error(err: ValidationError, path: Path) -> str:
+    """A study file's validation errors, one line each: key, value, what is allowed."""
+    lines = [f"invalid study {path}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            model = Variant if len(e["loc"]) > 1 and e["loc"][0] == "variants" else StudyConfig
+            lines.append(f"  {loc}: unknown key; allowed: {', '.join(model.model_fields)}")
+            continue
+        given = e.get("input")
+        given_txt = "" if isinstance(given, dict) else f" = {given!r}"
+        lines.append(f"  {loc}{given_txt}: {e['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)
+
+
+def settings_hash(cfg: ExperimentConfig) -> str:
+    """A short hash of a variant's non-default settings: a variant whose settings changed since
+    it ran is run again (new config fields with their defaults do not change it)."""
+    import hashlib
+
+    key = cfg.model_dump(mode="json", exclude_defaults=True)
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _metric_names(cfg: ExperimentConfig) -> set[str]:
+    """Metrics a variant records (task metrics, server and network accounts)."""
+    from .tasks import TASKS
+
+    names = set(getattr(TASKS.get(cfg.task.name), "metric_names", ())) if cfg.task.name in TASKS else set()
+    if cfg.mode == "server" or cfg.task.name == "federated_images":
+        names |= {"test_loss", "test_acc"}
+    if cfg.network is not None:
+        names |= {"bytes_sent", "bytes_received", "time_computing", "time_sending", "time_waiting",
+                  "staleness"}
+    return names
 
 
 def load_study(path: Path) -> tuple[StudyConfig, list[ExperimentConfig]]:
-    """The study and every variant's validated config (all errors before any work)."""
+    """The study and every variant's validated config (all errors before any work): variant
+    names are safe folder names, ``set`` keys exist, ``curve`` names a scenario and a rule (or
+    server method) of the variant, and ``metric`` is one that every variant records."""
+    from .rundir import check_name
+
     path = Path(path)
     try:
         study = StudyConfig.model_validate(read_toml(path))
     except ValidationError as e:
-        raise ConfigError(str(e)) from None
+        raise ConfigError(_study_error(e, path)) from None
     names = [v.name for v in study.variants]
     if len(set(names)) != len(names):
         raise ConfigError(f"study {path}: variant names must be distinct, got {names}")
+    if not names:
+        raise ConfigError(f"study {path}: variants: give at least one [[variants]] table")
     configs = []
-    for v in study.variants:
+    for i, v in enumerate(study.variants):
+        where = f"{path} variants.{i} (variant {v.name!r})"
+        try:
+            check_name(f"variants.{i}.name", v.name)
+        except ValueError as e:
+            raise ConfigError(f"{path}: {e}") from None
         base = (path.parent / v.config)
         if not base.is_file():
-            raise ConfigError(f"study variant {v.name!r}: config {str(base)!r} not found")
+            raise ConfigError(f"{where}: config = {v.config!r}: file {str(base)!r} not found")
         data = read_toml(base)
         for key, value in v.set.items():
-            _set_path(data, key, value)
+            _set_path(data, key, value, where)
         data["output"] = {**data.get("output", {}), "figures": False}
         try:
             cfg = ExperimentConfig.model_validate(data)
         except ValidationError as e:
-            raise ConfigError(format_validation_error(e, f"{path} variant {v.name!r}")) from None
+            raise ConfigError(format_validation_error(e, where)) from None
         scenario, _, rule = v.curve.partition("/")
-        if scenario not in [s.name for s in cfg.scenarios]:
-            raise ConfigError(f"variant {v.name!r}: curve scenario {scenario!r} not in "
-                              f"{[s.name for s in cfg.scenarios]}")
+        scenarios = [s.name for s in cfg.scenarios]
+        if scenario not in scenarios:
+            raise ConfigError(f"{where}: curve = {v.curve!r}: scenario {scenario!r} not in the variant's "
+                              f"scenarios; allowed: {', '.join(scenarios)}")
+        sc = cfg.scenarios[scenarios.index(scenario)]
+        rules = (sc.methods or cfg.server.methods) if cfg.mode == "server" else cfg.rules.names
+        if rule not in rules:
+            what = "server method" if cfg.mode == "server" else "weight rule"
+            raise ConfigError(f"{where}: curve = {v.curve!r}: {what} {rule!r} not run by the variant; "
+                              f"allowed: {', '.join(rules)}")
+        metrics = _metric_names(cfg)
+        if metrics and study.metric not in metrics:
+            raise ConfigError(f"{path}: metric = {study.metric!r}: not recorded by variant {v.name!r}; "
+                              f"allowed: {', '.join(sorted(metrics))}")
         configs.append(cfg)
     return study, configs
 
 
+def variant_state(d: Path, digest: str) -> tuple[bool, str]:
+    """(done, why not) for a variant folder: done when its summary says ``finished`` and its
+    settings hash matches; a damaged (unreadable, truncated) summary is not done, with a
+    warning."""
+    import warnings
+
+    from .recorder import run_status
+
+    summary = d / "summary.json"
+    if not summary.is_file():
+        return False, "not run yet" if not d.exists() else "no summary (killed or failed early)"
+    try:
+        s = json.loads(summary.read_text())
+        status = run_status(s)
+    except (OSError, ValueError) as e:
+        warnings.warn(f"{summary}: damaged ({e}); running this variant again", stacklevel=2)
+        return False, "damaged summary"
+    if status != "finished":
+        return False, f"status {status}"
+    try:
+        old = json.loads((d / VARIANT_STATE).read_text()).get("hash")
+    except (OSError, ValueError):
+        old = None
+    if old != digest:
+        return False, "settings changed"
+    return True, "finished"
+
+
+VARIANT_STATE = "variant.json"
+
+
 def run_study(path: Path, out_dir: Path, progress: bool = True) -> dict:
+    """Run every variant that is not done (see :func:`variant_state`) into ``out_dir/NAME``,
+    then draw the figures. A failed variant is recorded and the others still run; the study
+    then raises the first error (a rerun redoes only what is not done)."""
     from .experiment import run_experiment
+    from .recorder import describe_error
+    from .rundir import claim
 
     study, configs = load_study(path)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "study.toml").write_text(Path(path).read_text())
-    for v, cfg in zip(study.variants, configs):
-        d = out_dir / v.name
-        if (d / "summary.json").is_file() and json.loads((d / "summary.json").read_text()).get("finished"):
-            continue
-        if progress:
-            print(f"[{study.name}] {v.name}")
-        run_experiment(cfg, d, progress=progress, figures=False)
-    return plot_study(out_dir, study, configs)
+    lock = claim(out_dir, resume=True, what="study", own=("study.toml",))
+    try:
+        (out_dir / "study.toml").write_text(Path(path).read_text())
+        failed: list[tuple[str, BaseException]] = []
+        for v, cfg in zip(study.variants, configs):
+            d = out_dir / v.name
+            digest = settings_hash(cfg)
+            done, why = variant_state(d, digest)
+            if done:
+                continue
+            if progress:
+                print(f"[{study.name}] {v.name} ({why})")
+            try:
+                run_experiment(cfg, d, progress=progress, figures=False, overwrite=True)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:
+                failed.append((v.name, e))
+                if progress:
+                    print(f"[{study.name}] {v.name} failed: {describe_error(e)}")
+                continue
+            (d / VARIANT_STATE).write_text(json.dumps({"hash": digest, "config": v.config, "set": v.set}))
+        res = plot_study(out_dir, study, configs)
+        if failed:
+            names = ", ".join(n for n, _ in failed)
+            raise RuntimeError(f"study {study.name}: variant(s) {names} failed ({describe_error(failed[0][1])}); "
+                               f"the others are in {out_dir}; rerun to redo the failed ones")
+        return res
+    finally:
+        lock.release()
 
 
 def _curve(run_dir: Path, curve: str, metric: str) -> dict[str, np.ndarray]:
@@ -129,6 +259,20 @@ def _curve(run_dir: Path, curve: str, metric: str) -> dict[str, np.ndarray]:
         raise ValueError(f"{run_dir}: no curve {curve!r} for metric {metric!r}")
     a = np.array(rows)
     return {"step": a[:, 0], "time": a[:, 1], "bytes": a[:, 2], "value": a[:, 3]}
+
+
+def _has_curve(run_dir: Path, curve: str, metric: str) -> bool:
+    """Whether a variant's folder holds its curve (a missing, partial or damaged file warns)."""
+    import warnings
+
+    if not (run_dir / "curves.csv").is_file():
+        return False
+    try:
+        _curve(run_dir, curve, metric)
+        return True
+    except (OSError, ValueError, KeyError, TypeError, csv.Error) as e:
+        warnings.warn(f"{run_dir}: no usable curve {curve!r} ({e}); left out of the figures", stacklevel=2)
+        return False
 
 
 def _round_times(run_dir: Path, curve: str) -> dict[str, float]:
@@ -186,7 +330,7 @@ def plot_study(out_dir: Path, study: Optional[StudyConfig] = None, configs=None)
     out_dir = Path(out_dir)
     if study is None:
         study = StudyConfig.model_validate(tomllib.loads((out_dir / "study.toml").read_text()))
-    done = [v for v in study.variants if (out_dir / v.name / "curves.csv").is_file()]
+    done = [v for v in study.variants if _has_curve(out_dir / v.name, v.curve, study.metric)]
     result: dict = {"name": study.name, "kind": study.kind, "metric": study.metric, "variants": {}}
     if study.kind == "compare":
         panels = list(dict.fromkeys(v.panel for v in done))

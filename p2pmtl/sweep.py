@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .rundir import safe_component
 from .config import AttackConfig, ConfigError, ExperimentConfig, apply_override, format_validation_error, read_toml
 
 CELLS = "cells"
@@ -208,7 +209,8 @@ def plan(cfg: ExperimentConfig, spec: SweepSpec) -> list[dict]:
             if attack is not None and count == 0:
                 raise ConfigError(f"sweep.byzantine = {frac}: rounds to 0 Byzantine agents of {_agents(cfg, seed)}")
             for unit in units:
-                cid = f"{row}__byz{frac:g}__seed{seed}" + (f"__{unit[0].replace('+', '_')}" if cfg.mode == "server" else "")
+                cid = safe_component(f"{row}__byz{frac:g}__seed{seed}"
+                                     + (f"__{unit[0].replace('+', '_')}" if cfg.mode == "server" else ""))
                 scenario: dict = {"name": "cell", "byzantine": count}
                 if attack is not None:
                     scenario["attack"] = {"name": attack.name, **attack.params}
@@ -266,11 +268,26 @@ def _execute(cell: dict, cell_dir: Path) -> dict:
 
 
 def run_cell(cell: dict, root: str) -> dict:
-    """Run one cell into ``root/cells/ID`` and write its ``summary.json`` last."""
+    """Run one cell into ``root/cells/ID`` and write its ``summary.json`` last. A cell that
+    fails or is interrupted returns ``{"id", "status", "error"}`` (and writes ``failed.json``),
+    so the other cells go on and a rerun redoes it."""
     cell_dir = Path(root) / CELLS / cell["id"]
-    result = _execute(cell, cell_dir)
+    try:
+        result = _execute(cell, cell_dir)
+    except KeyboardInterrupt:
+        return {"id": cell["id"], "status": "interrupted"}
+    except Exception as e:
+        from .recorder import describe_error
+
+        info = {"id": cell["id"], "status": "failed", "error": describe_error(e), "hash": cell["hash"]}
+        try:
+            cell_dir.mkdir(parents=True, exist_ok=True)
+            _write_json_atomic(cell_dir / "failed.json", info)
+        except OSError:
+            pass
+        return info
     _write_json_atomic(cell_dir / "summary.json", result)
-    return result
+    return {**result, "status": "finished"}
 
 
 def run_cell_packed(cell: dict) -> tuple[dict, bytes]:
@@ -278,7 +295,12 @@ def run_cell_packed(cell: dict) -> tuple[dict, bytes]:
     driver on another machine writes the same layout (Ray backend)."""
     with tempfile.TemporaryDirectory(prefix="p2pmtl-cell-") as tmp:
         cell_dir = Path(tmp) / cell["id"]
-        result = _execute(cell, cell_dir)
+        try:
+            result = _execute(cell, cell_dir)
+        except Exception as e:
+            from .recorder import describe_error
+
+            return {"id": cell["id"], "status": "failed", "error": describe_error(e), "hash": cell["hash"]}, b""
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
             tar.add(cell_dir, arcname=".")
@@ -296,40 +318,42 @@ def _unpack(cell: dict, root: Path, result: dict, blob: bytes) -> None:
 
 
 def finished(cell: dict, root: Path) -> bool:
-    """A cell is finished when its summary.json exists and was written for the same config."""
+    """A cell is finished when its summary.json exists and was written for the same config; a
+    damaged summary (truncated, not JSON) counts as unfinished, with a warning."""
+    import warnings
+
     path = root / CELLS / cell["id"] / "summary.json"
     if not path.is_file():
         return False
     try:
         return json.loads(path.read_text()).get("hash") == cell["hash"]
-    except (json.JSONDecodeError, OSError):
+    except (ValueError, OSError, AttributeError) as e:
+        warnings.warn(f"{path}: damaged ({e}); the cell will be run again", stacklevel=2)
         return False
-
-
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def _run_local(pending: list[dict], root: Path, jobs: int, on_done: Callable[[dict], None]) -> None:
     if jobs <= 1 or len(pending) <= 1:
         for cell in pending:
-            on_done(run_cell(cell, str(root)))  # module global: looked up at call time
+            result = run_cell(cell, str(root))  # module global: looked up at call time
+            on_done(result)
+            if result.get("status") == "interrupted":
+                raise KeyboardInterrupt
         return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
 
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=mp.get_context("spawn"),
-                               initializer=_worker_init)
+    from .workers import call, process_pool, stop_pool
+
+    pool = process_pool(min(jobs, len(pending)))
     try:
-        futures = [pool.submit(run_cell, cell, str(root)) for cell in pending]
+        futures = [pool.submit(call, run_cell, cell, str(root)) for cell in pending]
         for f in as_completed(futures):
             on_done(f.result())
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
+    except KeyboardInterrupt:
+        stop_pool(pool)
         raise
-    pool.shutdown(wait=True)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_ray(pending: list[dict], root: Path, address: Optional[str], on_done: Callable[[dict], None]) -> None:
@@ -351,7 +375,12 @@ def _run_ray(pending: list[dict], root: Path, address: Optional[str], on_done: C
             done, waiting = ray.wait(waiting, num_returns=1)
             for ref in done:
                 result, blob = ray.get(ref)
-                _unpack(refs[ref], root, result, blob)
+                if result.get("status") == "failed":
+                    cell_dir = root / CELLS / result["id"]
+                    cell_dir.mkdir(parents=True, exist_ok=True)
+                    _write_json_atomic(cell_dir / "failed.json", result)
+                else:
+                    _unpack(refs[ref], root, result, blob)
                 on_done(result)
     except BaseException:
         for ref in list(refs) if "refs" in locals() else []:
@@ -367,14 +396,26 @@ def run_sweep(config: Union[str, Path, dict], out: Union[str, Path], *, override
               progress: bool = True, figures: bool = True) -> dict:
     """Run every unfinished cell of a sweep and write the matrix; returns ``matrix.json``'s dict.
     Ctrl-C stops the running cells (finished ones stay), writes the matrix of what finished and
-    re-raises KeyboardInterrupt."""
-    from tqdm.auto import tqdm
-
+    re-raises KeyboardInterrupt. Failed cells do not stop the others: they are listed in the
+    error raised at the end (the matrix of the finished ones is written first)."""
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     cfg, spec = (load_sweep(data=config, overrides=overrides) if isinstance(config, dict)
                  else load_sweep(config, overrides))
+    from .rundir import claim
+
     root = Path(out)
+    lock = claim(root, resume=True, what="sweep", own=("cells.json",))
+    try:
+        return _sweep(cfg, spec, root, jobs, backend, ray_address, progress, figures)
+    finally:
+        lock.release()
+
+
+def _sweep(cfg: ExperimentConfig, spec: "SweepSpec", root: Path, jobs: Optional[int], backend: str,
+           ray_address: Optional[str], progress: bool, figures: bool) -> dict:
+    from tqdm.auto import tqdm
+
     (root / CELLS).mkdir(parents=True, exist_ok=True)
     cells = plan(cfg, spec)
     (root / "cells.json").write_text(json.dumps(
@@ -386,9 +427,14 @@ def run_sweep(config: Union[str, Path, dict], out: Union[str, Path], *, override
     bar = tqdm(total=len(cells), initial=len(cells) - len(pending), disable=not progress, desc="cells", unit="cell")
     done: list[dict] = []
 
+    failed: list[dict] = []
+
     def on_done(result: dict) -> None:
-        done.append(result)
-        bar.update(1)
+        if result.get("status") == "failed":
+            failed.append(result)
+        elif result.get("status") != "interrupted":
+            done.append(result)
+            bar.update(1)
 
     jobs = jobs or spec.jobs or os.cpu_count() or 1
     interrupted = False
@@ -402,9 +448,14 @@ def run_sweep(config: Union[str, Path, dict], out: Union[str, Path], *, override
     finally:
         bar.close()
     matrix = write_matrix(root, figures=figures)
-    matrix.update(ran=len(done), skipped=len(cells) - len(pending), total=len(cells), interrupted=interrupted)
+    matrix.update(ran=len(done), skipped=len(cells) - len(pending), total=len(cells), interrupted=interrupted,
+                  failed={r["id"]: r["error"] for r in failed})
     if interrupted:
         raise KeyboardInterrupt
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(cells)} cells failed (first: {failed[0]['id']}: "
+                           f"{failed[0]['error']}); the finished ones are in {root} (see cells/ID/failed.json); "
+                           f"rerun the same command to redo the failed cells")
     return matrix
 
 

@@ -1,0 +1,273 @@
+"""Run status, output folders, file-system faults, damaged state and interrupts (hardening)."""
+import csv
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from p2pmtl.cli import main
+from p2pmtl.config import load_config
+from p2pmtl.experiment import run_experiment
+from p2pmtl.recorder import Block, RunRecorder, csv_field, inspect_run
+from p2pmtl.rundir import LOCK, OutputError, check_name, claim, unique_default
+
+from conftest import tiny_config_dict
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cfg(**over):
+    return load_config(data=tiny_config_dict(iterations=5, **over))
+
+
+def _write_cfg(tmp_path, **over) -> Path:
+    from p2pmtl.config import dump_config
+
+    path = tmp_path / "cfg.toml"
+    path.write_text(dump_config(_cfg(**over)))
+    return path
+
+
+# --------------------------------------------------------------------------- status
+
+
+def test_an_exception_marks_the_run_failed_with_its_message(tmp_path, monkeypatch, capsys):
+    from p2pmtl import engine
+
+    def boom(self, i):
+        if i == 3:
+            raise RuntimeError("engine exploded")
+        return real(self, i)
+
+    real = engine.GossipEngine.step
+    monkeypatch.setattr(engine.GossipEngine, "step", boom)
+    cfg = _write_cfg(tmp_path)
+    rc = main(["run", str(cfg), "--out", str(tmp_path / "r"), "--no-progress", "--no-figures"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "engine exploded" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["status"] == "failed" and not s["finished"] and "engine exploded" in s["error"]
+
+
+def test_finished_and_interrupted_status(tmp_path):
+    summary = run_experiment(_cfg(), tmp_path / "r", progress=False, figures=False)
+    assert summary["status"] == "finished"
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["status"] == "finished"
+    assert inspect_run(tmp_path / "r") == []
+
+
+def test_full_disk_ends_in_one_line_exit_1_and_keeps_what_finished(tmp_path, monkeypatch, capsys):
+    calls = {"n": 0}
+    real = RunRecorder.end_block
+
+    def end_block(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:  # the first scenario (4 rules) is summarised, then the disk fills
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(RunRecorder, "end_block", end_block)
+    cfg = _write_cfg(tmp_path)
+    rc = main(["run", str(cfg), "--out", str(tmp_path / "r"), "--no-progress", "--no-figures"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "No space left on device" in err and "Traceback" not in err
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["status"] == "failed" and set(s["results"]["clean"]) == {"noncoop", "average", "loss", "distance"}
+
+
+# --------------------------------------------------------------------------- output folders
+
+
+def test_out_that_is_a_file_is_one_error_line(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    rc = main(["run", str(_write_cfg(tmp_path)), "--out", str(tmp_path / "f"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "is a file" in err and "Traceback" not in err
+
+
+def test_a_folder_holding_a_run_is_refused_unless_overwrite(tmp_path, capsys):
+    cfg = _write_cfg(tmp_path)
+    args = ["run", str(cfg), "--out", str(tmp_path / "r"), "--no-progress", "--no-figures"]
+    assert main(args) == 0
+    first = (tmp_path / "r" / "metrics.csv").read_bytes()
+    capsys.readouterr()
+    assert main(args) == 1
+    assert "already holds a run" in capsys.readouterr().err
+    assert (tmp_path / "r" / "metrics.csv").read_bytes() == first  # untouched
+    assert main(args + ["--overwrite"]) == 0
+    assert (tmp_path / "r" / "metrics.csv").read_bytes() == first  # same seed, same bytes
+
+
+def test_a_live_lock_is_refused_even_with_overwrite_and_a_stale_one_is_taken(tmp_path):
+    d = tmp_path / "r"
+    d.mkdir()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (d / LOCK).write_text(f"{live.pid}\n")
+        with pytest.raises(OutputError, match=f"pid {live.pid}"):
+            claim(d, overwrite=True)
+    finally:
+        live.kill()
+        live.wait()
+    claim(d).release()  # the holder is gone: the lock is stale
+    assert not (d / LOCK).exists()
+
+
+def test_default_run_folders_are_unique_within_one_second(tmp_path):
+    paths = {unique_default(tmp_path, "same") for _ in range(5)}
+    assert len(paths) == 5 and all(p.is_dir() for p in paths)
+
+
+@pytest.mark.parametrize("bad", ["../escape", "a/b", "", ".hidden", "x" * 101, "semi;colon", "new\nline"])
+def test_unsafe_names_are_refused(bad):
+    with pytest.raises(ValueError, match="not a safe name"):
+        check_name("name", bad)
+
+
+def test_csv_fields_round_trip_any_name(tmp_path):
+    import numpy as np
+    import torch
+
+    rec = RunRecorder(tmp_path)
+    name = 'odd, "quoted"\nname'
+    block = rec.open_block(name, "rule,x", np.ones(2, dtype=bool), np.zeros(2, dtype=np.int64), 1, 2)
+    rec.record(block, 0, 1.0, 2.0, {"m,etric": torch.tensor([1.0, 2.0])})
+    rec.close("finished")
+    for fname in ("metrics.csv", "curves.csv"):
+        with open(tmp_path / fname, newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert rows and all(r["scenario"] == name and r["rule"] == "rule,x" and r["metric"] == "m,etric" for r in rows)
+    assert csv_field("plain") == "plain"
+
+
+# --------------------------------------------------------------------------- damaged state
+
+
+def test_plot_on_a_damaged_run_says_what_is_missing(tmp_path, capsys):
+    run_experiment(_cfg(), tmp_path / "r", progress=False, figures=False)
+    d = tmp_path / "r"
+    (d / "metrics.csv").unlink()
+    text = (d / "curves.csv").read_text()
+    (d / "curves.csv").write_text(text[:-25])
+    (d / "summary.json").write_text((d / "summary.json").read_text()[:50])
+    assert main(["plot", str(d)]) == 0
+    err = capsys.readouterr().err
+    assert "metrics.csv: missing" in err and "summary.json: damaged" in err and "damaged row" in err
+    assert (d / "loss.png").is_file()
+
+
+def _study(tmp_path) -> Path:
+    (tmp_path / "base.toml").write_text(
+        'name = "base"\niterations = 8\n[graph]\nfamily = "ring"\nn = 8\n[rules]\nnames = ["loss"]\n'
+        '[output]\nwindow = 4\nfigures = false\n[[scenarios]]\nname = "clean"\n')
+    path = tmp_path / "study.toml"
+    path.write_text('name = "mini"\nmetric = "msd"\n'
+                    '[[variants]]\nname = "a"\nconfig = "base.toml"\ncurve = "clean/loss"\n'
+                    '[[variants]]\nname = "b"\nconfig = "base.toml"\ncurve = "clean/loss"\nset = { iterations = 6 }\n')
+    return path
+
+
+def test_study_redoes_failed_changed_and_damaged_variants(tmp_path, monkeypatch):
+    from p2pmtl import experiment
+    from p2pmtl.study import run_study
+
+    path, out = _study(tmp_path), tmp_path / "out"
+    ran = []
+    real = experiment.run_experiment
+
+    def spy(cfg, d, **kw):
+        ran.append(Path(d).name)
+        return real(cfg, d, **kw)
+
+    monkeypatch.setattr(experiment, "run_experiment", spy)
+    run_study(path, out, progress=False)
+    assert ran == ["a", "b"]
+    ran.clear()
+    run_study(path, out, progress=False)
+    assert ran == []  # both finished, same settings
+    # a failed variant, a damaged summary, changed settings: each is redone
+    s = json.loads((out / "a" / "summary.json").read_text())
+    s.update(status="failed", finished=False, error="boom")
+    (out / "a" / "summary.json").write_text(json.dumps(s))
+    (out / "b" / "summary.json").write_text('{"status": "fini')
+    with pytest.warns(UserWarning, match="damaged"):
+        run_study(path, out, progress=False)
+    assert ran == ["a", "b"]
+    ran.clear()
+    path.write_text(path.read_text().replace("set = { iterations = 6 }", "set = { iterations = 7 }"))
+    run_study(path, out, progress=False)
+    assert ran == ["b"]
+
+
+@pytest.mark.parametrize("edit, match", [
+    ('metric = "msd"', 'metric = "accuracy"'),
+    ('curve = "clean/loss"\n[[', 'curve = "clean/average"\n[['),
+    ('curve = "clean/loss"\n[[', 'curve = "nope/loss"\n[['),
+    ("set = { iterations = 6 }", 'set = { "scenarios.5.byzantine" = 1 }'),
+    ("set = { iterations = 6 }", 'set = { "iterations.x" = 1 }'),
+    ('name = "a"', 'name = "../a"'),
+])
+def test_study_keys_are_checked_before_any_variant_runs(tmp_path, monkeypatch, edit, match):
+    from p2pmtl import experiment
+    from p2pmtl.config import ConfigError
+    from p2pmtl.study import run_study
+
+    path = _study(tmp_path)
+    path.write_text(path.read_text().replace(edit, match, 1))
+    monkeypatch.setattr(experiment, "run_experiment", lambda *a, **k: pytest.fail("a variant ran"))
+    with pytest.raises(ConfigError):
+        run_study(path, tmp_path / "out", progress=False)
+
+
+def test_sweep_redoes_a_damaged_or_failed_cell(tmp_path):
+    from p2pmtl.sweep import CELLS, run_sweep
+
+    data = tiny_config_dict(iterations=4, scenarios=[{"name": "x"}], rules={"names": ["loss"]})
+    data["sweep"] = {"attacks": [{"name": "uniform", "low": 15.0, "high": 16.0}], "byzantine": [0.2], "seeds": [0],
+                     "baseline": False}
+    out = tmp_path / "sw"
+    m = run_sweep(data, out, jobs=1, progress=False, figures=False)
+    assert m["ran"] == 1
+    cell = next((out / CELLS).iterdir())
+    (cell / "summary.json").write_text("{trunc")
+    with pytest.warns(UserWarning, match="damaged"):
+        m = run_sweep(data, out, jobs=1, progress=False, figures=False)
+    assert m["ran"] == 1 and m["skipped"] == 0
+
+
+# --------------------------------------------------------------------------- interrupts
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="process groups")
+def test_ctrl_c_on_jobs_2_is_quiet_prompt_and_marks_only_unfinished(tmp_path):
+    cfg = tmp_path / "cfg.toml"
+    data = tiny_config_dict(iterations=400000, scenarios=[{"name": "s1"}, {"name": "s2"}],
+                            rules={"names": ["loss"]}, output={"window": 10, "record_every": 1000})
+    from p2pmtl.config import dump_config
+
+    cfg.write_text(dump_config(load_config(data=data)))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "p2pmtl.cli", "run", str(cfg), "--out", str(tmp_path / "r"),
+                             "--jobs", "2", "--no-progress", "--no-figures"], stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    parts = tmp_path / "r" / "parts"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (parts.is_dir() and len(list(parts.glob("*/curves.csv"))) == 2):
+        time.sleep(0.2)
+    time.sleep(1.0)
+    t0 = time.time()
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+    out, err = proc.communicate(timeout=30)
+    took = time.time() - t0
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert took < 5, took
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["status"] == "interrupted" and set(s["jobs"].values()) == {"interrupted"}

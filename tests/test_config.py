@@ -86,11 +86,12 @@ def test_missing_file_and_bad_toml(tmp_path):
 
 
 def test_too_many_byzantine_is_an_early_error(tiny_dict):
-    from p2pmtl.experiment import build_world
-
-    cfg = load_config(data=tiny_dict, overrides=["scenarios.1.byzantine=50"])
-    with pytest.raises(ValueError, match="more Byzantine agents than the 20 agents"):
-        build_world(cfg, cfg.scenarios[1])
+    with pytest.raises(ConfigError, match=r"scenarios.attacked.byzantine = 50: at most 19 of the 20 agents"):
+        load_config(data=tiny_dict, overrides=["scenarios.1.byzantine=50"])
+    with pytest.raises(ConfigError, match=r"every one of the 20 agents is Byzantine"):
+        load_config(data=tiny_dict, overrides=[f"scenarios.1.byzantine={list(range(20))}"])
+    cfg = load_config(data=tiny_dict, overrides=["scenarios.1.byzantine=19"])  # one normal agent is enough
+    assert cfg.scenarios[1].byzantine == 19
 
 
 def test_every_bundled_experiment_config_is_valid():

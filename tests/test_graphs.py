@@ -42,7 +42,7 @@ def test_file_loading(tmp_path):
     for name in ("g.graphml", "g.edgelist"):
         h = build_graph("file", {"path": str(tmp_path / name)}, seed=0)
         assert h.number_of_nodes() == 5 and h.number_of_edges() == 4
-    with pytest.raises(FileNotFoundError, match="missing.graphml"):
+    with pytest.raises(ValueError, match="graph.path = .*missing.graphml.*no such file"):
         build_graph("file", {"path": str(tmp_path / "missing.graphml")}, seed=0)
 
 

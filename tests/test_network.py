@@ -185,7 +185,7 @@ def test_network_config_errors_name_field_and_allowed(tiny_dict):
     for bad, words in ((("network.protocol", "'x'"), ("network.protocol", "sync")),
                        (("network.latency.kind", "'pareto'"), ("network.latency.kind", "lognormal")),
                        (("network.loss", "1.5"), ("network.loss",)),
-                       (("network.bandwidth", "0"), ("bandwidth", "> 0"))):
+                       (("network.bandwidth", "0"), ("network.bandwidth.value = 0.0", ">= 1"))):
         data = {**tiny_dict, "network": {}}
         with pytest.raises(ConfigError) as e:
             load_config(data=data, overrides=[f"{bad[0]}={bad[1]}"])

@@ -127,7 +127,7 @@ def test_sweep_config_errors_name_the_key(over, words):
 
 
 def test_gossip_only_attacks_are_refused_in_server_mode():
-    data = {"name": "srv", "mode": "server", "graph": {"family": "star", "n": 11},
+    data = {"name": "srv", "mode": "server", "graph": {"family": "star", "n": 11}, "server": {"alpha": 0.5},
             "task": {"name": "federated_images", "datasets": ["mnist"]},
             "sweep": {"attacks": [{"name": "dissensus"}], "byzantine": [0.2]}}
     with pytest.raises(ConfigError, match="dissensus.*gossip mode only"):

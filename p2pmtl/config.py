@@ -17,6 +17,7 @@ from .attacks import ATTACKS
 from .graphs import GRAPHS, check_family_params, family_nodes, load_topology
 from .rules import RULES
 from .rundir import check_name
+from .validation import plain
 
 
 class ConfigError(ValueError):
@@ -32,6 +33,11 @@ MAX_SECONDS = 1e12
 """The longest simulated time any one setting may give (about 30,000 years): times summed over a
 run stay far from overflow."""
 Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS)]
+MAX_COORDINATE = 1e6
+"""Positions, targets and noise levels of the linear tasks: |value| <= 1e6, so that squared
+errors (up to ~1e12 per coordinate) stay far from overflow in float32 and float64."""
+Coordinate = Annotated[float, Field(ge=-MAX_COORDINATE, le=MAX_COORDINATE)]
+Magnitude = Annotated[float, Field(ge=0, le=MAX_COORDINATE)]
 
 
 def _safe_name(v: str) -> str:
@@ -112,16 +118,17 @@ class TargetLocalizationConfig(Strict):
     """Li2020 sec. 7 target localization (see SPEC section 2)."""
 
     name: Literal["target_localization"] = "target_localization"
-    targets: list[tuple[float, float]] = [(10, 10), (10, 20), (20, 10), (20, 20)]
-    target_jitter: float = Field(1.0, ge=0, description="each target shifted by U[0, jitter]")
+    targets: list[tuple[Coordinate, Coordinate]] = Field(
+        [(10, 10), (10, 20), (20, 10), (20, 20)], description="target positions, one task each (|x| <= 1e6)")
+    target_jitter: Magnitude = Field(1.0, description="each target shifted by U[0, jitter]")
     adapt: Literal["pseudo_observation", "lms"] = "pseudo_observation"
     mu: float = Field(0.1, gt=0, le=2)
-    noise_u: tuple[float, float] = (0.01, 0.01)  # s_u = a + b U
-    noise_d: tuple[float, float] = (0.1, 0.1)  # s_d = a + b U
-    noisy_agents: int = Field(5, ge=0)
-    noisy_u_std: float = Field(0.1, ge=0)
-    init_range: tuple[float, float] = (0.0, 1.0)
-    box: float = Field(3.0, gt=0, description="position box when the graph has no positions")
+    noise_u: tuple[Magnitude, Magnitude] = Field((0.01, 0.01), description="(a, b): regressor noise std a + b U")
+    noise_d: tuple[Magnitude, Magnitude] = Field((0.1, 0.1), description="(a, b): measurement noise std a + b U")
+    noisy_agents: int = Field(5, ge=0, description="agents with extra regressor noise")
+    noisy_u_std: Magnitude = Field(0.1, description="std of the noisy agents' extra regressor noise")
+    init_range: tuple[Coordinate, Coordinate] = Field((0.0, 1.0), description="initial models uniform in [low, high]")
+    box: float = Field(3.0, gt=0, le=MAX_COORDINATE, description="position box when the graph has no positions")
 
     @field_validator("targets")
     @classmethod
@@ -697,7 +704,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             parts.pop(1)  # the union's tag is not a key the user wrote
         loc = ".".join(parts)
         loc = loc.replace(".tagged-union", "")
-        msg = e["msg"].removeprefix("Value error, ")
+        msg = plain(e["msg"])
         if e["type"] == "extra_forbidden":
             msg = "unknown key" + _allowed_hint(e["loc"])
             lines.append(f"  {loc}: {msg}")

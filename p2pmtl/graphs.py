@@ -19,6 +19,7 @@ from pydantic import Field
 from scipy.spatial import cKDTree
 
 from .registry import Registry
+from .validation import plain
 
 GRAPHS: Registry[Callable[..., nx.Graph]] = Registry("graph family")
 """Graph families. A family declares the range of each parameter in its signature
@@ -27,7 +28,7 @@ parameters (``k < n``) go in a ``check`` function given to ``register``, and the
 a parameter set gives in ``nodes`` (default: the parameter ``n``)."""
 
 Nodes = Annotated[int, Field(ge=1, description="number of agents")]
-Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Positive = Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]
 Probability = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 Seed = Annotated[int, Field(ge=0)]
 TOPOLOGY_DIR = Path(__file__).resolve().parent.parent / "topologies"
@@ -197,8 +198,7 @@ def check_family_params(family: str, params: dict[str, Any]) -> dict[str, Any]:
         try:
             full[key] = TypeAdapter(ann).validate_python(value, strict=False)
         except ValidationError as e:
-            msg = e.errors()[0]["msg"]
-            raise ValueError(f"graph.{key} = {value!r}: {msg[0].lower() + msg[1:]}") from None
+            raise ValueError(f"graph.{key} = {value!r}: {plain(e.errors()[0]['msg'])}") from None
     extra = GRAPHS.entry(family).extra or {}
     if extra.get("check") is not None:
         extra["check"](full)

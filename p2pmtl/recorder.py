@@ -42,7 +42,12 @@ class RunRecorder:
 
     def record(self, block: "Block", step: int, now: float, nbytes: float, metrics: dict[str, torch.Tensor]) -> None:
         """Append one iteration of a block at simulated time ``now``; ``metrics`` are per-node
-        values of that block's world."""
+        values of that block's world. A non-robust rule under attack may give inf or NaN: those
+        are recorded as they are, without numpy's overflow warnings."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            self._record(block, step, now, nbytes, metrics)
+
+    def _record(self, block: "Block", step: int, now: float, nbytes: float, metrics: dict[str, torch.Tensor]) -> None:
         block.steps.append(step)
         mid = f"{step},{now:.6g},{nbytes:.6g}"
         for name, values in metrics.items():
@@ -76,6 +81,15 @@ class RunRecorder:
         """Summarise a finished block: for each metric, the mean over normal agents of the last
         ``window`` recorded iterations (per run and over runs)."""
         self.flush()
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = self._block_summary(block, window)
+        if extra:
+            out.update(extra)
+        self.summary["results"].setdefault(block.scenario, {})[block.rule] = out
+        self.write_summary()
+        return out
+
+    def _block_summary(self, block: "Block", window: int) -> dict:
         out: dict = {"iterations": block.steps[-1] + 1 if block.steps else 0}
         recent = np.asarray(block.steps) > (block.steps[-1] - window if block.steps else 0)
         for name, rows in block.series.items():
@@ -87,10 +101,6 @@ class RunRecorder:
                 "per_run": per_run,
                 "final_mean": float(arr[-1].mean()),
             }
-        if extra:
-            out.update(extra)
-        self.summary["results"].setdefault(block.scenario, {})[block.rule] = out
-        self.write_summary()
         return out
 
     def save_arrays(self, name: str, **arrays: np.ndarray) -> None:

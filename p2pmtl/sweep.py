@@ -38,8 +38,9 @@ import sys
 import tarfile
 import tempfile
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Annotated, Any, Callable, Iterable, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -67,8 +68,8 @@ class SweepAttack(AttackConfig):
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     attacks: list[SweepAttack] = Field(min_length=1)
-    byzantine: list[float] = Field(min_length=1, description="fractions of the agents in (0, 1]")
-    seeds: list[int] = Field([0], min_length=1)
+    byzantine: list[float] = Field(min_length=1, description="fractions of the agents in (0, 1)")
+    seeds: list[Annotated[int, Field(ge=0)]] = Field([0], min_length=1, description="seeds (>= 0), one cell each")
     defences: Optional[list[str]] = None
     metric: Optional[str] = None
     baseline: bool = True
@@ -78,8 +79,9 @@ class SweepSpec(BaseModel):
     @classmethod
     def _fractions(cls, v):
         for f in v:
-            if not 0 < f <= 1:
-                raise ValueError(f"sweep.byzantine = {f}: a fraction of the agents in (0, 1]")
+            if not 0 < f < 1:
+                raise ValueError(f"sweep.byzantine = {f}: a fraction of the agents in (0, 1) "
+                                 "(at least one agent stays normal)")
         if len(set(v)) != len(v):
             raise ValueError(f"sweep.byzantine = {v}: values must be distinct")
         return v
@@ -222,7 +224,12 @@ def plan(cfg: ExperimentConfig, spec: SweepSpec) -> list[dict]:
                     over["rules"] = {**cfg.rules.model_dump(mode="json"), "names": unit}
                 data = {**cfg.model_dump(mode="json"), **over}
                 data["graph"] = {"family": cfg.graph.family, **cfg.graph.params}
-                validated = ExperimentConfig.model_validate(data)
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # the base config has already warned
+                        validated = ExperimentConfig.model_validate(data)
+                except ValidationError as e:
+                    raise ConfigError(format_validation_error(e, f"(sweep cell {cid})")) from None
                 cell_cfg = validated.model_dump(mode="json")
                 # the hash sees only non-default settings: new config fields do not unfinish cells
                 key = validated.model_dump(mode="json", exclude_defaults=True)

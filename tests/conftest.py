@@ -25,3 +25,17 @@ def tiny_config_dict(**over) -> dict:
 @pytest.fixture
 def tiny_dict():
     return tiny_config_dict()
+
+
+# Property-based tests: a bounded number of examples by default (CI stays fast);
+# HYPOTHESIS_PROFILE=slow runs many more.
+try:
+    import os
+
+    from hypothesis import settings
+
+    settings.register_profile("ci", max_examples=15, deadline=None, derandomize=True)
+    settings.register_profile("slow", max_examples=400, deadline=None)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # hypothesis is in the dev extra
+    pass

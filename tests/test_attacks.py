@@ -308,7 +308,7 @@ def test_label_flip_shift_and_unsupported_task(tiny_dict):
 
 
 def test_gossip_only_attacks_are_refused_in_server_mode():
-    data = {"name": "s", "mode": "server", "graph": {"family": "star", "n": 5},
+    data = {"name": "s", "mode": "server", "graph": {"family": "star", "n": 5}, "server": {"alpha": 1.0},
             "task": {"name": "federated_images", "datasets": ["mnist"]},
             "scenarios": [{"name": "x", "byzantine": 1, "attack": {"name": "dissensus"}}]}
     with pytest.raises(ConfigError, match="dissensus.*gossip mode only"):

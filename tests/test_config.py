@@ -32,7 +32,7 @@ def test_unknown_nested_key(tiny_dict):
 
 def test_wrong_type_and_range(tiny_dict):
     msg = error_of(tiny_dict, ["iterations=-3"])
-    assert "iterations" in msg and "-3" in msg and "greater than or equal to 1" in msg
+    assert "iterations" in msg and "-3" in msg and "allowed: >= 1" in msg
     msg = error_of(tiny_dict, ["rules.nu=abc"])
     assert "rules.nu" in msg and "abc" in msg
 

@@ -111,7 +111,7 @@ def test_server_mode_cells_are_per_method_and_plot(tmp_path):
 
 
 @pytest.mark.parametrize("over, words", [
-    ({"byzantine": [0.0]}, ["sweep.byzantine", "(0, 1]"]),
+    ({"byzantine": [0.0]}, ["sweep.byzantine", "(0, 1)"]),
     ({"attacks": [{"name": "nope"}]}, ["nope", "uniform"]),
     ({"attacks": [{"name": "alie"}, {"name": "alie"}]}, ["distinct label"]),
     ({"attacks": [{"name": "label_flip"}]}, ["label_flip", "target_localization"]),

@@ -8,7 +8,7 @@
 
 Sweeps and studies return :class:`~p2pmtl.results.SweepResults` and
 :class:`~p2pmtl.results.StudyResults`. Every function raises
-:class:`~p2pmtl.config.ConfigError` for bad settings before any work starts.
+:class:`~p2pmtl.experiments.config.ConfigError` for bad settings before any work starts.
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-from .bundled import resolve_config
-from .config import ConfigError, ExperimentConfig
-from .config import load_config as _load_config
-from .results import RunResults, StudyResults, SweepResults
+from .experiments.bundled import resolve_config
+from .experiments.config import ConfigError, ExperimentConfig
+from .experiments.config import load_config as _load_config
+from .io.results import RunResults, StudyResults, SweepResults
 
 Source = Union[str, Path, dict, ExperimentConfig]
 
@@ -50,7 +50,7 @@ def run(config: Source, out: Optional[Union[str, Path]] = None, *, overrides: It
     memory first. ``jobs`` runs scenarios in parallel processes. Ctrl-C raises
     KeyboardInterrupt after the partial results are written; an error marks the run failed
     and is raised."""
-    from .experiment import run_experiment
+    from .experiments.runner import run_experiment
 
     cfg = config if isinstance(config, ExperimentConfig) and not overrides and not plugins else \
         load_config(config, overrides, plugins=plugins)
@@ -71,8 +71,8 @@ def sweep(config: Union[str, Path, dict], out: Union[str, Path], *, overrides: I
           progress: bool = False, figures: bool = True) -> SweepResults:
     """Run (or resume) the attack x defence x fraction x seed grid of a sweep config (a path, a
     bundled name or a dict with a ``sweep`` table) into ``out``; returns its tables."""
-    from .plugins import load_plugins
-    from .sweep import run_sweep
+    from .experiments.plugins import load_plugins
+    from .experiments.sweep import run_sweep
 
     load_plugins(plugins)
     src = config if isinstance(config, dict) else resolve_config(config)
@@ -85,8 +85,8 @@ def study(path: Union[str, Path], out: Union[str, Path], *, plugins: Iterable[st
           progress: bool = False) -> StudyResults:
     """Run (or resume) the variants of a study file (a path or a bundled study name) into
     ``out``; returns one row per variant."""
-    from .plugins import load_plugins
-    from .study import run_study
+    from .experiments.plugins import load_plugins
+    from .experiments.study import run_study
 
     load_plugins(plugins)
     run_study(resolve_config(path), Path(out), progress=progress)

@@ -10,9 +10,9 @@ from typing import Optional, Sequence
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .config import ConfigError, load_config
-    from .experiment import run_experiment
-    from .rundir import unique_default
+    from .experiments.config import ConfigError, load_config
+    from .experiments.runner import run_experiment
+    from .io.rundir import unique_default
 
     try:
         cfg = load_config(args.config, args.set)
@@ -98,11 +98,11 @@ def format_server_summary(res: dict) -> str:
 def _cmd_list(args: argparse.Namespace) -> int:
     import tomllib
 
-    from .aggregators import AGGREGATORS, PRE_AGGREGATORS
-    from .attacks import ATTACKS
-    from .graphs import GRAPHS, named_topologies
-    from .models import MODELS
-    from .rules import RULES
+    from .robust.aggregators import AGGREGATORS, PRE_AGGREGATORS
+    from .robust.attacks import ATTACKS
+    from .graphs.families import GRAPHS, named_topologies
+    from .tasks.models import MODELS
+    from .rules.weights import RULES
     from .tasks import TASKS
 
     attacks = [(n, f"{d} [knows: {ATTACKS.get(n).knows}]") for n, d in ATTACKS.describe()]
@@ -127,8 +127,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from .plotting import plot_run
-    from .recorder import inspect_run
+    from .io.figures import plot_run
+    from .io.records import inspect_run
 
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
@@ -151,8 +151,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from .config import ConfigError
-    from .sweep import format_matrix, load_sweep, run_sweep, write_matrix
+    from .experiments.config import ConfigError
+    from .experiments.sweep import format_matrix, load_sweep, run_sweep, write_matrix
 
     if args.plot:
         run_dir = Path(args.config)
@@ -183,8 +183,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
-    from .config import ConfigError
-    from .study import load_study, plot_study, run_study
+    from .experiments.config import ConfigError
+    from .experiments.study import load_study, plot_study, run_study
 
     try:
         if args.plot:
@@ -209,7 +209,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import main as bench_main
+    from .bench.main import main as bench_main
 
     return bench_main(args)
 
@@ -288,7 +288,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     permissions, ``--out`` a file), 130 for Ctrl-C. ``P2PMTL_TRACEBACK=1`` shows tracebacks."""
     import os
 
-    from .rundir import OutputError
+    from .io.rundir import OutputError
 
     import warnings
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from p2pmtl import aggregators as A
-from p2pmtl.aggregators import (
+from p2pmtl.robust import aggregators as A
+from p2pmtl.robust.aggregators import (
     AGGREGATORS,
     PRE_AGGREGATORS,
     CenteredClipping,

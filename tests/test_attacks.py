@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from p2pmtl.attacks import ATTACKS, Attack, AttackContext, make_attack
-from p2pmtl.config import ConfigError, load_config
-from p2pmtl.edges import EdgeIndex
-from p2pmtl.experiment import build_world, make_engine
+from p2pmtl.robust.attacks import ATTACKS, Attack, AttackContext, make_attack
+from p2pmtl.experiments.config import ConfigError, load_config
+from p2pmtl.engine.edges import EdgeIndex
+from p2pmtl.experiments.runner import build_world, make_engine
 
 
 def ctx_of(honest, byzantine, edges=None, previous=None, population=None, runs=None, seed=0):
@@ -246,7 +246,7 @@ def test_uniform_values_are_filtered_but_adaptive_ones_are_not(tiny_dict):
 def test_alie_passes_krum_and_gm_while_noise_does_not():
     """Baruch et al.'s point: 20 uploads, 4 Byzantine. Far Gaussian noise is ignored by Krum and
     the geometric median; ALIE's vectors are chosen by Krum and move GM further than noise does."""
-    from p2pmtl.aggregators import make_aggregator
+    from p2pmtl.robust.aggregators import make_aggregator
 
     g = torch.Generator().manual_seed(0)
     honest = 1.0 + torch.randn((20, 50), generator=g, dtype=torch.float64)

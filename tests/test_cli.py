@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from p2pmtl.cli import main
-from p2pmtl.config import dump_config, load_config
-from p2pmtl.engine import GossipEngine
+from p2pmtl.experiments.config import dump_config, load_config
+from p2pmtl.engine.gossip import GossipEngine
 
 from conftest import tiny_config_dict
 
@@ -113,7 +113,7 @@ def test_group_figure_keeps_a_scenario_whose_normal_agents_sit_in_one_group(tmp_
     """With 99 Byzantine agents the only honest agent is in one group: its column must stay."""
     import matplotlib.pyplot as plt
 
-    from p2pmtl import plotting
+    from p2pmtl.io import figures as plotting
 
     curves = [dict(scenario=sc, rule="loss", group=g, metric="loss", step=str(i), mean="1", min="1", max="1")
               for sc, groups in (("clean", ["0", "1"]), ("byz99", ["1"])) for g in groups for i in range(3)]

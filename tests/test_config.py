@@ -1,7 +1,7 @@
 """Bad configs fail early with the key, the value and what is allowed."""
 import pytest
 
-from p2pmtl.config import ConfigError, dump_config, load_config
+from p2pmtl.experiments.config import ConfigError, dump_config, load_config
 
 
 def error_of(data, overrides=()):
@@ -99,7 +99,7 @@ def test_every_bundled_experiment_config_is_valid():
 
     import tomllib
 
-    from p2pmtl.study import load_study
+    from p2pmtl.experiments.study import load_study
 
     files = sorted(Path("experiments").glob("*.toml"))
     assert len(files) >= 6

@@ -6,8 +6,8 @@ import warnings
 
 import pytest
 
-from p2pmtl.config import ConfigError, ConfigWarning, load_config
-from p2pmtl.graphs import build_graph, check_family_params
+from p2pmtl.experiments.config import ConfigError, ConfigWarning, load_config
+from p2pmtl.graphs.families import build_graph, check_family_params
 
 BASE = "experiments/target_localization.toml"
 SERVER = ["graph={family='star', n=11}", "mode='server'", "scenarios=[{name='a'}]"]

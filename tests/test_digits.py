@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from p2pmtl.config import load_config
-from p2pmtl.edges import EdgeIndex
-from p2pmtl.messages import Messages
-from p2pmtl.models import DigitCNN
-from p2pmtl.reference import naive_cnn_losses
+from p2pmtl.experiments.config import load_config
+from p2pmtl.engine.edges import EdgeIndex
+from p2pmtl.engine.messages import Messages
+from p2pmtl.tasks.models import DigitCNN
+from p2pmtl.engine.reference import naive_cnn_losses
 from p2pmtl.tasks.digits import ImageClassification
 
 
@@ -111,7 +111,7 @@ def test_channels_last_gives_the_same_numbers():
 def test_short_digits_run_loss_based_beats_noncooperation(tmp_path, attack):
     """4 agents (2 MNIST, 2 synthetic); agents 0 and 2 skip 3 of 4 local steps, so they need
     their same-task neighbour; optionally agent 3 is Byzantine."""
-    from p2pmtl.experiment import build_world, make_engine
+    from p2pmtl.experiments.runner import build_world, make_engine
 
     data = {
         "seed": 0, "iterations": 60,

@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from p2pmtl.attacks import Attack
-from p2pmtl.config import load_config
-from p2pmtl.engine import GossipEngine
-from p2pmtl.experiment import build_world, make_engine
-from p2pmtl.reference import ReferenceDiffusion
-from p2pmtl.rules import make_rule
+from p2pmtl.robust.attacks import Attack
+from p2pmtl.experiments.config import load_config
+from p2pmtl.engine.gossip import GossipEngine
+from p2pmtl.experiments.runner import build_world, make_engine
+from p2pmtl.engine.reference import ReferenceDiffusion
+from p2pmtl.rules.weights import make_rule
 from p2pmtl.tasks.target_localization import TargetLocalization
 
 RULES = ["noncoop", "average", "loss", "distance"]

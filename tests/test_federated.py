@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from p2pmtl.config import ConfigError, load_config
-from p2pmtl.federated import Clients, FederatedRun, LocalTrainer, Method, flat, load
+from p2pmtl.experiments.config import ConfigError, load_config
+from p2pmtl.server.federated import Clients, FederatedRun, LocalTrainer, Method, flat, load
 
 
 def small_clients(n=4, per=12, seed=0):
@@ -113,7 +113,7 @@ def test_gaussian_attack_breaks_the_mean_but_not_gm_or_krum(tmp_path):
     import json
 
     from p2pmtl.cli import main
-    from p2pmtl.config import dump_config
+    from p2pmtl.experiments.config import dump_config
 
     data = server_config_dict(methods=["fedrep", "br-mtrl+gm", "br-mtrl+krum"], alpha=1.0, tau_h=5,
                               tau_phi=1, f=3, meta_test={"clients": 0})
@@ -136,7 +136,7 @@ def test_gossip_and_server_run_the_same_task_with_one_output_format(tmp_path):
     import csv
 
     from p2pmtl.cli import main
-    from p2pmtl.config import dump_config
+    from p2pmtl.experiments.config import dump_config
 
     task = {"name": "federated_images", "datasets": ["mnist"], "train_per_client": 20, "test_per_client": 10,
             "batch_size": 10, "lr": 0.05, "score_batch": 8}
@@ -158,8 +158,8 @@ def test_gossip_and_server_run_the_same_task_with_one_output_format(tmp_path):
     assert {r["agent"] for r in rows["server"]} == {r["agent"] for r in rows["gossip"]} == {str(i) for i in range(6)}
     assert {r["metric"] for r in rows["server"]} == {r["metric"] for r in rows["gossip"]} == {"test_loss", "test_acc"}
     # the same clients hold the same data in both modes (same seed, same split)
-    from p2pmtl.experiment import build_world, run_seeds
-    from p2pmtl.server_run import server_world
+    from p2pmtl.experiments.runner import build_world, run_seeds
+    from p2pmtl.server.run import server_world
 
     g_cfg, s_cfg = load_config(data=gossip), load_config(data=server)
     split_g = build_world(g_cfg, g_cfg.scenarios[0]).setups[0]
@@ -169,7 +169,7 @@ def test_gossip_and_server_run_the_same_task_with_one_output_format(tmp_path):
 
 
 def test_pre_aggregation_steps_reach_the_server():
-    from p2pmtl.server_run import build_aggregator
+    from p2pmtl.server.run import build_aggregator
 
     server = load_config(data=server_config_dict(pre=["nnm"], f=2)).server
     agg = build_aggregator(Method.parse("br-mtrl+krum"), server, [3, 2], [3, 2, 1])

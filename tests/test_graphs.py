@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from p2pmtl.edges import EdgeIndex
-from p2pmtl.graphs import GRAPHS, build_graph, load_topology, named_topologies, positions
+from p2pmtl.engine.edges import EdgeIndex
+from p2pmtl.graphs.families import GRAPHS, build_graph, load_topology, named_topologies, positions
 
 
 def test_paper_graph_caps_in_neighbours_and_keeps_positions():
@@ -84,7 +84,7 @@ def test_named_topologies_are_valid():
 def test_byzantine_placement_on_highest_degree_nodes():
     import networkx as nx
 
-    from p2pmtl.experiment import choose_byzantine
+    from p2pmtl.experiments.runner import choose_byzantine
 
     g = nx.star_graph(5)
     g.add_edge(1, 2)

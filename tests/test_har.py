@@ -7,7 +7,7 @@ import torch
 
 from p2pmtl.cli import main
 from p2pmtl.data import write_tiny_har
-from p2pmtl.optim import StackedAdam, StackedSGD
+from p2pmtl.tasks.optim import StackedAdam, StackedSGD
 
 
 @pytest.mark.parametrize("name", ["adam", "momentum"])

@@ -20,10 +20,10 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from p2pmtl.attacks import ATTACKS, Attack, AttackContext
+from p2pmtl.robust.attacks import ATTACKS, Attack, AttackContext
 from p2pmtl.cli import main
-from p2pmtl.config import ConfigError, load_config
-from p2pmtl.experiment import run_experiment
+from p2pmtl.experiments.config import ConfigError, load_config
+from p2pmtl.experiments.runner import run_experiment
 
 from conftest import tiny_config_dict
 
@@ -150,7 +150,7 @@ def test_generated_settings_run_finite_or_stop_early_naming_a_key(tmp_path_facto
 
 
 def test_the_command_line_stops_with_status_2_and_one_line_naming_the_key(tmp_path, capsys):
-    from p2pmtl.config import _to_toml
+    from p2pmtl.experiments.config import _to_toml
 
     data = _small()
     data["graph"]["radius"] = -1.0

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from p2pmtl.config import load_config
-from p2pmtl.experiment import build_world, make_engine, make_network, make_protocol, run_experiment
-from p2pmtl.protocols import AsyncGossip, SyncGossip
+from p2pmtl.experiments.config import load_config
+from p2pmtl.experiments.runner import build_world, make_engine, make_network, make_protocol, run_experiment
+from p2pmtl.network.protocols import AsyncGossip, SyncGossip
 
 
 def _two_nodes(network: dict, rules=("average",), iterations=3):
@@ -180,7 +180,7 @@ def test_time_varying_topology_uses_only_present_edges(tiny_dict):
 
 
 def test_network_config_errors_name_field_and_allowed(tiny_dict):
-    from p2pmtl.config import ConfigError
+    from p2pmtl.experiments.config import ConfigError
 
     for bad, words in ((("network.protocol", "'x'"), ("network.protocol", "sync")),
                        (("network.latency.kind", "'pareto'"), ("network.latency.kind", "lognormal")),
@@ -220,10 +220,10 @@ def test_static_fast_path_equals_general_round():
 def _star_timing(placement, network, clients=4, message_bytes=100.0):
     import networkx as nx
 
-    from p2pmtl.config import ClockConfig, NetworkConfig
-    from p2pmtl.edges import EdgeIndex
-    from p2pmtl.network import NetworkModel
-    from p2pmtl.protocols import ServerRounds
+    from p2pmtl.experiments.config import ClockConfig, NetworkConfig
+    from p2pmtl.engine.edges import EdgeIndex
+    from p2pmtl.network.model import NetworkModel
+    from p2pmtl.network.protocols import ServerRounds
 
     g = nx.star_graph(clients)
     net = NetworkModel(NetworkConfig(**network), ClockConfig(compute_time=1.0), [g], EdgeIndex.from_graph(g),
@@ -248,9 +248,9 @@ def test_server_round_time_parallel_vs_sequential_clients():
 
 def test_server_deadline_drops_stragglers_from_the_aggregate():
     from test_federated import small_clients
-    from p2pmtl.aggregators import make_aggregator
-    from p2pmtl.config import ServerConfig
-    from p2pmtl.federated import FederatedRun, Method
+    from p2pmtl.robust.aggregators import make_aggregator
+    from p2pmtl.experiments.config import ServerConfig
+    from p2pmtl.server.federated import FederatedRun, Method
 
     timing = _star_timing("parallel", {"latency": 0.1, "deadline": 3.0,
                                        "stragglers": {"fraction": 0.5, "slowdown": 10.0}})
@@ -308,9 +308,9 @@ def test_step_cut_by_the_deadline_is_abandoned():
 def test_latency_from_an_edge_attribute_and_a_schedule_of_graphs(tmp_path):
     import networkx as nx
 
-    from p2pmtl.config import ClockConfig, NetworkConfig
-    from p2pmtl.edges import EdgeIndex
-    from p2pmtl.network import NetworkModel
+    from p2pmtl.experiments.config import ClockConfig, NetworkConfig
+    from p2pmtl.engine.edges import EdgeIndex
+    from p2pmtl.network.model import NetworkModel
 
     g = nx.path_graph(3)
     g[0][1]["delay"] = 0.7

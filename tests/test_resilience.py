@@ -4,8 +4,8 @@ distance-based weights are pulled away. 100 agents, 500 iterations, 3 seeds batc
 import pytest
 import torch
 
-from p2pmtl.config import load_config
-from p2pmtl.experiment import build_world, make_engine
+from p2pmtl.experiments.config import load_config
+from p2pmtl.experiments.runner import build_world, make_engine
 
 RULES = ["noncoop", "average", "loss", "distance"]
 SEEDS = 3

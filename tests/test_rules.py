@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from p2pmtl.edges import EdgeIndex
-from p2pmtl.rules import Average, DistanceBased, LossBased, NonCooperative
+from p2pmtl.engine.edges import EdgeIndex
+from p2pmtl.rules.weights import Average, DistanceBased, LossBased, NonCooperative
 
 
 def star_in(n_neighbours: int) -> EdgeIndex:

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from p2pmtl.cli import main
-from p2pmtl.config import load_config
-from p2pmtl.experiment import run_experiment
-from p2pmtl.recorder import Block, RunRecorder, csv_field, inspect_run
-from p2pmtl.rundir import LOCK, OutputError, check_name, claim, unique_default
+from p2pmtl.experiments.config import load_config
+from p2pmtl.experiments.runner import run_experiment
+from p2pmtl.io.records import Block, RunRecorder, csv_field, inspect_run
+from p2pmtl.io.rundir import LOCK, OutputError, check_name, claim, unique_default
 
 from conftest import tiny_config_dict
 
@@ -27,7 +27,7 @@ def _cfg(**over):
 
 
 def _write_cfg(tmp_path, **over) -> Path:
-    from p2pmtl.config import dump_config
+    from p2pmtl.experiments.config import dump_config
 
     path = tmp_path / "cfg.toml"
     path.write_text(dump_config(_cfg(**over)))
@@ -38,7 +38,7 @@ def _write_cfg(tmp_path, **over) -> Path:
 
 
 def test_an_exception_marks_the_run_failed_with_its_message(tmp_path, monkeypatch, capsys):
-    from p2pmtl import engine
+    from p2pmtl.engine import gossip as engine
 
     def boom(self, i):
         if i == 3:
@@ -175,8 +175,8 @@ def _study(tmp_path) -> Path:
 
 
 def test_study_redoes_failed_changed_and_damaged_variants(tmp_path, monkeypatch):
-    from p2pmtl import experiment
-    from p2pmtl.study import run_study
+    from p2pmtl.experiments import runner as experiment
+    from p2pmtl.experiments.study import run_study
 
     path, out = _study(tmp_path), tmp_path / "out"
     ran = []
@@ -215,9 +215,9 @@ def test_study_redoes_failed_changed_and_damaged_variants(tmp_path, monkeypatch)
     ('name = "a"', 'name = "../a"'),
 ])
 def test_study_keys_are_checked_before_any_variant_runs(tmp_path, monkeypatch, edit, match):
-    from p2pmtl import experiment
-    from p2pmtl.config import ConfigError
-    from p2pmtl.study import run_study
+    from p2pmtl.experiments import runner as experiment
+    from p2pmtl.experiments.config import ConfigError
+    from p2pmtl.experiments.study import run_study
 
     path = _study(tmp_path)
     path.write_text(path.read_text().replace(edit, match, 1))
@@ -227,7 +227,7 @@ def test_study_keys_are_checked_before_any_variant_runs(tmp_path, monkeypatch, e
 
 
 def test_sweep_redoes_a_damaged_or_failed_cell(tmp_path):
-    from p2pmtl.sweep import CELLS, run_sweep
+    from p2pmtl.experiments.sweep import CELLS, run_sweep
 
     data = tiny_config_dict(iterations=4, scenarios=[{"name": "x"}], rules={"names": ["loss"]})
     data["sweep"] = {"attacks": [{"name": "uniform", "low": 15.0, "high": 16.0}], "byzantine": [0.2], "seeds": [0],
@@ -250,7 +250,7 @@ def test_ctrl_c_on_jobs_2_is_quiet_prompt_and_marks_only_unfinished(tmp_path):
     cfg = tmp_path / "cfg.toml"
     data = tiny_config_dict(iterations=400000, scenarios=[{"name": "s1"}, {"name": "s2"}],
                             rules={"names": ["loss"]}, output={"window": 10, "record_every": 1000})
-    from p2pmtl.config import dump_config
+    from p2pmtl.experiments.config import dump_config
 
     cfg.write_text(dump_config(load_config(data=data)))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from p2pmtl.config import ConfigError, load_config
-from p2pmtl.experiment import run_experiment
+from p2pmtl.experiments.config import ConfigError, load_config
+from p2pmtl.experiments.runner import run_experiment
 
 
 BASE = """
@@ -46,8 +46,8 @@ set = {{ graph = {{ family = "complete", n = 12 }}, network = {{ latency = 0.1 }
 
 
 def test_study_runs_variants_draws_and_skips_finished(tmp_path, monkeypatch):
-    from p2pmtl import experiment
-    from p2pmtl.study import run_study
+    from p2pmtl.experiments import runner as experiment
+    from p2pmtl.experiments.study import run_study
 
     path = _study(tmp_path)
     calls = []
@@ -66,7 +66,7 @@ def test_study_runs_variants_draws_and_skips_finished(tmp_path, monkeypatch):
 
 
 def test_topology_study_measures_graphs(tmp_path):
-    from p2pmtl.study import run_study
+    from p2pmtl.experiments.study import run_study
 
     res = run_study(_study(tmp_path, "topology", 'placement_scenarios = ["clean"]'), tmp_path / "out", progress=False)
     ring, complete = res["variants"]["ring"], res["variants"]["complete"]
@@ -80,7 +80,7 @@ def test_topology_study_measures_graphs(tmp_path):
 
 
 def test_study_errors_name_the_variant(tmp_path):
-    from p2pmtl.study import load_study
+    from p2pmtl.experiments.study import load_study
 
     path = _study(tmp_path)
     path.write_text(path.read_text().replace('network = { latency = 0.1 } }\n[[variants]]',
@@ -108,8 +108,8 @@ def test_linear_server_mode_keeps_one_global_model(tmp_path):
 
 
 def test_linear_server_round_is_the_aggregate_of_local_steps():
-    from p2pmtl.experiment import run_seeds
-    from p2pmtl.linear_server import LinearServer
+    from p2pmtl.experiments.runner import run_seeds
+    from p2pmtl.server.linear import LinearServer
 
     data = {"name": "tl", "mode": "server", "iterations": 1, "graph": {"family": "star", "n": 6},
             "server": {"methods": ["fedavg"], "alpha": 1.0}, "scenarios": [{"name": "clean"}]}

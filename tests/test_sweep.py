@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from p2pmtl import sweep
-from p2pmtl.config import ConfigError
+from p2pmtl.experiments import sweep
+from p2pmtl.experiments.config import ConfigError
 
 
 def sweep_dict(**sweep_over):
@@ -136,7 +136,7 @@ def test_gossip_only_attacks_are_refused_in_server_mode():
 
 def test_cli_sweep_and_plot(tmp_path, capsys):
     from p2pmtl.cli import main
-    from p2pmtl.config import _to_toml
+    from p2pmtl.experiments.config import _to_toml
 
     path = tmp_path / "s.toml"
     path.write_text(_to_toml(sweep_dict(baseline=False)))
@@ -168,9 +168,9 @@ def test_ray_backend_gives_the_same_cells(tmp_path):
 
 
 def test_guarantee_check_compares_each_agent_with_non_cooperation(tmp_path, tiny_dict):
-    from p2pmtl.config import load_config
-    from p2pmtl.experiment import run_experiment
-    from p2pmtl.sweep_guarantee import check
+    from p2pmtl.experiments.config import load_config
+    from p2pmtl.experiments.runner import run_experiment
+    from p2pmtl.experiments.sweep_guarantee import check
 
     tiny_dict["rules"]["names"] = ["noncoop", "loss"]
     cfg = load_config(data=tiny_dict)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..config import DigitsConfig
+from ..experiments.config import DigitsConfig
 from ..data import (
     ArrayDataset,
     load_image_folder,
@@ -28,10 +28,10 @@ from ..data import (
     load_torchvision,
     make_synthetic_digits,
 )
-from ..edges import EdgeIndex
-from ..messages import Messages
-from ..model_bank import ModelBank, make_optimizer_factory
-from ..models import MODELS
+from ..engine.edges import EdgeIndex
+from ..engine.messages import Messages
+from .model_bank import ModelBank, make_optimizer_factory
+from .models import MODELS
 from .base import TASKS, Population
 
 
@@ -297,7 +297,7 @@ class ImageClassification(Population):
                 acc[i] = float((logits.argmax(1) == self.test_y[k]).double().mean())
         return {"test_loss": loss, "test_acc": acc}
 
-    # -- for attacks (p2pmtl.attacks) ----------------------------------------------------------
+    # -- for attacks (p2pmtl.robust.attacks) ----------------------------------------------------------
     def losses_of(self, values: torch.Tensor, receivers: torch.Tensor, lane: int = 0) -> torch.Tensor:
         """Cross-entropy of arbitrary messages ``values [K, D]`` on the scoring batches of world
         agents ``receivers [K]`` (as ``edge_losses`` scores a neighbour; representation sharing:
@@ -333,12 +333,12 @@ def _mix(edges: EdgeIndex, weights: torch.Tensor, rows: torch.Tensor) -> torch.T
 
 
 class ClientSplitSetup:
-    """The server mode's client split (:class:`p2pmtl.federated.FederatedSetup`) seen as gossip
+    """The server mode's client split (:class:`p2pmtl.server.federated.FederatedSetup`) seen as gossip
     agents: agent k is client k; its group is its set of classes."""
 
     def __init__(self, cfg, n: int, rng: np.random.Generator) -> None:
-        from ..config import MetaTestConfig
-        from ..federated import FederatedSetup
+        from ..experiments.config import MetaTestConfig
+        from ..server.federated import FederatedSetup
 
         split = FederatedSetup(cfg, n, MetaTestConfig(clients=0), rng)
         self.train = [tr for tr, _ in split.clients]

@@ -7,11 +7,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..config import HarConfig
+from ..experiments.config import HarConfig
 from ..data import load_har
-from ..edges import EdgeIndex
-from ..messages import Messages
-from ..optim import make_stacked_optimizer
+from ..engine.edges import EdgeIndex
+from ..engine.messages import Messages
+from .optim import make_stacked_optimizer
 from .base import TASKS, StackedPopulation
 
 
@@ -114,7 +114,7 @@ class SoftmaxRegression(StackedPopulation):
             acc[i] = float((logits.argmax(1) == d.y).double().mean())
         return {"test_loss": loss, "test_acc": acc}
 
-    # -- for attacks (p2pmtl.attacks) ----------------------------------------------------------
+    # -- for attacks (p2pmtl.robust.attacks) ----------------------------------------------------------
     def losses_of(self, values: torch.Tensor, receivers: torch.Tensor, lane: int = 0) -> torch.Tensor:
         """Mean cross-entropy of arbitrary classifiers ``values [K, D]`` on the current batches of
         world agents ``receivers [K]`` (the formula of ``edge_losses``)."""

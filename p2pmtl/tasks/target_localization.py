@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..config import TargetLocalizationConfig
-from ..edges import EdgeIndex
-from ..messages import Messages
-from ..ops import rowdot
+from ..experiments.config import TargetLocalizationConfig
+from ..engine.edges import EdgeIndex
+from ..engine.messages import Messages
+from ..engine.ops import rowdot
 from .base import TASKS, StackedPopulation
 
 NOISE_CHUNK = 32  # steps of noise drawn at once per run (fixed: part of what a seed means)
@@ -45,7 +45,7 @@ class TargetLocalization(StackedPopulation):
 
     @staticmethod
     def make_setup(cfg: TargetLocalizationConfig, graph, rng: np.random.Generator) -> AgentSetup:
-        from ..graphs import positions
+        from ..graphs.families import positions
 
         return AgentSetup(cfg, graph.number_of_nodes(), positions(graph), rng)
 
@@ -133,7 +133,7 @@ class TargetLocalization(StackedPopulation):
         err = theta - self.wstar
         return {"loss": (r * r).view(-1), "msd": rowdot(err, err).view(-1)}
 
-    # -- for adaptive attacks (p2pmtl.attacks) -------------------------------------------------
+    # -- for adaptive attacks (p2pmtl.robust.attacks) -------------------------------------------------
     def losses_of(self, values: torch.Tensor, receivers: torch.Tensor, lane: int = 0) -> torch.Tensor:
         """Loss of arbitrary models ``values [K, 2]`` on the current samples of world agents
         ``receivers [K]``: (c_k - u_k^T w)^2 (the same formula as ``edge_losses``)."""

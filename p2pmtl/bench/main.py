@@ -1,0 +1,225 @@
+"""Benchmark: the batched engine against the per-agent numpy loop of the published reference
+code (:mod:`p2pmtl.engine.reference`), in the same process, then scaling to large graphs.
+
+Run with ``p2pmtl bench``. Figures are printed, never asserted (timings belong here, not in
+tests). Each scaling size runs in a fresh subprocess so its peak memory (max RSS) is its own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..experiments.config import load_config
+from ..experiments.runner import build_world, make_engine
+from ..engine.reference import ReferenceDiffusion
+
+RULES = ["noncoop", "average", "loss", "distance"]
+
+
+def bench_config(n: int, byzantine: int, runs: int = 1):
+    """Li2020's network at density 100 agents per 3x3 box, for any n."""
+    box = 3.0 * (n / 100) ** 0.5
+    return load_config(data={
+        "name": "bench", "runs": runs, "iterations": 1,
+        "graph": {"family": "random_geometric", "n": n, "radius": 1.0, "box": box,
+                  "max_neighbors": 9, "directed": True},
+        "task": {"box": box},
+        "scenarios": [{"name": "attack", "byzantine": byzantine,
+                       "attack": {"name": "uniform", "low": 15.0, "high": 16.0}}],
+    })
+
+
+def _time(fn, iters: int, repeats: int = 5) -> float:
+    """Seconds per call: the best of ``repeats`` timed batches of ``iters`` calls (the timeit
+    convention: the minimum is the least disturbed by other load on the machine)."""
+    fn(0)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for i in range(iters):
+            fn(i)
+        best = min(best, (time.perf_counter() - t) / iters)
+    return best
+
+
+def reference_vs_batched(iters: int) -> list[dict]:
+    """Per-rule time per iteration at 100 agents (20 Byzantine), reference vs batched."""
+    cfg = bench_config(100, 20)
+    scenario = cfg.scenarios[0]
+    world = build_world(cfg, scenario)
+    e, s = world.edges, world.setups[0]
+    neigh = [[] for _ in range(world.n)]
+    for src, dst in zip(e.src.tolist(), e.dst.tolist()):
+        neigh[dst].append(src)
+    byz = set(world.byzantine.tolist())
+    probe = make_engine(cfg, world, scenario, ["noncoop"])
+    data = []  # identical streaming data for the reference loop
+    for i in range(50):
+        probe.step(i)
+        data.append((probe.pop.u.numpy().copy(), probe.pop.d.numpy().copy()))
+    byz_msgs = {k: probe.sent[k].numpy().copy() for k in byz}
+    rows = []
+    for rule in RULES:
+        ref = ReferenceDiffusion(rule, s.pos, neigh, byz, s.theta0, cfg.task.mu, cfg.rules.nu, cfg.rules.init_score)
+        t_ref = _time(lambda i: ref.step(*data[i % 50], byz_msgs), max(10, iters // 10))
+        eng = make_engine(cfg, world, scenario, [rule])
+        t_ours = _time(eng.step, iters)
+        rows.append({"rule": rule, "reference_ms": 1e3 * t_ref, "batched_ms": 1e3 * t_ours})
+    eng = make_engine(cfg, world, scenario, RULES)
+    t_lanes = _time(eng.step, iters) / len(RULES)
+    runs = 10
+    cfg10 = bench_config(100, 20, runs=runs)
+    world10 = build_world(cfg10, cfg10.scenarios[0])
+    eng10 = make_engine(cfg10, world10, cfg10.scenarios[0], RULES)
+    t_runs = _time(eng10.step, max(10, iters // 4)) / (len(RULES) * runs)
+    ref_mean = float(np.mean([r["reference_ms"] for r in rows]))
+    rows.append({"rule": "mean of the 4 rules, one engine each", "reference_ms": ref_mean,
+                 "batched_ms": float(np.mean([r["batched_ms"] for r in rows]))})
+    rows.append({"rule": "4 rules as lanes of one engine (per rule)", "reference_ms": ref_mean,
+                 "batched_ms": 1e3 * t_lanes})
+    rows.append({"rule": f"4 rules x {runs} seeds batched (per rule and seed)", "reference_ms": ref_mean,
+                 "batched_ms": 1e3 * t_runs})
+    return rows
+
+
+def scale_child(n: int, iters: int) -> dict:
+    """One size in this process: build time, loss-rule time per iteration, peak RSS."""
+    torch.set_num_threads(1)
+    t = time.perf_counter()
+    cfg = bench_config(n, n // 5)
+    world = build_world(cfg, cfg.scenarios[0])
+    eng = make_engine(cfg, world, cfg.scenarios[0], ["loss"])
+    build = time.perf_counter() - t
+    t = time.perf_counter()
+    for i in range(iters):
+        eng.step(i)
+    per_it = (time.perf_counter() - t) / iters
+    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"agents": n, "edges": world.edges.num_edges, "build_s": build, "ms_per_iteration": 1e3 * per_it,
+            "total_s": per_it * iters, "iterations": iters, "peak_rss_mb": rss_mb}
+
+
+def digits_round(repeats: int = 3) -> dict:
+    """One loss-based round of the digits case study (10 agents, complete graph, batch 64, every
+    receiver scores every neighbour on its 64 images): our engine step against the naive
+    per-agent, per-edge loop of the reference code (NCHW modules, one forward pass per edge,
+    parameter-by-parameter weighted sums) on the same models and batches."""
+    from ..tasks.models import DigitCNN
+    from ..engine.reference import naive_cnn_round
+
+    cfg = load_config(data={
+        "name": "bench_digits", "iterations": 1, "graph": {"topology": "complete10"},
+        "task": {"name": "digits", "batch_size": 64, "score_batch": 64, "score_chunk": 64},
+        "rules": {"names": ["loss"], "nu": 0.05, "init_score": 1.0},
+        "scenarios": [{"name": "clean"}],
+    })
+    world = build_world(cfg, cfg.scenarios[0])
+    eng = make_engine(cfg, world, cfg.scenarios[0], ["loss"])
+    pop = eng.pop
+    naive_models = []
+    for i in range(pop.world_nodes):
+        m = DigitCNN()
+        with torch.no_grad():
+            for p, c in zip(m.parameters(), torch.split(pop.theta[i], pop.bank.sizes)):
+                p.copy_(c.view(p.shape))
+        naive_models.append(m)
+    naive_opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in naive_models]
+    scores = [[1.0] * pop.world_nodes for _ in range(pop.world_nodes)]
+    pop.sample(0)
+    batches = [(x.contiguous(), y) for x, y in pop.batch]
+    t_ours, t_naive = float("inf"), float("inf")
+    for i in range(repeats):  # interleaved, best of `repeats` each
+        t = time.perf_counter()
+        eng.step(i)
+        t_ours = min(t_ours, time.perf_counter() - t)
+        t = time.perf_counter()
+        naive_cnn_round(naive_models, naive_opts, batches, scores, 0.05, 64)
+        t_naive = min(t_naive, time.perf_counter() - t)
+    return {"naive_s": t_naive, "ours_s": t_ours, "params": pop.bank.num_params}
+
+
+def server_round(rounds: int = 3) -> list[dict]:
+    """Seconds per round of each scheme at the Table II scale of ``experiments/br_mtrl_table2.toml``
+    (100 clients, alpha 0.2, 20 Byzantine sending phi + N(0, I))."""
+    from ..robust.attacks import make_attack
+    from ..server.federated import Clients, FederatedRun, Method
+    from ..server.run import build_aggregator, server_world
+    from ..experiments.runner import run_seeds
+
+    path = Path("experiments/br_mtrl_table2.toml")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the benchmark from the repository root")
+    cfg = load_config(path)
+    seeds = run_seeds(cfg.seed)
+    scenario = cfg.scenarios[-1]
+    _, setup, byz = server_world(cfg, scenario, seeds)
+    rows = []
+    for name in ("fedavg", "fedper+krum", "fedrep", "br-mtrl+gm", "br-mtrl+krum"):
+        m = Method.parse(name)
+        clients = Clients(cfg.task, setup.clients, setup.num_classes, setup.image_shape, seeds["setup"])
+        run = FederatedRun(m, cfg.server, clients, build_aggregator(m, cfg.server, clients.rep_sizes, clients.all_sizes),
+                           byz, make_attack(scenario.attack.name, **scenario.attack.params), seeds["data"])
+        t = time.perf_counter()
+        for r in range(rounds):
+            run.round(r)
+        rows.append({"method": name, "seconds_per_round": (time.perf_counter() - t) / rounds})
+    return rows
+
+
+def main(args: argparse.Namespace) -> int:
+    torch.set_num_threads(1)
+    parts = set(args.only or ["linear", "scale", "digits", "server", "aggregators", "network"])
+    if "linear" in parts:
+        print(f"torch {torch.__version__}, 1 thread; target localization, 100 agents, 20 Byzantine")
+        print(f"{'rule':<48} {'reference ms/it':>15} {'batched ms/it':>14} {'speed-up':>9}")
+        for r in reference_vs_batched(args.iterations):
+            print(f"{r['rule']:<48} {r['reference_ms']:>15.3f} {r['batched_ms']:>14.4f} "
+                  f"{r['reference_ms'] / r['batched_ms']:>8.1f}x")
+    if "digits" in parts:
+        r = digits_round()
+        print(f"\ndigits: one loss-based round, 10 CNN agents ({r['params']:,} parameters each), batch 64, "
+              f"complete graph, 1 thread")
+        print(f"  naive per-agent, per-edge loop (NCHW): {r['naive_s']:.2f} s")
+        print(f"  p2pmtl (channels_last, each sender scored once on its receivers' batches): {r['ours_s']:.2f} s")
+        print(f"  speed-up: {r['naive_s'] / r['ours_s']:.2f}x")
+    if "server" in parts:
+        print("\nserver mode: one round at the Table II scale (100 clients, alpha 0.2, 20 Byzantine), 1 thread")
+        for r in server_round():
+            print(f"  {r['method']:<14} {r['seconds_per_round']:.2f} s/round")
+    if "aggregators" in parts:
+        from .aggregators import benchmark_aggregators, format_table
+
+        print(f"\naggregators: {args.agg_n} clients x {args.agg_dim:,} parameters, 20% far outliers, f = {args.agg_n // 10}")
+        print(format_table(benchmark_aggregators(n=args.agg_n, dim=args.agg_dim, f=args.agg_n // 10)))
+    if "network" in parts:
+        from .network import main as network_main
+
+        network_main()
+    if "scale" in parts and args.sizes:
+        print(f"\nscaling: random geometric (density of Li2020, cap 9), 20% Byzantine, loss rule, "
+              f"{args.scale_iterations} iterations")
+        print(f"{'agents':>8} {'edges':>9} {'build s':>8} {'ms/it':>9} {'total s':>8} {'peak RSS MB':>12}")
+        for n in args.sizes:
+            out = subprocess.run([sys.executable, "-m", "p2pmtl.bench.main", "child", str(n), str(args.scale_iterations)],
+                                 capture_output=True, text=True, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{r['agents']:>8} {r['edges']:>9} {r['build_s']:>8.2f} {r['ms_per_iteration']:>9.2f} "
+                  f"{r['total_s']:>8.2f} {r['peak_rss_mb']:>12.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "child":
+        print(json.dumps(scale_child(int(sys.argv[2]), int(sys.argv[3]))))
+    else:
+        from ..cli import main as cli_main
+
+        sys.exit(cli_main(["bench", *sys.argv[1:]]))

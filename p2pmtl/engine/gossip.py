@@ -1,0 +1,156 @@
+"""Synchronous adapt-then-combine diffusion (Li2020 eqs. 2-3) for a whole batched population,
+with Byzantine senders. No Python loop over agents or edges.
+
+Layout (DESIGN "where speed comes from"): a *world* is R independent runs of n agents,
+flattened to N0 = R*n nodes with one destination-sorted edge list (a disjoint union). An
+engine runs M *lanes* of that world, one per weight rule, folded into the node axis (node
+``j*N0 + i`` is world node i in lane j): all lanes see identical data and identical attacker
+draws, so rules are compared on equal terms and share every tensor op, the weight maths
+included (:class:`~p2pmtl.rules.weights.RuleSet`). Only the per-lane statistics (on contiguous edge
+slices) and the attacks loop over lanes (M is small).
+
+Fast path (every message finite, no per-edge forgeries): no masks at all. Otherwise non-finite
+neighbour messages are dropped (weight 0). The population combines (:mod:`p2pmtl.engine.messages`).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from ..robust.attacks import Attack, AttackContext
+from .edges import EdgeIndex
+from .messages import Messages
+from ..rules.weights import RuleSet, WeightRule
+from ..tasks.base import Population
+
+
+class GossipEngine:
+    def __init__(
+        self,
+        population: Population,
+        world_edges: EdgeIndex,
+        rules: Sequence[WeightRule],
+        byzantine: torch.Tensor,
+        attacks: Optional[Sequence[Optional[Attack]]] = None,
+        attack_seeds: Sequence[int] = (),
+        run_of_node: Optional[torch.Tensor] = None,
+    ) -> None:
+        """``world_edges``: the world's edge list; ``rules``: one weight rule per lane;
+        ``byzantine``: Byzantine node ids of the world (the same in every lane); ``attacks``:
+        one fresh attack object per lane, each drawing from its own generators seeded with
+        ``attack_seeds`` (one per run), so that lanes see identical forgeries."""
+        self.pop, self.world_edges, self.rules = population, world_edges, list(rules)
+        self.lanes = m = len(self.rules)
+        self.n0, self.e0 = world_edges.num_nodes, world_edges.num_edges
+        if population.lanes != m or population.world_nodes != self.n0:
+            raise ValueError(
+                f"population is {population.lanes} lanes x {population.world_nodes} nodes; the "
+                f"engine needs {m} lanes x {self.n0} nodes"
+            )
+        self.edges = EdgeIndex.disjoint_union([world_edges] * m) if m > 1 else world_edges
+        self.byzantine = byzantine.long()
+        self.attacks = list(attacks) if attacks is not None else [None] * m
+        if self.byzantine.numel() and any(a is None for a in self.attacks):
+            raise ValueError("Byzantine agents given but no attack")
+        if self.byzantine.numel():
+            for attack in self.attacks:  # before the first local step (data poisoning changes data here)
+                attack.setup(population, self.byzantine)
+        self.is_byzantine = torch.zeros(self.n0, dtype=torch.bool)  # world-level
+        self.is_byzantine[self.byzantine] = True
+        self.byz_all = torch.cat([self.byzantine + j * self.n0 for j in range(m)])
+        world_byz_edges = torch.nonzero(
+            self.is_byzantine[world_edges.src] & (world_edges.src != world_edges.dst)).flatten()
+        self.world_byz_edges = world_byz_edges
+        self.byz_edges = torch.cat([world_byz_edges + j * self.e0 for j in range(m)])
+        self.run_of_node = run_of_node if run_of_node is not None else torch.zeros(self.n0, dtype=torch.long)
+        self.attack_generators = [
+            [torch.Generator().manual_seed(int(s)) for s in attack_seeds] for _ in range(m)
+        ]
+        self.rule_set = RuleSet(self.rules, world_edges, dtype=population.dtype, lanes_edges=self.edges)
+        self.weights: Optional[torch.Tensor] = None  # [M*E0]
+        self.sent: Optional[torch.Tensor] = None  # [M*N0, D]
+
+    def lane(self, j: int) -> slice:
+        """Node slice of lane j."""
+        return slice(j * self.n0, (j + 1) * self.n0)
+
+    def lane_edges(self, j: int) -> slice:
+        """Edge slice of lane j (lanes are contiguous because edges are sorted by receiver)."""
+        return slice(j * self.e0, (j + 1) * self.e0)
+
+    def step(self, step: int, delivered: Optional[torch.Tensor] = None, active: Optional[torch.Tensor] = None,
+             adapting: Optional[torch.Tensor] = None) -> None:
+        """One synchronous iteration. ``delivered`` ([E0] bool, world edges; None: all) marks the
+        messages received this time (the network model: losses, deadlines, churn, absent
+        edges); ``active`` ([N0] bool; None: all) the agents that combine (the others keep their
+        model and scores); ``adapting`` (default: ``active``) those that also finished their
+        local step (a step cut by a deadline is abandoned: the agent combines its old model)."""
+        sent, overrides = self.produce(step, active if adapting is None else adapting)
+        self.consume(self.messages(sent, overrides, delivered, active))
+
+    def produce(self, step: int, active: Optional[torch.Tensor] = None):
+        """Adapt (Li2020 eq. 2) and forge: (broadcast rows ``[M*N0, D]``, per-edge forgeries)."""
+        pop = self.pop
+        pop.sample(step, active)
+        psi = pop.adapt(active)
+        sent, overrides = psi, (None, None)
+        if self.byzantine.numel():
+            sent, overrides = self._forge(step, psi)
+        self.sent = sent
+        return sent, overrides
+
+    def messages(self, sent, overrides, delivered=None, active=None, edge_values=None) -> Messages:
+        """What the receivers hold: the broadcast rows, per-edge forgeries, and (asynchronous
+        gossip) per-edge stored values ``edge_values = (lane edge ids, rows)``."""
+        ok = None
+        if delivered is not None or active is not None:
+            ok = torch.ones(self.e0, dtype=torch.bool) if delivered is None else delivered.clone()
+            if active is not None:
+                ok &= active[self.world_edges.dst]
+            ok = ok.repeat(self.lanes)
+        if edge_values is not None:
+            oe, ov = edge_values
+            if overrides[0] is not None:  # stored values replace this step's forgeries on their edges
+                keep = ~torch.isin(overrides[0], oe)
+                oe, ov = torch.cat([overrides[0][keep], oe]), torch.cat([overrides[1][keep], ov])
+            overrides = (oe, ov)
+        return Messages(sent, self.edges, self.lanes, self.byz_all, *overrides, delivered=ok, receivers=active)
+
+    def consume(self, msgs: Messages) -> None:
+        """Weights (Li2020 eqs. 4, 9-10) and combination (eq. 3) for every lane."""
+        pop = self.pop
+        stats = []
+        for j, rule in enumerate(self.rules):
+            if rule.needs == "loss":
+                stats.append(pop.edge_losses(msgs, j))
+            elif rule.needs == "distance":
+                stats.append(pop.edge_sq_dists(msgs, j))
+            else:
+                stats.append(None)
+        self.weights = self.rule_set.weights(stats, msgs.valid)
+        pop.combine(msgs, self.weights)
+
+    def _forge(self, step: int, psi: torch.Tensor):
+        """Byzantine messages of every lane: broadcast forgeries, and per-edge ones if any."""
+        forged, per_edge = [], []
+        theta = getattr(self.pop, "theta", None)  # models before this round's local step
+        for j, attack in enumerate(self.attacks):
+            prev = theta[self.lane(j), :psi.shape[1]] if isinstance(theta, torch.Tensor) else None
+            ctx = AttackContext(step, psi[self.lane(j)], self.byzantine, self.run_of_node,
+                                self.attack_generators[j], self.world_edges, prev, self.pop, j)
+            forged.append(attack.forge(ctx))
+            if self.world_byz_edges.numel():
+                per_edge.append(attack.forge_edges(ctx, self.world_byz_edges))
+        sent = psi.index_put((self.byz_all,), torch.cat(forged) if self.lanes > 1 else forged[0])
+        if per_edge and all(p is not None for p in per_edge):
+            return sent, (self.byz_edges, torch.cat(per_edge))
+        return sent, (None, None)
+
+    def lane_weights(self, j: int) -> torch.Tensor:
+        """Current weights of lane j on the world's edge list."""
+        return self.weights[self.lane_edges(j)]
+
+    def lane_values(self, values: torch.Tensor, j: int) -> torch.Tensor:
+        """Lane j's slice of a per-node tensor ``[M*N0, ...]``."""
+        return values[self.lane(j)]

@@ -1,0 +1,442 @@
+"""From a validated config to a run directory: build graphs, Byzantine sets and populations,
+then run every (scenario, weight rule) pair on the SimPy clock and record as it goes."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..robust.attacks import make_attack
+from ..network.clock import SynchronousRounds
+from .config import ExperimentConfig, ScenarioConfig, dump_config
+from ..engine.edges import EdgeIndex
+from ..engine.gossip import GossipEngine
+from ..graphs.families import build_graph, positions
+from ..io.records import RunRecorder, interruptible, json_safe
+from ..rules.weights import make_rule
+from ..tasks import TASKS
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def run_seeds(seed: int) -> dict[str, int]:
+    """Independent child seeds of one run (numpy SeedSequence), one per random stream."""
+    kids = np.random.SeedSequence(seed).spawn(6)
+    names = ("graph", "setup", "data", "byzantine", "attack", "network")
+    return {k: int(s.generate_state(1)[0]) for k, s in zip(names, kids)}
+
+
+@dataclass
+class World:
+    """Everything fixed for one scenario across rules: graphs, agents, Byzantine sets."""
+
+    graphs: list
+    edges: EdgeIndex
+    setups: list
+    seeds: list[dict[str, int]]
+    byzantine: torch.Tensor  # node ids in the batched numbering
+    n: int
+    present: Optional[list] = None  # time-varying topology: world edge ids present per block
+
+    @property
+    def run_of_node(self) -> torch.Tensor:
+        return torch.arange(self.edges.num_nodes) // self.n
+
+
+def choose_byzantine(spec, n: int, seed: int, field: str = "byzantine", placement: str = "random",
+                     graph=None) -> np.ndarray:
+    """Byzantine node ids: listed, or a count placed at random or on the highest-degree nodes
+    (in-degree + out-degree without self loops; ties broken at random)."""
+    if isinstance(spec, int):
+        if spec > n:
+            raise ValueError(f"{field} = {spec}: more Byzantine agents than the {n} agents")
+        rng = np.random.default_rng(seed)
+        if placement == "degree":
+            deg = np.array([graph.degree(k) - 2 * graph.has_edge(k, k) for k in range(n)], dtype=np.float64)
+            return np.sort(np.lexsort((rng.random(n), -deg))[:spec])
+        return np.sort(rng.choice(n, size=spec, replace=False))
+    ids = np.asarray(spec, dtype=np.int64)
+    if ids.size and ids.max() >= n:
+        raise ValueError(f"{field} = {spec}: ids must be < {n} (the number of agents)")
+    return np.sort(ids)
+
+
+def build_world(cfg: ExperimentConfig, scenario: ScenarioConfig) -> World:
+    graphs, edges, setups, seeds, byz = [], [], [], [], []
+    n0 = None
+    for r in range(cfg.runs):
+        s = run_seeds(cfg.seed + r)
+        g = build_graph(cfg.graph.family, cfg.graph.params, seed=s["graph"])
+        n = g.number_of_nodes()
+        if n0 is not None and n != n0:
+            raise ValueError("every run must have the same number of agents")
+        n0 = n
+        graphs.append(g)
+        edges.append(EdgeIndex.from_graph(g))
+        setups.append(TASKS.get(cfg.task.name).make_setup(cfg.task, g, np.random.default_rng(s["setup"])))
+        seeds.append(s)
+        byz.append(choose_byzantine(scenario.byzantine, n, s["byzantine"], f"scenarios.{scenario.name}.byzantine",
+                                    scenario.placement, g) + r * n)
+    world_edges, present = EdgeIndex.disjoint_union(edges), None
+    net = cfg.network
+    if net is not None and net.topology.kind != "static":
+        from ..network.model import blocks_needed, dynamic_edges
+
+        world_edges, present = dynamic_edges(net, graphs, cfg.graph.family, cfg.graph.params,
+                                             [s["graph"] for s in seeds],
+                                             blocks_needed(cfg.iterations, net.topology.every))
+    return World(graphs, world_edges, setups, seeds, torch.as_tensor(np.concatenate(byz), dtype=torch.long),
+                 n0, present)
+
+
+def make_engine(cfg: ExperimentConfig, world: World, scenario: ScenarioConfig, rule_names: list[str]) -> GossipEngine:
+    """One engine running every rule in ``rule_names`` as a lane over the same world."""
+    task = TASKS.get(cfg.task.name)
+    dtype = DTYPES[cfg.dtype] if cfg.dtype else task.default_dtype
+    pop = task.for_world(cfg, world, len(rule_names), dtype)
+    rules = [make_rule(r, nu=cfg.rules.nu, init_score=cfg.rules.init_score) for r in rule_names]
+    attacks = None
+    if world.byzantine.numel():
+        attacks = [make_attack(scenario.attack.name, **scenario.attack.params) for _ in rule_names]
+    return GossipEngine(pop, world.edges, rules, world.byzantine, attacks,
+                        [s["attack"] for s in world.seeds], world.run_of_node)
+
+
+def run_experiment(
+    cfg: ExperimentConfig, out_dir: Path, progress: bool = True, figures: Optional[bool] = None,
+    jobs: Optional[int] = None, *, overwrite: bool = False,
+) -> dict:
+    """Run every scenario x rule; returns the summary dict (also in ``out_dir/summary.json``).
+
+    ``out_dir`` must not hold another run (:func:`p2pmtl.io.rundir.claim`) unless ``overwrite``;
+    it is locked while the run lasts. Files are written as the run goes; Ctrl-C closes them
+    cleanly (status ``interrupted``), draws the figures of what finished, then re-raises
+    KeyboardInterrupt. Any other error marks the run ``failed`` with the error message in
+    ``summary.json`` (what finished before stays readable) and is re-raised. With ``jobs > 1``
+    scenarios run in parallel processes (one torch thread each), each writing a part directory
+    that is merged into the run directory at the end.
+    """
+    from ..io.rundir import claim
+
+    out_dir = Path(out_dir)
+    lock = claim(out_dir, overwrite=overwrite)
+    try:
+        (out_dir / "config.toml").write_text(dump_config(cfg))
+        jobs = min(jobs or cfg.jobs, len(_job_names(cfg)))
+        try:
+            if jobs > 1:
+                summary, interrupted = _run_parallel(cfg, out_dir, jobs, progress)
+            else:
+                summary, interrupted = _run_scenarios(cfg, out_dir, progress)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:
+            _mark_failed(out_dir, e)
+            raise
+        if figures if figures is not None else cfg.output.figures:
+            from ..io.figures import plot_run
+
+            try:
+                plot_run(out_dir)
+            except Exception as e:
+                _mark_failed(out_dir, e, stage="figures")
+                raise
+        if interrupted:
+            raise KeyboardInterrupt
+        return summary
+    finally:
+        lock.release()
+
+
+def _mark_failed(out_dir: Path, e: BaseException, stage: str = "run") -> None:
+    """Write ``status = failed`` (with the error) into ``summary.json``, keeping every result
+    already summarised there; a run that failed before any scenario started gets a summary
+    with no results. Best effort: if even this write fails (full disk), the caller's error
+    is what the user sees."""
+    from ..io.records import describe_error, set_status
+
+    path = out_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text()) if path.is_file() else {"results": {}}
+    except (OSError, ValueError):
+        summary = {"results": {}}
+    set_status(summary, "failed", describe_error(e))
+    summary["failed_stage"] = stage
+    try:
+        tmp = out_dir / "summary.json.tmp"
+        tmp.write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False))
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
+def _job_names(cfg: ExperimentConfig) -> list[str]:
+    if cfg.mode == "server" and cfg.task.name == "federated_images":
+        return [f"{s.name}/{m}" for s in cfg.scenarios for m in (s.methods or cfg.server.methods)]
+    return [s.name for s in cfg.scenarios]
+
+
+def _run_scenarios(cfg: ExperimentConfig, out_dir: Path, progress: bool, position: int = 0) -> tuple[dict, bool]:
+    """All scenarios of ``cfg`` in this process; returns (summary, interrupted)."""
+    if cfg.mode == "server":
+        from ..server.run import run_server_scenarios
+
+        return run_server_scenarios(cfg, out_dir, progress, position)
+    torch.set_num_threads(cfg.threads)
+    worlds = {s.name: build_world(cfg, s) for s in cfg.scenarios}  # all errors before any work
+    rec = RunRecorder(out_dir, per_agent=cfg.output.per_agent)
+    rules = cfg.rules.names
+    bar = tqdm(total=len(cfg.scenarios) * len(rules) * cfg.iterations, disable=not progress,
+               desc=cfg.name, unit="rule-it", position=position)
+    with interruptible(rec, bar) as state:
+        for scenario in cfg.scenarios:
+            world = worlds[scenario.name]
+            _save_world(rec, scenario.name, world)
+            engine = make_engine(cfg, world, scenario, rules)
+            rec.summary["group_names"] = engine.pop.group_names
+            normal = ~engine.is_byzantine.numpy()
+            blocks = [rec.open_block(scenario.name, r, normal, engine.pop.groups, cfg.runs, world.n) for r in rules]
+            if cfg.network is None:
+                _plain_rounds(cfg, rec, engine, blocks, world, bar)
+            else:
+                _network_rounds(cfg, rec, engine, blocks, world, bar)
+            for j, (rule, block) in enumerate(zip(rules, blocks)):
+                rec.end_block(block, cfg.output.window, _weight_stats(engine, j, world))
+                _save_weights(rec, scenario.name, rule, engine.lane_weights(j), world)
+    return rec.summary, state["interrupted"]
+
+
+def _plain_rounds(cfg: ExperimentConfig, rec: RunRecorder, engine: GossipEngine, blocks: list, world: World, bar) -> None:
+    """The plain synchronous clock: every round takes compute_time + latency."""
+    per_round_bytes = _bytes_per_round(world, engine)
+    every = cfg.output.record_every
+
+    def on_round(i: int, now: float) -> None:
+        engine.step(i)
+        if (i + 1) % every == 0 or i + 1 == cfg.iterations:
+            metrics = engine.pop.metrics()
+            for j, block in enumerate(blocks):
+                rec.record(block, i, now, per_round_bytes * (i + 1),
+                           {k: engine.lane_values(v, j) for k, v in metrics.items()})
+        bar.update(len(blocks))
+
+    SynchronousRounds(cfg.clock, cfg.iterations, on_round).run()
+
+
+def make_network(cfg: ExperimentConfig, world: World, engine: GossipEngine):
+    from ..network.model import NetworkModel
+
+    return NetworkModel(cfg.network, cfg.clock, world.graphs, world.edges, world.n, engine.pop.message_bytes,
+                        [s["network"] for s in world.seeds], world.present)
+
+
+def make_protocol(cfg: ExperimentConfig, world: World, engine: GossipEngine, on_record):
+    """The gossip protocol of ``cfg.network`` (see :mod:`p2pmtl.network.protocols`)."""
+    from ..network.protocols import AsyncGossip, SyncGossip
+
+    net, nc = make_network(cfg, world, engine), cfg.network
+    if nc.protocol == "sync":
+        return SyncGossip(engine, net, cfg.iterations, nc.deadline, nc.topology.every, cfg.output.record_every,
+                          on_record)
+    return AsyncGossip(engine, net, cfg.iterations, nc.topology.every * cfg.clock.compute_time,
+                       cfg.output.record_every, on_record)
+
+
+def _network_rounds(cfg: ExperimentConfig, rec: RunRecorder, engine: GossipEngine, blocks: list, world: World,
+                    bar) -> None:
+    """A gossip protocol on the network model; per-agent network accounts are recorded as
+    metrics next to the task's (bytes, simulated time, time computing / sending / waiting)."""
+    from ..network.protocols import as_metrics
+
+    last = [-1]
+
+    def on_record(step: int, now: float, extras: dict) -> None:
+        metrics = engine.pop.metrics()
+        net_rows = as_metrics(extras)
+        total = float(extras["bytes_sent"].sum()) / len(world.setups)
+        for j, block in enumerate(blocks):
+            rec.record(block, step, now, total, {**{k: engine.lane_values(v, j) for k, v in metrics.items()},
+                                                 **net_rows})
+        bar.update(len(blocks) * (step - last[0]))
+        last[0] = step
+
+    make_protocol(cfg, world, engine, on_record).run()
+
+
+def _scenario_worker(cfg_data: dict, part_dir: str, progress: bool, position: int) -> str:
+    """Child process: one scenario into its own part directory; returns its status (an error
+    is recorded in the part's summary and re-raised to the parent)."""
+    try:
+        cfg = ExperimentConfig.model_validate(cfg_data)
+        return "interrupted" if _run_scenarios(cfg, Path(part_dir), progress, position)[1] else "finished"
+    except KeyboardInterrupt:  # stopped by the parent before or while it ran
+        return "interrupted"
+
+
+def _run_parallel(cfg: ExperimentConfig, out_dir: Path, jobs: int, progress: bool) -> tuple[dict, bool]:
+    from .workers import call, process_pool, stop_pool
+
+    jobs_cfg = _job_configs(cfg)  # every error before any work
+    parts = [out_dir / "parts" / name for name, _ in jobs_cfg]
+    interrupted, error = False, None
+    t0 = time.perf_counter()
+    pool = process_pool(jobs, threads=cfg.threads)
+    try:
+        futures = [
+            pool.submit(call, _scenario_worker, job.model_dump(mode="json"), str(part), progress, i % jobs)
+            for i, ((_, job), part) in enumerate(zip(jobs_cfg, parts))
+        ]
+        for f in futures:
+            try:
+                interrupted |= f.result() == "interrupted"
+            except Exception as e:  # a failed scenario: the others go on, the run fails
+                error = error or e
+    except KeyboardInterrupt:
+        interrupted = True
+        stop_pool(pool)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    summary = merge_parts(out_dir, parts, [name for name, _ in jobs_cfg])
+    summary["wall_seconds"] = time.perf_counter() - t0
+    status = "failed" if error is not None or summary["status"] == "failed" else (
+        "interrupted" if interrupted or summary["status"] == "interrupted" else "finished")
+    from ..io.records import describe_error, set_status
+
+    set_status(summary, status, describe_error(error) if error is not None else None)
+    (out_dir / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, allow_nan=False))
+    if error is not None:
+        raise error
+    return summary, status == "interrupted"
+
+
+def _job_configs(cfg: ExperimentConfig) -> list[tuple[str, ExperimentConfig]]:
+    """The units run in parallel: gossip, one per scenario (its rules share one engine);
+    server mode, one per (scenario, method). Worlds are built here to raise errors early."""
+    if cfg.mode == "server" and cfg.task.name != "federated_images":
+        from ..server.linear import LinearServer
+
+        for s in cfg.scenarios:
+            LinearServer(cfg, s, s.methods or cfg.server.methods, run_seeds(cfg.seed))
+        return [(s.name, cfg.model_copy(update={"scenarios": [s]})) for s in cfg.scenarios]
+    if cfg.mode == "server":
+        from ..server.run import server_world
+
+        seeds = run_seeds(cfg.seed)
+        out = []
+        for s in cfg.scenarios:
+            server_world(cfg, s, seeds)
+            for m in s.methods or cfg.server.methods:
+                out.append((f"{s.name}__{m.replace('+', '_')}",
+                            cfg.model_copy(update={"scenarios": [s.model_copy(update={"methods": [m]})]})))
+        return out
+    for s in cfg.scenarios:
+        build_world(cfg, s)
+    return [(s.name, cfg.model_copy(update={"scenarios": [s]})) for s in cfg.scenarios]
+
+
+def merge_parts(out_dir: Path, parts: list[Path], names: Optional[list[str]] = None) -> dict:
+    """Concatenate the part directories of parallel scenarios into ``out_dir`` (long-format
+    CSVs, summaries, arrays) and remove them. ``summary["jobs"]`` gives each part's status
+    (``not started`` when its worker never began)."""
+    from ..io.records import run_status
+
+    summary: dict = {"status": "finished", "results": {}, "jobs": {}}
+    statuses = []
+    (out_dir / "arrays").mkdir(exist_ok=True)
+    for name in ("metrics.csv", "curves.csv"):
+        with open(out_dir / name, "w") as out:
+            for i, part in enumerate(p for p in parts if (p / name).is_file()):
+                with open(part / name) as f:
+                    header = f.readline()
+                    if i == 0:
+                        out.write(header)
+                    shutil.copyfileobj(f, out)
+    for k, part in enumerate(parts):
+        name = names[k] if names else part.name
+        try:
+            s = json.loads((part / "summary.json").read_text())
+        except (OSError, ValueError):
+            s = None
+        if s is None:
+            status = "not started" if not part.exists() else "interrupted"
+        else:
+            status = run_status(s)
+            for scenario, by_rule in s.get("results", {}).items():
+                summary["results"].setdefault(scenario, {}).update(by_rule)
+            summary.setdefault("group_names", s.get("group_names"))
+            summary.setdefault("mode", s.get("mode", "gossip"))
+            if s.get("error"):
+                summary.setdefault("error", s["error"])
+        summary["jobs"][name] = status
+        statuses.append(status)
+        for f in (part / "arrays").glob("*.npz") if (part / "arrays").is_dir() else []:
+            shutil.move(str(f), out_dir / "arrays" / f.name)
+    shutil.rmtree(out_dir / "parts", ignore_errors=True)
+    status = ("failed" if "failed" in statuses else
+              "interrupted" if any(s != "finished" for s in statuses) else "finished")
+    from ..io.records import set_status
+
+    return set_status(summary, status)
+
+
+def _bytes_per_round(world: World, engine: GossipEngine) -> float:
+    """Bytes sent per round per run: one model over every non-self edge."""
+    non_self = int((world.edges.src != world.edges.dst).sum())
+    return non_self * engine.pop.message_bytes / len(world.setups)
+
+
+def _weight_stats(engine: GossipEngine, lane: int, world: World) -> dict:
+    """Share of each normal agent's weight on honest senders of its own task group, and on
+    Byzantine senders (final weights)."""
+    e, w = world.edges, engine.lane_weights(lane)
+    groups = torch.as_tensor(engine.pop.groups)
+    byz = engine.is_byzantine
+    same = (groups[e.src] == groups[e.dst]) & ~byz[e.src]
+    in_group = e.segment_sum(torch.where(same, w, torch.zeros_like(w)))[~byz]
+    on_byz = e.segment_sum(torch.where(byz[e.src], w, torch.zeros_like(w)))[~byz]
+    return {
+        "weight_in_group": float(in_group.mean()),
+        "weight_in_group_min": float(in_group.min()),
+        "weight_in_group_per_agent": [round(float(v), 6) for v in in_group] if len(in_group) <= 1000 else None,
+        "weight_on_byzantine": float(on_byz.mean()),
+    }
+
+
+def _first_run(world: World) -> torch.Tensor:
+    return world.edges.dst < world.n
+
+
+def _save_world(rec: RunRecorder, scenario: str, world: World) -> None:
+    """Run 0's graph, drawing positions (the graph's, else a spring layout), groups and
+    Byzantine agents, for the network figure."""
+    import networkx as nx
+
+    g = world.graphs[0]
+    pos = positions(g)
+    if pos is None:
+        pos = nx.spring_layout(g, seed=0) if g.number_of_nodes() <= 2000 else nx.random_layout(g, seed=0)
+    byz = world.byzantine[world.byzantine < world.n].numpy()
+    _save_arrays_world(rec, scenario, g, pos, world.setups[0].group, byz)
+
+
+def _save_arrays_world(rec: RunRecorder, scenario: str, g, pos, groups: np.ndarray, byzantine: np.ndarray) -> None:
+    """Graph, positions ([n, 2] array or networkx layout dict), groups, Byzantine node ids."""
+    e = EdgeIndex.from_graph(g)
+    if isinstance(pos, dict):
+        pos = np.array([pos[k] for k in range(g.number_of_nodes())])
+    rec.save_arrays(f"world__{scenario}", src=e.src.numpy(), dst=e.dst.numpy(), pos=pos,
+                    groups=np.asarray(groups), byzantine=np.asarray(byzantine))
+
+
+def _save_weights(rec: RunRecorder, scenario: str, rule: str, weights: torch.Tensor, world: World) -> None:
+    sel = _first_run(world)
+    e = world.edges
+    rec.save_arrays(f"weights__{scenario}__{rule}", src=e.src[sel].numpy(), dst=e.dst[sel].numpy(),
+                    w=weights[sel].double().numpy(), n=np.array(world.n))

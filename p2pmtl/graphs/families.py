@@ -1,0 +1,266 @@
+"""Graph families (networkx) and named topology specs from ``topologies/``.
+
+Every generator is a function with keyword parameters returning a networkx graph on nodes
+0..n-1. Directed edge ``l -> k`` means agent k receives from l. Every agent is its own
+neighbour (self loops are added by :class:`~p2pmtl.engine.edges.EdgeIndex`, not stored here).
+"""
+from __future__ import annotations
+
+import inspect
+import tomllib
+import typing
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import networkx as nx
+import numpy as np
+from pydantic import Field
+from scipy.spatial import cKDTree
+
+from ..registry import Registry
+from ..validation import plain
+
+GRAPHS: Registry[Callable[..., nx.Graph]] = Registry("graph family")
+"""Graph families. A family declares the range of each parameter in its signature
+(``Annotated[int, Field(ge=1)]``), checked where the config is loaded; relations between
+parameters (``k < n``) go in a ``check`` function given to ``register``, and the number of nodes
+a parameter set gives in ``nodes`` (default: the parameter ``n``)."""
+
+Nodes = Annotated[int, Field(ge=1, description="number of agents")]
+Positive = Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]
+Probability = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Seed = Annotated[int, Field(ge=0)]
+TOPOLOGY_DIR = Path(__file__).resolve().parent.parent / "topologies"
+
+
+def cap_in_neighbours(
+    src: np.ndarray, dst: np.ndarray, cap: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keep at most ``cap`` in-neighbours per receiver, chosen uniformly at random (vectorized:
+    random keys, sort by receiver then key, keep the first ``cap`` of each receiver)."""
+    order = np.lexsort((rng.random(src.size), dst))
+    src, dst = src[order], dst[order]
+    starts = np.searchsorted(dst, dst, side="left")
+    rank = np.arange(dst.size) - starts
+    keep = rank < cap
+    return src[keep], dst[keep]
+
+
+def _need(cond: bool, key: str, params: dict, rule: str) -> None:
+    if not cond:
+        raise ValueError(f"graph.{key} = {params.get(key)!r}: {rule}")
+
+
+@GRAPHS.register(
+    "random_geometric",
+    "agents uniform in [0,box]^2, linked within radius; optional cap on in-neighbours (Li2020)",
+)
+def random_geometric(
+    *,
+    n: Nodes,
+    radius: Positive = 1.0,
+    box: Positive = 3.0,
+    max_neighbors: Optional[Annotated[int, Field(ge=1)]] = None,
+    directed: bool = True,
+    seed: Seed = 0,
+) -> nx.Graph:
+    """Li2020's target-localization network: n agents uniform in [0, box]^2; l is a neighbour
+    of k when ||x_l - x_k|| <= radius; each agent keeps at most ``max_neighbors`` of them chosen
+    at random (the reference code: 9 plus itself), which makes the graph directed.
+    Positions are stored in the node attribute ``pos``."""
+    rng = np.random.default_rng(seed)
+    pos = rng.uniform(0.0, box, size=(n, 2))
+    pairs = cKDTree(pos).query_pairs(radius, output_type="ndarray").astype(np.int64)
+    src = np.concatenate([pairs[:, 0], pairs[:, 1]])
+    dst = np.concatenate([pairs[:, 1], pairs[:, 0]])
+    if max_neighbors is not None:
+        src, dst = cap_in_neighbours(src, dst, max_neighbors, rng)
+    g: nx.Graph = nx.DiGraph() if (directed or max_neighbors is not None) else nx.Graph()
+    g.add_nodes_from(range(n))
+    g.add_edges_from(zip(src.tolist(), dst.tolist()))
+    nx.set_node_attributes(g, {k: (float(p[0]), float(p[1])) for k, p in enumerate(pos)}, "pos")
+    return g
+
+
+@GRAPHS.register("complete", "every agent linked to every other")
+def complete(*, n: Nodes) -> nx.Graph:
+    return nx.complete_graph(n)
+
+
+@GRAPHS.register("ring", "cycle: every agent linked to its two neighbours")
+def ring(*, n: Nodes) -> nx.Graph:
+    return nx.cycle_graph(n)
+
+
+def _star_check(p: dict) -> None:
+    _need(p["n"] >= 2, "n", p, "a star needs n >= 2 (node 0, the hub or server, and at least one client)")
+
+
+@GRAPHS.register("star", "node 0 at the hub linked to all others (the server-mode layout)", check=_star_check)
+def star(*, n: Nodes) -> nx.Graph:
+    return nx.star_graph(n - 1)
+
+
+def _grid_check(p: dict) -> None:
+    if p.get("periodic"):
+        for key in ("rows", "cols"):
+            _need(p[key] >= 3, key, p, "a periodic grid needs rows >= 3 and cols >= 3")
+
+
+@GRAPHS.register("grid_2d", "rows x cols lattice (n = rows * cols), 4-neighbourhood", check=_grid_check,
+                 nodes=lambda p: p["rows"] * p["cols"])
+def grid_2d(*, rows: Nodes, cols: Nodes, periodic: bool = False) -> nx.Graph:
+    return nx.convert_node_labels_to_integers(nx.grid_2d_graph(rows, cols, periodic=periodic))
+
+
+@GRAPHS.register("erdos_renyi", "G(n, p): each pair linked with probability p")
+def erdos_renyi(*, n: Nodes, p: Probability, directed: bool = False, seed: Seed = 0) -> nx.Graph:
+    return nx.fast_gnp_random_graph(n, p, seed=seed, directed=directed)
+
+
+def _ws_check(p: dict) -> None:
+    _need(p["k"] < p["n"], "k", p, f"neighbours per node must be < n = {p['n']}")
+
+
+@GRAPHS.register("watts_strogatz", "small world: ring of k nearest neighbours, rewired with p", check=_ws_check)
+def watts_strogatz(*, n: Nodes, k: Annotated[int, Field(ge=1)], p: Probability, seed: Seed = 0) -> nx.Graph:
+    return nx.watts_strogatz_graph(n, k, p, seed=seed)
+
+
+def _ba_check(p: dict) -> None:
+    _need(p["m"] < p["n"], "m", p, f"edges per new node must be < n = {p['n']}")
+
+
+@GRAPHS.register("barabasi_albert", "preferential attachment, m edges per new node (scale-free)", check=_ba_check)
+def barabasi_albert(*, n: Nodes, m: Annotated[int, Field(ge=1)], seed: Seed = 0) -> nx.Graph:
+    return nx.barabasi_albert_graph(n, m, seed=seed)
+
+
+def _file_check(p: dict) -> None:
+    from_file(**p)  # parse now: a missing or malformed file is a config error
+
+
+def _file_nodes(p: dict) -> int:
+    return from_file(**p).number_of_nodes()
+
+
+@GRAPHS.register("file", "read a GraphML (.graphml) or edge-list (.edgelist/.txt) file", check=_file_check,
+                 nodes=_file_nodes)
+def from_file(*, path: str, directed: bool = False) -> nx.Graph:
+    """A graph file; any problem (missing, unreadable, malformed, empty) is a ``ValueError``
+    naming ``graph.path`` and the parser's complaint."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"graph.path = {path!r}: no such file (expected GraphML or edge list)")
+    try:
+        if p.suffix.lower() == ".graphml":
+            g = nx.read_graphml(p)
+            if directed and not g.is_directed():
+                g = g.to_directed()
+        else:
+            g = nx.read_edgelist(p, create_using=nx.DiGraph if directed else nx.Graph, nodetype=int)
+        g = nx.convert_node_labels_to_integers(g, ordering="sorted")
+    except Exception as e:  # parsers raise many types (ParseError, TypeError, KeyError, ...)
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"graph.path = {path!r}: cannot read it as "
+                         f"{'GraphML' if p.suffix.lower() == '.graphml' else 'an edge list of integer ids'}: "
+                         f"{msg}") from None
+    if g.number_of_nodes() == 0:
+        raise ValueError(f"graph.path = {path!r}: the file holds no nodes")
+    return g
+
+
+def family_parameters(family: str) -> dict[str, inspect.Parameter]:
+    return dict(inspect.signature(GRAPHS.get(family)).parameters)
+
+
+def check_family_params(family: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Validate ``params`` of ``family`` (unknown keys, missing keys, each value's type and
+    range from the signature, then the family's ``check``); return them with defaults filled.
+    Every error is a ``ValueError`` naming ``graph.<key>``, the value and what is allowed."""
+    from pydantic import TypeAdapter, ValidationError
+
+    allowed = family_parameters(family)
+    for key in params:
+        if key not in allowed:
+            raise ValueError(f"graph.{key}: not a parameter of family {family!r}; allowed: {', '.join(allowed)}")
+    missing = [k for k, p in allowed.items() if p.default is p.empty and k not in params]
+    if missing:
+        raise ValueError(f"graph family {family!r} needs {', '.join('graph.' + k for k in missing)}")
+    hints = typing.get_type_hints(GRAPHS.get(family), include_extras=True)
+    full = {k: p.default for k, p in allowed.items() if p.default is not p.empty}
+    for key, value in params.items():
+        ann = hints.get(key, allowed[key].annotation)
+        if ann is inspect.Parameter.empty:
+            full[key] = value
+            continue
+        try:
+            full[key] = TypeAdapter(ann).validate_python(value, strict=False)
+        except ValidationError as e:
+            raise ValueError(f"graph.{key} = {value!r}: {plain(e.errors()[0]['msg'])}") from None
+    extra = GRAPHS.entry(family).extra or {}
+    if extra.get("check") is not None:
+        extra["check"](full)
+    return full
+
+
+def family_nodes(family: str, params: dict[str, Any]) -> Optional[int]:
+    """The number of nodes ``params`` give, when known before the graph is drawn."""
+    extra = GRAPHS.entry(family).extra or {}
+    if extra.get("nodes") is not None:
+        return int(extra["nodes"](params))
+    n = params.get("n")
+    return int(n) if isinstance(n, int) else None
+
+
+def build_graph(family: str, params: dict[str, Any], seed: int) -> nx.Graph:
+    """Build a graph; ``seed`` is used where the family takes one and ``params`` sets none."""
+    allowed = family_parameters(family)
+    kwargs = dict(params)
+    if "seed" in allowed and "seed" not in kwargs:
+        kwargs["seed"] = seed
+    g = GRAPHS.get(family)(**kwargs)
+    check_graph(g)
+    return g
+
+
+def check_graph(g: nx.Graph) -> None:
+    """An empty graph is an error; a disconnected one a warning."""
+    if g.number_of_nodes() == 0:
+        raise ValueError("graph has no nodes")
+    connected = nx.is_weakly_connected(g) if g.is_directed() else nx.is_connected(g)
+    if not connected:
+        warnings.warn(
+            f"graph with {g.number_of_nodes()} nodes is not connected: some agents never hear "
+            "from others",
+            stacklevel=2,
+        )
+
+
+def named_topologies(extra_dirs: tuple[Path, ...] = ()) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in (*extra_dirs, Path.cwd() / "topologies", TOPOLOGY_DIR):
+        if d.is_dir():
+            for f in sorted(d.glob("*.toml")):
+                found.setdefault(f.stem, f)
+    return found
+
+
+def load_topology(name: str, extra_dirs: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The spec of a named topology: a TOML file ``topologies/NAME.toml`` holding ``family``,
+    its parameters, and an optional ``description``."""
+    specs = named_topologies(extra_dirs)
+    if name not in specs:
+        raise KeyError(f"graph.topology = {name!r}: unknown; allowed: {', '.join(sorted(specs))}")
+    spec = tomllib.loads(specs[name].read_text())
+    spec.pop("description", None)
+    return spec
+
+
+def positions(g: nx.Graph) -> Optional[np.ndarray]:
+    """Node positions ``[n, 2]`` if every node has a ``pos`` attribute, else None."""
+    pos = nx.get_node_attributes(g, "pos")
+    if len(pos) != g.number_of_nodes():
+        return None
+    return np.array([pos[k] for k in range(g.number_of_nodes())], dtype=np.float64)

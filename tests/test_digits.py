@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from p2pmtl.experiments.config import load_config
-from p2pmtl.engine.edges import EdgeIndex
-from p2pmtl.engine.messages import Messages
+from p2pmtl.core.edges import EdgeIndex
+from p2pmtl.core.messages import Messages
 from p2pmtl.tasks.models import DigitCNN
 from p2pmtl.engine.reference import naive_cnn_losses
 from p2pmtl.tasks.digits import ImageClassification

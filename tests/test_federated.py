@@ -158,7 +158,8 @@ def test_gossip_and_server_run_the_same_task_with_one_output_format(tmp_path):
     assert {r["agent"] for r in rows["server"]} == {r["agent"] for r in rows["gossip"]} == {str(i) for i in range(6)}
     assert {r["metric"] for r in rows["server"]} == {r["metric"] for r in rows["gossip"]} == {"test_loss", "test_acc"}
     # the same clients hold the same data in both modes (same seed, same split)
-    from p2pmtl.experiments.runner import build_world, run_seeds
+    from p2pmtl.engine.world import run_seeds
+    from p2pmtl.experiments.runner import build_world
     from p2pmtl.server.run import server_world
 
     g_cfg, s_cfg = load_config(data=gossip), load_config(data=server)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from p2pmtl.engine.edges import EdgeIndex
+from p2pmtl.core.edges import EdgeIndex
 from p2pmtl.graphs.families import GRAPHS, build_graph, load_topology, named_topologies, positions
 
 
@@ -84,7 +84,7 @@ def test_named_topologies_are_valid():
 def test_byzantine_placement_on_highest_degree_nodes():
     import networkx as nx
 
-    from p2pmtl.experiments.runner import choose_byzantine
+    from p2pmtl.engine.world import choose_byzantine
 
     g = nx.star_graph(5)
     g.add_edge(1, 2)

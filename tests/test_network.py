@@ -220,8 +220,8 @@ def test_static_fast_path_equals_general_round():
 def _star_timing(placement, network, clients=4, message_bytes=100.0):
     import networkx as nx
 
-    from p2pmtl.experiments.config import ClockConfig, NetworkConfig
-    from p2pmtl.engine.edges import EdgeIndex
+    from p2pmtl.network.config import ClockConfig, NetworkConfig
+    from p2pmtl.core.edges import EdgeIndex
     from p2pmtl.network.model import NetworkModel
     from p2pmtl.network.protocols import ServerRounds
 
@@ -249,7 +249,7 @@ def test_server_round_time_parallel_vs_sequential_clients():
 def test_server_deadline_drops_stragglers_from_the_aggregate():
     from test_federated import small_clients
     from p2pmtl.robust.aggregators import make_aggregator
-    from p2pmtl.experiments.config import ServerConfig
+    from p2pmtl.server.config import ServerConfig
     from p2pmtl.server.federated import FederatedRun, Method
 
     timing = _star_timing("parallel", {"latency": 0.1, "deadline": 3.0,
@@ -308,8 +308,8 @@ def test_step_cut_by_the_deadline_is_abandoned():
 def test_latency_from_an_edge_attribute_and_a_schedule_of_graphs(tmp_path):
     import networkx as nx
 
-    from p2pmtl.experiments.config import ClockConfig, NetworkConfig
-    from p2pmtl.engine.edges import EdgeIndex
+    from p2pmtl.network.config import ClockConfig, NetworkConfig
+    from p2pmtl.core.edges import EdgeIndex
     from p2pmtl.network.model import NetworkModel
 
     g = nx.path_graph(3)

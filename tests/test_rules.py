@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from p2pmtl.engine.edges import EdgeIndex
+from p2pmtl.core.edges import EdgeIndex
 from p2pmtl.rules.weights import Average, DistanceBased, LossBased, NonCooperative
 
 

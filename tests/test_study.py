@@ -108,7 +108,7 @@ def test_linear_server_mode_keeps_one_global_model(tmp_path):
 
 
 def test_linear_server_round_is_the_aggregate_of_local_steps():
-    from p2pmtl.experiments.runner import run_seeds
+    from p2pmtl.engine.world import run_seeds
     from p2pmtl.server.linear import LinearServer
 
     data = {"name": "tl", "mode": "server", "iterations": 1, "graph": {"family": "star", "n": 6},

@@ -152,7 +152,7 @@ def server_round(rounds: int = 3) -> list[dict]:
     from ..robust.attacks import make_attack
     from ..server.federated import Clients, FederatedRun, Method
     from ..server.run import build_aggregator, server_world
-    from ..experiments.runner import run_seeds
+    from ..engine.world import run_seeds
 
     path = Path("experiments/br_mtrl_table2.toml")
     if not path.is_file():

@@ -10,7 +10,7 @@ included (:class:`~p2pmtl.rules.weights.RuleSet`). Only the per-lane statistics 
 slices) and the attacks loop over lanes (M is small).
 
 Fast path (every message finite, no per-edge forgeries): no masks at all. Otherwise non-finite
-neighbour messages are dropped (weight 0). The population combines (:mod:`p2pmtl.engine.messages`).
+neighbour messages are dropped (weight 0). The population combines (:mod:`p2pmtl.core.messages`).
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from typing import Optional, Sequence
 import torch
 
 from ..robust.attacks import Attack, AttackContext
-from .edges import EdgeIndex
-from .messages import Messages
+from ..core.edges import EdgeIndex
+from ..core.messages import Messages
 from ..rules.weights import RuleSet, WeightRule
 from ..tasks.base import Population
 

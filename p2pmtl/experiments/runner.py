@@ -16,57 +16,13 @@ from tqdm.auto import tqdm
 from ..robust.attacks import make_attack
 from ..network.clock import SynchronousRounds
 from .config import ExperimentConfig, ScenarioConfig, dump_config
-from ..engine.edges import EdgeIndex
+from ..core.edges import EdgeIndex
 from ..engine.gossip import GossipEngine
 from ..graphs.families import build_graph, positions
 from ..io.records import RunRecorder, interruptible, json_safe
 from ..rules.weights import make_rule
 from ..tasks import TASKS
-
-DTYPES = {"float64": torch.float64, "float32": torch.float32}
-
-
-def run_seeds(seed: int) -> dict[str, int]:
-    """Independent child seeds of one run (numpy SeedSequence), one per random stream."""
-    kids = np.random.SeedSequence(seed).spawn(6)
-    names = ("graph", "setup", "data", "byzantine", "attack", "network")
-    return {k: int(s.generate_state(1)[0]) for k, s in zip(names, kids)}
-
-
-@dataclass
-class World:
-    """Everything fixed for one scenario across rules: graphs, agents, Byzantine sets."""
-
-    graphs: list
-    edges: EdgeIndex
-    setups: list
-    seeds: list[dict[str, int]]
-    byzantine: torch.Tensor  # node ids in the batched numbering
-    n: int
-    present: Optional[list] = None  # time-varying topology: world edge ids present per block
-
-    @property
-    def run_of_node(self) -> torch.Tensor:
-        return torch.arange(self.edges.num_nodes) // self.n
-
-
-def choose_byzantine(spec, n: int, seed: int, field: str = "byzantine", placement: str = "random",
-                     graph=None) -> np.ndarray:
-    """Byzantine node ids: listed, or a count placed at random or on the highest-degree nodes
-    (in-degree + out-degree without self loops; ties broken at random)."""
-    if isinstance(spec, int):
-        if spec > n:
-            raise ValueError(f"{field} = {spec}: more Byzantine agents than the {n} agents")
-        rng = np.random.default_rng(seed)
-        if placement == "degree":
-            deg = np.array([graph.degree(k) - 2 * graph.has_edge(k, k) for k in range(n)], dtype=np.float64)
-            return np.sort(np.lexsort((rng.random(n), -deg))[:spec])
-        return np.sort(rng.choice(n, size=spec, replace=False))
-    ids = np.asarray(spec, dtype=np.int64)
-    if ids.size and ids.max() >= n:
-        raise ValueError(f"{field} = {spec}: ids must be < {n} (the number of agents)")
-    return np.sort(ids)
-
+from ..engine.world import DTYPES, World, choose_byzantine, run_seeds
 
 def build_world(cfg: ExperimentConfig, scenario: ScenarioConfig) -> World:
     graphs, edges, setups, seeds, byz = [], [], [], [], []
@@ -423,16 +379,7 @@ def _save_world(rec: RunRecorder, scenario: str, world: World) -> None:
     if pos is None:
         pos = nx.spring_layout(g, seed=0) if g.number_of_nodes() <= 2000 else nx.random_layout(g, seed=0)
     byz = world.byzantine[world.byzantine < world.n].numpy()
-    _save_arrays_world(rec, scenario, g, pos, world.setups[0].group, byz)
-
-
-def _save_arrays_world(rec: RunRecorder, scenario: str, g, pos, groups: np.ndarray, byzantine: np.ndarray) -> None:
-    """Graph, positions ([n, 2] array or networkx layout dict), groups, Byzantine node ids."""
-    e = EdgeIndex.from_graph(g)
-    if isinstance(pos, dict):
-        pos = np.array([pos[k] for k in range(g.number_of_nodes())])
-    rec.save_arrays(f"world__{scenario}", src=e.src.numpy(), dst=e.dst.numpy(), pos=pos,
-                    groups=np.asarray(groups), byzantine=np.asarray(byzantine))
+    rec.save_world(scenario, g, pos, world.setups[0].group, byz)
 
 
 def _save_weights(rec: RunRecorder, scenario: str, rule: str, weights: torch.Tensor, world: World) -> None:

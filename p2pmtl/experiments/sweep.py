@@ -139,7 +139,7 @@ def load_sweep(path: Optional[Union[str, Path]] = None, overrides: Iterable[str]
 
 def _check_spec(cfg: ExperimentConfig, spec: SweepSpec, source: str) -> None:
     from ..robust.attacks import ATTACKS
-    from .config import ServerConfig
+    from ..server.config import ServerConfig
     from ..rules.weights import RULES
     from ..tasks import TASKS
 
@@ -188,7 +188,7 @@ def higher_is_better(metric: str) -> bool:
 
 def _agents(cfg: ExperimentConfig, seed: int) -> int:
     """Agents that can be Byzantine: the graph's nodes (server mode: minus the server)."""
-    from .runner import run_seeds
+    from ..engine.world import run_seeds
     from ..graphs.families import build_graph
 
     g = build_graph(cfg.graph.family, cfg.graph.params, seed=run_seeds(seed)["graph"])

@@ -2,7 +2,7 @@
 
 Every generator is a function with keyword parameters returning a networkx graph on nodes
 0..n-1. Directed edge ``l -> k`` means agent k receives from l. Every agent is its own
-neighbour (self loops are added by :class:`~p2pmtl.engine.edges.EdgeIndex`, not stored here).
+neighbour (self loops are added by :class:`~p2pmtl.core.edges.EdgeIndex`, not stored here).
 """
 from __future__ import annotations
 

@@ -103,6 +103,17 @@ class RunRecorder:
             }
         return out
 
+    def save_world(self, scenario: str, g, pos, groups: np.ndarray, byzantine: np.ndarray) -> None:
+        """``arrays/world__SCENARIO.npz``: the graph's edges, positions ([n, 2] array or a
+        networkx layout dict), groups and Byzantine node ids (for the network figure)."""
+        from ..core.edges import EdgeIndex
+
+        e = EdgeIndex.from_graph(g)
+        if isinstance(pos, dict):
+            pos = np.array([pos[k] for k in range(g.number_of_nodes())])
+        self.save_arrays(f"world__{scenario}", src=e.src.numpy(), dst=e.dst.numpy(), pos=pos,
+                         groups=np.asarray(groups), byzantine=np.asarray(byzantine))
+
     def save_arrays(self, name: str, **arrays: np.ndarray) -> None:
         np.savez_compressed(self.out / "arrays" / f"{name}.npz", **arrays)
 

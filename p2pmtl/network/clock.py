@@ -6,7 +6,7 @@ from typing import Callable
 
 import simpy
 
-from ..experiments.config import ClockConfig
+from .config import ClockConfig
 
 
 class SynchronousRounds:

@@ -21,8 +21,8 @@ from typing import Optional, Sequence
 import networkx as nx
 import numpy as np
 
-from ..experiments.config import ClockConfig, DistConfig, NetworkConfig
-from ..engine.edges import EdgeIndex
+from .config import ClockConfig, DistConfig, NetworkConfig
+from ..core.edges import EdgeIndex
 
 
 def draw(dist: DistConfig, size: int, rng: np.random.Generator, edge_values: Optional[np.ndarray] = None) -> np.ndarray:

@@ -430,7 +430,7 @@ class ServerRounds:
     @classmethod
     def for_star(cls, cfg, star, message_bytes: float, seed: int) -> "ServerRounds":
         """The network model of ``cfg`` (an experiment config) on the server's star graph."""
-        from ..engine.edges import EdgeIndex
+        from ..core.edges import EdgeIndex
 
         net = NetworkModel(cfg.network, cfg.clock, [star], EdgeIndex.from_graph(star), star.number_of_nodes(),
                            message_bytes, [seed])

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Optional
 
 import torch
 
-from ..engine.edges import EdgeIndex
+from ..core.edges import EdgeIndex
 from ..registry import Registry
 
 ATTACKS: Registry[type["Attack"]] = Registry("attack")

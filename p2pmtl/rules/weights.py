@@ -23,8 +23,8 @@ from typing import ClassVar, Optional, Sequence
 
 import torch
 
-from ..engine.edges import EdgeIndex
-from ..engine.ops import all_finite
+from ..core.edges import EdgeIndex
+from ..core.ops import all_finite
 from ..registry import Registry
 
 RULES: Registry[type["WeightRule"]] = Registry("weight rule")

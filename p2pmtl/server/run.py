@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from ..robust.aggregators import AGGREGATORS, PRE_AGGREGATORS, make_aggregator
 from ..robust.attacks import make_attack
 from ..network.clock import SynchronousRounds
-from ..experiments.config import ExperimentConfig, ScenarioConfig, ServerConfig
+from .config import ServerConfig
 from .federated import Clients, FederatedRun, FederatedSetup, Method
 from ..graphs.families import build_graph
 from ..io.records import RunRecorder, interruptible
@@ -32,9 +32,9 @@ def build_aggregator(method: Method, server: ServerConfig, rep_sizes: list[int],
     return make_aggregator(method.aggregator, pre=server.pre, **params)
 
 
-def server_world(cfg: ExperimentConfig, scenario: ScenarioConfig, seeds: dict):
+def server_world(cfg: "ExperimentConfig", scenario: "ScenarioConfig", seeds: dict):
     """(setup, Byzantine client ids) of one scenario; client i is node i + 1 of the star."""
-    from ..experiments.runner import choose_byzantine
+    from ..engine.world import choose_byzantine
 
     g = build_graph(cfg.graph.family, cfg.graph.params, seed=seeds["graph"])
     n_clients = g.number_of_nodes() - 1
@@ -43,9 +43,9 @@ def server_world(cfg: ExperimentConfig, scenario: ScenarioConfig, seeds: dict):
     return g, setup, byz
 
 
-def run_server_scenarios(cfg: ExperimentConfig, out_dir: Path, progress: bool, position: int = 0) -> tuple[dict, bool]:
+def run_server_scenarios(cfg: "ExperimentConfig", out_dir: Path, progress: bool, position: int = 0) -> tuple[dict, bool]:
     """All scenarios x methods of a server-mode config in this process; (summary, interrupted)."""
-    from ..experiments.runner import _save_arrays_world, run_seeds
+    from ..engine.world import run_seeds
     from .linear import LINEAR_TASKS, run_linear_server
 
     if cfg.task.name in LINEAR_TASKS:
@@ -63,7 +63,7 @@ def run_server_scenarios(cfg: ExperimentConfig, out_dir: Path, progress: bool, p
         for scenario, methods in plans:
             g, setup, byz = worlds[scenario.name]
             n = len(setup.clients)
-            _save_arrays_world(rec, scenario.name, g, nx.spring_layout(g, seed=0), np.r_[-1, setup.group], byz + 1)
+            rec.save_world(scenario.name, g, nx.spring_layout(g, seed=0), np.r_[-1, setup.group], byz + 1)
             normal = np.ones(n, dtype=bool)
             normal[byz] = False
             for name in methods:
@@ -93,7 +93,7 @@ def run_server_scenarios(cfg: ExperimentConfig, out_dir: Path, progress: bool, p
     return rec.summary, state["interrupted"]
 
 
-def _network_rounds(cfg: ExperimentConfig, rec: RunRecorder, run: FederatedRun, block, g, seeds: dict, bar) -> dict:
+def _network_rounds(cfg: "ExperimentConfig", rec: RunRecorder, run: FederatedRun, block, g, seeds: dict, bar) -> dict:
     """Server rounds on the network model (:class:`~p2pmtl.network.protocols.ServerRounds`); per-client
     bytes and time are recorded next to the accuracy; returns the round-time summary."""
     from ..network.protocols import ServerRounds, as_metrics

@@ -16,9 +16,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..engine.edges import EdgeIndex
-from ..engine.messages import Messages
-from ..engine.ops import rowdot
+from ..core.edges import EdgeIndex
+from ..core.messages import Messages
+from ..core.ops import rowdot
 from ..registry import Registry
 
 TASKS: Registry[type["Population"]] = Registry("task")

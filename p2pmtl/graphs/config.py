@@ -1,0 +1,44 @@
+"""The ``[graph]`` table: a named topology or a family with its parameters."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from .families import GRAPHS, check_family_params, load_topology
+
+
+class GraphConfig(BaseModel):
+    """Either ``topology = NAME`` (a spec in ``topologies/``) or ``family`` plus its parameters
+    (see ``p2pmtl list``). Parameters given here override the named spec's."""
+
+    model_config = ConfigDict(extra="allow")
+    topology: Optional[str] = None
+    family: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _resolve(self) -> "GraphConfig":
+        params = dict(self.model_extra or {})
+        family = self.family
+        if self.topology is not None:
+            try:
+                spec = load_topology(self.topology)
+            except KeyError as e:
+                raise ValueError(str(e.args[0])) from None
+            family = family or spec.pop("family")
+            spec.pop("family", None)
+            params = {**spec, **params}
+        if family is None:
+            raise ValueError("give graph.topology (a named spec) or graph.family")
+        if family not in GRAPHS:
+            raise ValueError(f"graph.family = {family!r}: unknown; allowed: {', '.join(GRAPHS.names())}")
+        check_family_params(family, params)
+        self.family = family
+        for k in list((self.model_extra or {}).keys()):
+            del self.model_extra[k]
+        self.__pydantic_extra__.update(params)
+        return self
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})

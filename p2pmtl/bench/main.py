@@ -18,23 +18,11 @@ import numpy as np
 import torch
 
 from ..experiments.config import load_config
+from .common import bench_config
 from ..experiments.runner import build_world, make_engine
 from ..engine.reference import ReferenceDiffusion
 
 RULES = ["noncoop", "average", "loss", "distance"]
-
-
-def bench_config(n: int, byzantine: int, runs: int = 1):
-    """Li2020's network at density 100 agents per 3x3 box, for any n."""
-    box = 3.0 * (n / 100) ** 0.5
-    return load_config(data={
-        "name": "bench", "runs": runs, "iterations": 1,
-        "graph": {"family": "random_geometric", "n": n, "radius": 1.0, "box": box,
-                  "max_neighbors": 9, "directed": True},
-        "task": {"box": box},
-        "scenarios": [{"name": "attack", "byzantine": byzantine,
-                       "attack": {"name": "uniform", "low": 15.0, "high": 16.0}}],
-    })
 
 
 def _time(fn, iters: int, repeats: int = 5) -> float:
@@ -220,6 +208,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "child":
         print(json.dumps(scale_child(int(sys.argv[2]), int(sys.argv[3]))))
     else:
-        from ..cli import main as cli_main
-
-        sys.exit(cli_main(["bench", *sys.argv[1:]]))
+        sys.exit("usage: p2pmtl bench [--only PART ...]  (this module's own entry point only runs scale children)")

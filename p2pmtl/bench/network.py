@@ -14,11 +14,10 @@ import time
 
 from ..experiments.config import load_config
 from ..experiments.runner import build_world, make_engine, make_protocol
+from .common import bench_config
 
 
 def _setup(n: int, network: dict, rules: list[str], byzantine: int = 0, iterations: int = 1):
-    from .main import bench_config
-
     base = bench_config(n, byzantine)
     data = base.model_dump(mode="json")
     data.update(iterations=iterations, network=network, rules={"names": rules})

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-from .experiments.bundled import resolve_config
+from .resources import resolve_config
 from .experiments.config import ConfigError, ExperimentConfig
 from .experiments.config import load_config as _load_config
 from .experiments.results import RunResults, StudyResults, SweepResults

@@ -21,7 +21,8 @@ import torch
 from ..robust.attacks import Attack, AttackContext
 from ..core.edges import EdgeIndex
 from ..core.messages import Messages
-from ..rules.weights import RuleSet, WeightRule
+from ..rules.combine import CombineContext, CombineStep
+from ..rules.weights import Average, RuleContext, RuleSet, WeightRule, normalise_scores
 from ..tasks.base import Population
 
 
@@ -35,11 +36,19 @@ class GossipEngine:
         attacks: Optional[Sequence[Optional[Attack]]] = None,
         attack_seeds: Sequence[int] = (),
         run_of_node: Optional[torch.Tensor] = None,
+        combines: Optional[Sequence[Optional[CombineStep]]] = None,
     ) -> None:
         """``world_edges``: the world's edge list; ``rules``: one weight rule per lane;
         ``byzantine``: Byzantine node ids of the world (the same in every lane); ``attacks``:
         one fresh attack object per lane, each drawing from its own generators seeded with
-        ``attack_seeds`` (one per run), so that lanes see identical forgeries."""
+        ``attack_seeds`` (one per run), so that lanes see identical forgeries; ``combines``: one
+        combine step per lane (None: the weighted average, on the population's fast path).
+
+        Rules on the general path (:meth:`WeightRule.general`) are evaluated lane by lane and
+        replace their lane's slice of the fused :class:`RuleSet` weights (where they hold a
+        placeholder); combine steps other than the weighted average replace their lane's models
+        after the population's fast combination. Either way a lane's numbers do not depend on
+        which other lanes run beside it."""
         self.pop, self.world_edges, self.rules = population, world_edges, list(rules)
         self.lanes = m = len(self.rules)
         self.n0, self.e0 = world_edges.num_nodes, world_edges.num_edges
@@ -67,7 +76,17 @@ class GossipEngine:
         self.attack_generators = [
             [torch.Generator().manual_seed(int(s)) for s in attack_seeds] for _ in range(m)
         ]
-        self.rule_set = RuleSet(self.rules, world_edges, dtype=population.dtype, lanes_edges=self.edges)
+        self.general = [j for j, r in enumerate(self.rules) if r.general()]
+        fused = [r for r in self.rules if not r.general()]
+        placeholder = Average(nu=fused[0].nu, init_score=fused[0].init_score) if fused else Average()
+        self.rule_set = RuleSet([placeholder if r.general() else r for r in self.rules], world_edges,
+                                dtype=population.dtype, lanes_edges=self.edges)
+        for j in self.general:
+            self.rules[j].setup(world_edges, population.dtype)
+        self.combines = list(combines) if combines is not None else [None] * m
+        self.slow_combines = [j for j, c in enumerate(self.combines)
+                              if c is not None and not c.fast_weighted_average]
+        self._step = 0
         self.weights: Optional[torch.Tensor] = None  # [M*E0]
         self.sent: Optional[torch.Tensor] = None  # [M*N0, D]
 
@@ -92,6 +111,7 @@ class GossipEngine:
     def produce(self, step: int, active: Optional[torch.Tensor] = None):
         """Adapt (Li2020 eq. 2) and forge: (broadcast rows ``[M*N0, D]``, per-edge forgeries)."""
         pop = self.pop
+        self._step = step
         pop.sample(step, active)
         psi = pop.adapt(active)
         sent, overrides = psi, (None, None)
@@ -118,18 +138,55 @@ class GossipEngine:
         return Messages(sent, self.edges, self.lanes, self.byz_all, *overrides, delivered=ok, receivers=active)
 
     def consume(self, msgs: Messages) -> None:
-        """Weights (Li2020 eqs. 4, 9-10) and combination (eq. 3) for every lane."""
+        """Weights (Li2020 eqs. 4, 9-10, or a rule's own) and combination (eq. 3, or the lane's
+        combine step) for every lane."""
         pop = self.pop
         stats = []
         for j, rule in enumerate(self.rules):
-            if rule.needs == "loss":
+            if rule.general():
+                stats.append(None)
+            elif rule.needs == "loss":
                 stats.append(pop.edge_losses(msgs, j))
             elif rule.needs == "distance":
                 stats.append(pop.edge_sq_dists(msgs, j))
             else:
                 stats.append(None)
-        self.weights = self.rule_set.weights(stats, msgs.valid)
-        pop.combine(msgs, self.weights)
+        weights = self.rule_set.weights(stats, msgs.valid)
+        if self.general:
+            weights = weights.clone()
+            for j in self.general:
+                weights[self.lane_edges(j)] = self._general_weights(j, msgs)
+        self.weights = weights
+        pop.combine(msgs, weights)
+        for j in self.slow_combines:
+            pop.set_lane_models(j, self._combine_lane(j, msgs, weights))
+
+    def _lane_valid(self, msgs: Messages, j: int) -> Optional[torch.Tensor]:
+        return None if msgs.valid is None else msgs.valid[self.lane_edges(j)]
+
+    def _general_weights(self, j: int, msgs: Messages) -> torch.Tensor:
+        """A general rule's weights for lane j: its scores, normalised (invalid edges 0)."""
+        rule, pop = self.rules[j], self.pop
+        stat = None
+        if rule.needs == "loss":
+            stat = pop.edge_losses(msgs, j)
+        elif rule.needs == "distance":
+            stat = pop.edge_sq_dists(msgs, j)
+        valid = self._lane_valid(msgs, j)
+        ctx = RuleContext(self._step, j, self.world_edges, stat, valid,
+                          messages=lambda: msgs.per_edge()[self.lane_edges(j)],
+                          own=lambda: msgs.sent[self.lane(j)], population=pop)
+        scores = rule.scores(ctx)
+        if scores.shape != (self.e0,):
+            raise ValueError(f"rule {type(rule).__name__}.scores returned shape {tuple(scores.shape)}; "
+                             f"expected one score per edge, ({self.e0},)")
+        return normalise_scores(self.world_edges, scores.to(weights_dtype(pop)), valid)
+
+    def _combine_lane(self, j: int, msgs: Messages, weights: torch.Tensor) -> torch.Tensor:
+        """Lane j's new models from its combine step (per-edge tensors of that lane)."""
+        ctx = CombineContext(self.world_edges, msgs.per_edge()[self.lane_edges(j)], self._lane_valid(msgs, j),
+                             weights[self.lane_edges(j)], msgs.sent[self.lane(j)])
+        return self.combines[j].combine(ctx)
 
     def _forge(self, step: int, psi: torch.Tensor):
         """Byzantine messages of every lane: broadcast forgeries, and per-edge ones if any."""
@@ -154,3 +211,7 @@ class GossipEngine:
     def lane_values(self, values: torch.Tensor, j: int) -> torch.Tensor:
         """Lane j's slice of a per-node tensor ``[M*N0, ...]``."""
         return values[self.lane(j)]
+
+
+def weights_dtype(population: Population) -> torch.dtype:
+    return population.dtype

@@ -123,9 +123,17 @@ class ScenarioConfig(Strict):
 
 
 class RulesConfig(Strict):
-    names: list[str] = ["noncoop", "average", "loss", "distance"]
+    """The gossip rules, one lane each: weights (and optionally their own combine step)."""
+
+    names: list[str] = Field(["noncoop", "average", "loss", "distance"],
+                             description="weight rules compared as lanes of one engine (`p2pmtl list`)")
     nu: float = Field(0.1, gt=0, le=1, description="forgetting factor of the smoothed scores")
     init_score: float = Field(10.0, gt=0, allow_inf_nan=False, description="initial value of every smoothed score")
+    params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per-rule parameters, e.g. { cosine = { floor = 0.1 } }")
+    combine: str = Field("weighted_average", description="combine step of every lane whose rule names none "
+                                                         "(`p2pmtl list`): weighted_average is Li2020 eq. 3")
+    combine_params: dict[str, Any] = Field(default_factory=dict, description="parameters of the combine step")
 
     @field_validator("names")
     @classmethod
@@ -134,6 +142,34 @@ class RulesConfig(Strict):
         if not v:
             raise ValueError("give at least one weight rule")
         return v
+
+    @field_validator("combine")
+    @classmethod
+    def _combine(cls, v):
+        from ..rules.combine import COMBINES
+
+        registered([v], COMBINES)
+        return v
+
+    @model_validator(mode="after")
+    def _build(self) -> "RulesConfig":
+        """Every rule and the combine step are built once here, so bad parameters fail now."""
+        from ..rules.combine import make_combine
+        from ..rules.weights import make_rule
+
+        for name in self.params:
+            if name not in self.names:
+                raise ValueError(f"rules.params.{name}: not among rules.names ({', '.join(self.names)})")
+        for name in self.names:
+            try:
+                make_rule(name, nu=self.nu, init_score=self.init_score, **self.params.get(name, {}))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"rules.params.{name}: {e}") from None
+        try:
+            make_combine(self.combine, **self.combine_params)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"rules.combine_params: {e}") from None
+        return self
 
 
 class OutputConfig(Strict):

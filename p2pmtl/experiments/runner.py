@@ -20,6 +20,7 @@ from ..core.edges import EdgeIndex
 from ..engine.gossip import GossipEngine
 from ..graphs.families import build_graph, positions
 from ..io.records import RunRecorder, interruptible, json_safe
+from ..rules.combine import make_combine
 from ..rules.weights import make_rule
 from ..tasks import TASKS
 from ..engine.world import DTYPES, World, choose_byzantine, run_seeds
@@ -57,12 +58,15 @@ def make_engine(cfg: ExperimentConfig, world: World, scenario: ScenarioConfig, r
     task = TASKS.get(cfg.task.name)
     dtype = DTYPES[cfg.dtype] if cfg.dtype else task.default_dtype
     pop = task.for_world(cfg, world, len(rule_names), dtype)
-    rules = [make_rule(r, nu=cfg.rules.nu, init_score=cfg.rules.init_score) for r in rule_names]
+    rules = [make_rule(r, nu=cfg.rules.nu, init_score=cfg.rules.init_score, **cfg.rules.params.get(r, {}))
+             for r in rule_names]
+    combines = [make_combine(r.combine) if r.combine else make_combine(cfg.rules.combine, **cfg.rules.combine_params)
+                for r in rules]
     attacks = None
     if world.byzantine.numel():
         attacks = [make_attack(scenario.attack.name, **scenario.attack.params) for _ in rule_names]
     return GossipEngine(pop, world.edges, rules, world.byzantine, attacks,
-                        [s["attack"] for s in world.seeds], world.run_of_node)
+                        [s["attack"] for s in world.seeds], world.run_of_node, combines)
 
 
 def run_experiment(

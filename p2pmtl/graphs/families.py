@@ -19,6 +19,7 @@ from pydantic import Field
 from scipy.spatial import cKDTree
 
 from ..registry import Registry
+from ..resources import bundled_dir
 from ..validation import plain
 
 GRAPHS: Registry[Callable[..., nx.Graph]] = Registry("graph family")
@@ -31,7 +32,7 @@ Nodes = Annotated[int, Field(ge=1, description="number of agents")]
 Positive = Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]
 Probability = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 Seed = Annotated[int, Field(ge=0)]
-TOPOLOGY_DIR = Path(__file__).resolve().parent.parent / "topologies"
+TOPOLOGY_DIR = bundled_dir("topologies")
 
 
 def cap_in_neighbours(

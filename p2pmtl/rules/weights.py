@@ -15,11 +15,27 @@ lanes together instead of ~10 per lane.
 
 ``valid`` marks edges whose message is finite (None: all are). Invalid or non-finite-statistic
 edges get weight 0 and leave their score untouched; an agent's own edge always gets weight.
+
+**Your own rule.** Subclass :class:`WeightRule`, override :meth:`WeightRule.scores` (and
+:meth:`WeightRule.setup` for state), and register it::
+
+    @p2pmtl.register_rule("cosine", "a_lk ~ max(0, cos(theta_k, psi_l))")
+    class Cosine(p2pmtl.WeightRule):
+        def scores(self, ctx):
+            own = ctx.edges.gather(ctx.own(), "dst")          # [E0, D] receiver's model per edge
+            msg = ctx.messages()                               # [E0, D] what each edge carries
+            return torch.cosine_similarity(own, msg, dim=1).clamp_min(0)
+
+A rule that overrides ``scores`` runs on the general path: the engine evaluates it once per
+lane on that lane's edge list (vectorized over all agents and runs; no loop over agents or
+edges), then sets invalid edges to 0 and normalises over each receiver's in-edges. The four
+built-in rules keep their fused path (:class:`RuleSet`).
 """
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import torch
 
@@ -36,19 +52,62 @@ def inverse_score(phi: torch.Tensor) -> torch.Tensor:
     return torch.reciprocal(phi.clamp_min(torch.finfo(phi.dtype).tiny ** 0.5))
 
 
+@dataclass
+class RuleContext:
+    """What a rule may look at in one round, for one lane (edge list of the *world*: E0 edges
+    sorted by receiver, self loops included, N0 nodes = runs x agents).
+
+    ``stat`` is the statistic the rule asked for with ``needs`` (``"loss"``: l(psi_l; xi_k), the
+    sender's model on the receiver's data; ``"distance"``: ||theta_k - psi_l||^2), ``[E0]``, or
+    None. ``valid`` marks edges whose message arrived and is finite (None: all). ``messages()``
+    gives what every edge carries, ``[E0, D]`` (non-finite neighbour messages zeroed);
+    ``own()`` the receivers' models before this combination, ``[N0, D]``. Both are computed on
+    first use only."""
+
+    step: int
+    lane: int
+    edges: Any  # EdgeIndex of the world
+    stat: Optional[torch.Tensor]
+    valid: Optional[torch.Tensor]
+    messages: Callable[[], torch.Tensor]
+    own: Callable[[], torch.Tensor]
+    population: Any = None
+
+
 class WeightRule:
-    """A weight rule, declared by three class attributes:
+    """A weight rule. Built-in rules are declared by three class attributes and evaluated
+    together by :class:`RuleSet` (the fused path):
 
     - ``needs``: the per-edge statistic it smooths into scores (None, "loss" or "distance");
     - ``filtered``: keep only neighbours with phi_lk <= phi_kk (Li2020 eq. 10);
     - ``self_only``: put all weight on the agent itself (non-cooperation).
 
-    ``weights(edges, stat, valid)`` evaluates the rule alone (a one-lane :class:`RuleSet`).
+    A rule that overrides :meth:`scores` runs on the general path instead. ``combine`` names
+    the :class:`~p2pmtl.rules.combine.CombineStep` its lane uses (None: the config's, by
+    default the weighted average of Li2020 eq. 3).
+
+    ``weights(edges, stat, valid)`` evaluates a built-in rule alone (a one-lane :class:`RuleSet`).
     """
 
     needs: ClassVar[Optional[str]] = None
     filtered: ClassVar[bool] = False
     self_only: ClassVar[bool] = False
+    combine: ClassVar[Optional[str]] = None
+
+    @classmethod
+    def general(cls) -> bool:
+        """True when the rule computes its own scores (not the fused built-in formula)."""
+        return cls.scores is not WeightRule.scores
+
+    def setup(self, edges: EdgeIndex, dtype: torch.dtype) -> None:
+        """Called once before the first round with the world's edge list (keep per-edge state
+        here, e.g. ``self.phi = torch.ones(edges.num_edges, dtype=dtype)``)."""
+
+    def scores(self, ctx: RuleContext) -> torch.Tensor:
+        """Non-negative per-edge scores ``[E0]`` of one lane; the engine zeroes invalid edges
+        and normalises over each receiver's in-edges (a receiver whose scores are all 0 keeps
+        its own model). Override to write a rule."""
+        raise NotImplementedError
 
     def __init__(self, *, nu: float = 0.1, init_score: float = 10.0) -> None:
         if not 0.0 < nu <= 1.0:
@@ -165,5 +224,33 @@ class RuleSet:
         return raw / torch.index_select(self.edges.segment_sum(raw), 0, self.edges.dst)
 
 
-def make_rule(name: str, *, nu: float, init_score: float) -> WeightRule:
-    return RULES.get(name)(nu=nu, init_score=init_score)
+def normalise_scores(edges: EdgeIndex, scores: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+    """Weights from a general rule's scores: NaN, negative and invalid edges (except the
+    receiver's own) count 0; each receiver's weights sum to 1; a receiver whose scores are all
+    0 puts weight 1 on itself."""
+    is_self = edges.src == edges.dst
+    s = torch.nan_to_num(scores, nan=0.0, posinf=torch.finfo(scores.dtype).max).clamp_min(0)
+    if valid is not None:
+        s = torch.where(valid | is_self, s, 0.0)
+    total = torch.index_select(edges.segment_sum(s), 0, edges.dst)
+    empty = total <= 0
+    s = torch.where(empty, is_self.to(s.dtype), s)
+    total = torch.where(empty, 1.0, total)
+    return s / total
+
+
+def make_rule(name: str, *, nu: float = 0.1, init_score: float = 10.0, **params: Any) -> WeightRule:
+    """A registered rule with its parameters; ``nu`` and ``init_score`` reach rules whose
+    constructor takes them. Unknown parameters are an error listing the accepted ones."""
+    import inspect
+
+    cls = RULES.get(name)
+    sig = inspect.signature(cls.__init__).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in sig.values())
+    accepted = [k for k in sig if k != "self"]
+    unknown = [k for k in params if k not in sig and not takes_any]
+    if unknown:
+        raise ValueError(f"rule {name!r}: unknown parameter(s) {', '.join(unknown)}; "
+                         f"accepted: {', '.join(accepted) or '(none)'}")
+    kwargs = {k: v for k, v in (("nu", nu), ("init_score", init_score)) if k in sig or takes_any}
+    return cls(**kwargs, **params)

@@ -66,6 +66,15 @@ class Population(ABC):
     def message_bytes(self) -> int:
         """Bytes of one model message."""
 
+    def set_lane_models(self, lane: int, rows: torch.Tensor) -> None:
+        """Replace lane ``lane``'s models (the gossiped columns, ``[N0, D]``) after
+        :meth:`combine`: how a combine step other than the weighted average writes its result.
+        Populations that keep models elsewhere than ``theta`` override it."""
+        n0 = self.world_nodes
+        theta = self.theta.clone()
+        theta[lane * n0:(lane + 1) * n0, : rows.shape[1]] = rows.to(theta.dtype)
+        self.theta = theta
+
 
 class StackedPopulation(Population):
     """Linear models: every agent's parameters as one row of ``theta [M*N0, D]``."""

@@ -325,6 +325,14 @@ class ImageClassification(Population):
         self.theta = theta
         self.bank.load(theta)
 
+    def set_lane_models(self, lane: int, rows: torch.Tensor) -> None:
+        n0 = self.world_nodes
+        theta = self.theta.clone()
+        theta[lane * n0:(lane + 1) * n0, :self.shared] = rows.to(theta.dtype)
+        self.theta = theta
+        ids = range(lane * n0, (lane + 1) * n0)
+        self.bank.load(theta[lane * n0:(lane + 1) * n0], ids)
+
     def metrics(self) -> dict[str, torch.Tensor]:
         """Test loss and accuracy of every agent's current model on its own test set."""
         loss = torch.zeros(self.lanes * self.world_nodes, dtype=torch.float64)

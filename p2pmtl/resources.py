@@ -33,7 +33,7 @@ def bundled_configs() -> dict[str, Path]:
 def resolve_config(source: Union[str, Path]) -> Path:
     """A config path from a path or a bundled name; a missing one is a ConfigError that lists
     the bundled names."""
-    from .config import ConfigError
+    from .validation import ConfigError
 
     p = Path(source).expanduser()
     if p.is_file():

@@ -71,10 +71,8 @@ def sweep(config: Union[str, Path, dict], out: Union[str, Path], *, overrides: I
           progress: bool = False, figures: bool = True) -> SweepResults:
     """Run (or resume) the attack x defence x fraction x seed grid of a sweep config (a path, a
     bundled name or a dict with a ``sweep`` table) into ``out``; returns its tables."""
-    from .experiments.plugins import load_plugins
     from .experiments.sweep import run_sweep
 
-    load_plugins(plugins)
     src = config if isinstance(config, dict) else resolve_config(config)
     run_sweep(src, out, overrides=list(overrides), jobs=jobs, backend=backend, progress=progress,
               figures=figures, plugins=list(plugins))
@@ -85,11 +83,9 @@ def study(path: Union[str, Path], out: Union[str, Path], *, plugins: Iterable[st
           progress: bool = False) -> StudyResults:
     """Run (or resume) the variants of a study file (a path or a bundled study name) into
     ``out``; returns one row per variant."""
-    from .experiments.plugins import load_plugins
     from .experiments.study import run_study
 
-    load_plugins(plugins)
-    run_study(resolve_config(path), Path(out), progress=progress)
+    run_study(resolve_config(path), Path(out), progress=progress, plugins=list(plugins))
     return StudyResults.load(out)
 
 

@@ -1,12 +1,26 @@
-"""Command line: ``p2pmtl run | sweep | study | list | plot | bench``."""
+"""Command line: ``p2pmtl run | sweep | study | list | plot | bench``.
+
+Every command takes ``--plugin MODULE_OR_FILE`` (repeatable) and ``--quiet``; messages go
+through the standard :mod:`logging` module (logger ``p2pmtl``), results to stdout.
+"""
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
+
+log = logging.getLogger("p2pmtl")
+
+
+def _config_path(source: str) -> Path:
+    """A config path, or the bundled config of that name (``p2pmtl run target_localization``)."""
+    from .resources import resolve_config
+
+    return resolve_config(source)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -15,16 +29,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .io.rundir import unique_default
 
     try:
-        cfg = load_config(args.config, args.set)
+        cfg = load_config(_config_path(args.config), args.set, plugins=args.plugin)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if getattr(cfg, "sweep", None) is not None:
-        print(f"note: {args.config} has a [sweep] table; `p2pmtl run` runs its base config once "
-              f"(use `p2pmtl sweep {args.config}` for the grid)", file=sys.stderr)
+        log.info(f"note: {args.config} has a [sweep] table; `p2pmtl run` runs its base config once "
+                 f"(use `p2pmtl sweep {args.config}` for the grid)")
     out = Path(args.out) if args.out else unique_default(Path("runs"), cfg.name)
     try:
-        summary = run_experiment(cfg, out, progress=not args.no_progress,
+        summary = run_experiment(cfg, out, progress=not (args.no_progress or args.quiet),
                                  figures=False if args.no_figures else None, jobs=args.jobs,
                                  overwrite=args.overwrite)
     except KeyboardInterrupt:
@@ -32,6 +46,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, KeyError) as e:
+        if not args.out and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # the default folder made for this run: nothing was written
         if (out / "summary.json").is_file():
             print(f"error: {_one_line(e)}\n(partial results in {out}; summary.json says failed)", file=sys.stderr)
         else:
@@ -96,25 +112,35 @@ def format_server_summary(res: dict) -> str:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    """Every registered component, with ``[plugin: MODULE]`` after those a plugin added."""
     import tomllib
 
+    from .data import IMAGE_SETS
+    from .experiments.plugins import load_plugins
+    from .graphs.families import GRAPHS, named_topologies
     from .robust.aggregators import AGGREGATORS, PRE_AGGREGATORS
     from .robust.attacks import ATTACKS
-    from .graphs.families import GRAPHS, named_topologies
-    from .tasks.models import MODELS
+    from .rules.combine import COMBINES
     from .rules.weights import RULES
     from .tasks import TASKS
+    from .tasks.models import MODELS
 
-    attacks = [(n, f"{d} [knows: {ATTACKS.get(n).knows}]") for n, d in ATTACKS.describe()]
+    load_plugins(args.plugin)
+
+    def rows(registry, extra=lambda e: ""):
+        return [(e.name, e.description + extra(e) + ("" if e.builtin else f" [plugin: {e.origin}]"))
+                for e in registry.entries()]
+
     schemes = [("fedavg", "one global model, aggregated whole"),
                ("fedper", "representation and personal head trained together; representation aggregated"),
                ("fedrep", "alternating head / representation updates, mean aggregation"),
                ("br-mtrl", "alternating updates, robust aggregation (br-mtrl+gm, br-mtrl+krum, ...)")]
-    sections = [("weight rules (gossip)", RULES.describe()), ("server methods: SCHEME[+AGGREGATOR]", schemes),
-                ("aggregators", AGGREGATORS.describe()), ("pre-aggregation steps", PRE_AGGREGATORS.describe()),
-                ("attacks", attacks), ("graph families", GRAPHS.describe()), ("tasks", [*TASKS.describe(), ("federated_images",
-                 "BR-MTRL personalised classification, clients with S classes each (server mode)")]),
-                ("models", MODELS.describe())]
+    sections = [("weight rules (gossip)", rows(RULES)), ("combine steps (gossip)", rows(COMBINES)),
+                ("server methods: SCHEME[+AGGREGATOR]", schemes),
+                ("aggregators", rows(AGGREGATORS)), ("pre-aggregation steps", rows(PRE_AGGREGATORS)),
+                ("attacks", rows(ATTACKS, lambda e: f" [knows: {e.obj.knows}]")), ("graph families", rows(GRAPHS)),
+                ("tasks", rows(TASKS)), ("models", rows(MODELS)),
+                ("datasets (task.datasets, beside mnist, synthetic, emnist, cifar10, folder)", rows(IMAGE_SETS))]
     for title, items in sections:
         print(f"{title}:")
         for name, desc in items:
@@ -139,7 +165,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
         print(f"error: {run_dir} is not a run directory (no curves.csv, no summary.json)", file=sys.stderr)
         return 2
     for line in problems:
-        print(f"note: {line}", file=sys.stderr)
+        log.warning(f"note: {line}")
     for p in plot_run(run_dir):
         print(p)
     summary = run_dir / "summary.json"
@@ -162,11 +188,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(format_matrix(write_matrix(run_dir, metric=args.metric)))
         return 0
     try:
-        cfg, _ = load_sweep(args.config, args.set)
+        path = _config_path(args.config)
+        cfg, _ = load_sweep(path, args.set, plugins=args.plugin)
         out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-sweep"
-        matrix = run_sweep(args.config, out, overrides=args.set, jobs=args.jobs, backend=args.backend,
-                           ray_address=args.ray_address, progress=not args.no_progress,
-                           figures=not args.no_figures)
+        matrix = run_sweep(path, out, overrides=args.set, jobs=args.jobs, backend=args.backend,
+                           ray_address=args.ray_address, progress=not (args.no_progress or args.quiet),
+                           figures=not args.no_figures, plugins=args.plugin)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -191,9 +218,10 @@ def _cmd_study(args: argparse.Namespace) -> int:
             res = plot_study(Path(args.study))
             out = Path(args.study)
         else:
-            study, _ = load_study(Path(args.study))
+            path = _config_path(args.study)
+            study, _ = load_study(path, args.plugin)
             out = Path(args.out) if args.out else Path("runs") / study.name
-            res = run_study(Path(args.study), out, progress=not args.no_progress)
+            res = run_study(path, out, progress=not (args.no_progress or args.quiet), plugins=args.plugin)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -215,13 +243,25 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     p = argparse.ArgumentParser(
         prog="p2pmtl",
         description="Decentralized multi-task learning with Byzantine agents on a SimPy clock.",
     )
+    p.add_argument("--version", action="version", version=f"p2pmtl {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE",
+                        help="import a module or .py file that registers components (repeatable)")
+    common.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars")
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run an experiment config", description="Run every scenario x weight rule of a TOML config.")
-    r.add_argument("config", help="experiment TOML file, e.g. experiments/target_localization.toml")
+
+    def add(*args, **kwargs) -> argparse.ArgumentParser:
+        """A command that takes the common options (--plugin, --quiet)."""
+        return sub.add_parser(*args, parents=[common], **kwargs)
+
+    r = add("run", help="run an experiment config", description="Run every scenario x weight rule of a TOML config.")
+    r.add_argument("config", help="experiment TOML file or bundled config name, e.g. target_localization")
     r.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set iterations=100 --set scenarios.1.byzantine=5")
@@ -232,12 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     r.set_defaults(func=_cmd_run)
-    ls = sub.add_parser("list", help="list weight rules, attacks, graph families, tasks, topologies")
+    ls = add("list", help="list weight rules, attacks, graph families, tasks, topologies")
     ls.set_defaults(func=_cmd_list)
-    pl = sub.add_parser("plot", help="(re)draw the figures of a run directory")
+    pl = add("plot", help="(re)draw the figures of a run directory")
     pl.add_argument("run_dir")
     pl.set_defaults(func=_cmd_plot)
-    sw = sub.add_parser("sweep", help="run an attack x defence x Byzantine fraction x seed grid",
+    sw = add("sweep", help="run an attack x defence x Byzantine fraction x seed grid",
                         description="Run the cells of a sweep config ([sweep] table) in parallel, skipping "
                                     "finished cells, and draw the resilience matrix (matrix.png, matrix.csv).")
     sw.add_argument("config", help="sweep TOML file (with --plot: a sweep directory)")
@@ -253,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--no-progress", action="store_true", help="no progress bar")
     sw.add_argument("--no-figures", action="store_true", help="skip matrix.png")
     sw.set_defaults(func=_cmd_sweep)
-    st = sub.add_parser("study", help="run the variants of a study and draw its comparison figures",
+    st = add("study", help="run the variants of a study and draw its comparison figures",
                         description="Run every variant of a study file (e.g. experiments/server_vs_gossip.toml) "
                                     "into one directory, skipping finished variants, then draw the figures.")
     st.add_argument("study", help="study TOML file (with --plot: a study directory)")
@@ -261,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--plot", action="store_true", help="only redraw the figures of a study directory")
     st.add_argument("--no-progress", action="store_true", help="no progress bar")
     st.set_defaults(func=_cmd_study)
-    b = sub.add_parser("bench", help="time the batched engine against a per-agent numpy loop",
+    b = add("bench", help="time the batched engine against a per-agent numpy loop",
                        description="Target localization: batched engine vs the per-agent loop of the "
                                    "published reference code, then scaling to large graphs.")
     b.add_argument("--iterations", type=int, default=200, help="timed iterations at 100 agents")
@@ -275,6 +315,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="aggregators: vector dimension (the default 1000 x 1M needs ~10 GB of memory)")
     b.set_defaults(func=_cmd_bench)
     return p
+
+
+def _setup_logging(quiet: bool) -> None:
+    """``p2pmtl`` messages on stderr as plain lines; ``--quiet`` keeps warnings and errors."""
+    logger = logging.getLogger("p2pmtl")
+    if not any(getattr(h, "_p2pmtl", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._p2pmtl = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
@@ -294,6 +346,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     warnings.formatwarning = _format_warning
     args = build_parser().parse_args(argv)
+    _setup_logging(args.quiet)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

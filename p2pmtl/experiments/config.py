@@ -9,7 +9,7 @@ import tomllib
 import typing
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Iterable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -176,7 +176,9 @@ class OutputConfig(Strict):
     window: int = Field(100, ge=1, description="summary: mean over the last `window` iterations")
     record_every: int = Field(1, ge=1, description="write metrics every k iterations")
     per_agent: bool = Field(True, description="write one metrics.csv row per agent (else means only)")
-    figures: bool = True
+    figures: bool = Field(True, description="draw the run's figures when it ends (`p2pmtl plot` redraws them)")
+    formats: list[Literal["png", "pdf", "svg"]] = Field(
+        ["png"], min_length=1, description="file formats of every figure, e.g. ['png', 'pdf']")
 
 
 class ExperimentConfig(Strict):
@@ -207,6 +209,10 @@ class ExperimentConfig(Strict):
     server: ServerConfig = ServerConfig()
     sweep: Optional[dict[str, Any]] = Field(
         None, description="the grid of `p2pmtl sweep` (validated there; `p2pmtl run` ignores it)")
+    plugins: list[str] = Field(
+        default_factory=list, description="modules or .py files (relative to this file) imported before the "
+                                          "config is validated, and in every worker process: the components they "
+                                          "register can be named in this config")
 
     @field_validator("name")
     @classmethod
@@ -428,21 +434,43 @@ def read_toml(path: Union[str, Path]) -> dict:
         raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
 
 
+def prepare_plugins(data: dict, base: Optional[Path], extra: Iterable[str] = (), key: str = "plugins") -> list[str]:
+    """Import the plugins a file names (``data[key]``, paths relative to ``base``) and the
+    ``extra`` ones (``--plugin``, paths relative to the current folder), then store them in
+    ``data[key]`` as absolute specs (what worker processes import). A plugin that cannot be
+    imported is a :class:`ConfigError` naming it."""
+    from .plugins import PluginError, load_plugins, resolve_spec
+
+    own = data.get(key, [])
+    if isinstance(own, str):
+        own = [own]
+    if not isinstance(own, list) or not all(isinstance(s, str) for s in own):
+        raise ConfigError(f"{key} = {own!r}: expected a list of module names or .py paths")
+    try:
+        specs = [resolve_spec(s) for s in extra] + [resolve_spec(s, base) for s in own]
+        specs = list(dict.fromkeys(specs))
+        load_plugins(specs)
+    except PluginError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    data[key] = specs
+    return specs
+
+
 def load_config(
     path: Optional[Union[str, Path]] = None,
-    overrides: tuple[str, ...] | list[str] = (),
+    overrides: Iterable[str] = (),
     data: Optional[dict] = None,
+    plugins: Iterable[str] = (),
 ) -> ExperimentConfig:
-    """Read, override and validate a config; raise :class:`ConfigError` on any problem."""
-    source = str(path) if path is not None else "<dict>"
-    if data is None:
-        data = read_toml(path)
-    else:
-        import copy
+    """Read, override and validate a config; raise :class:`ConfigError` on any problem.
+    ``plugins`` (and the config's own ``plugins`` key) are imported first."""
+    import copy
 
-        data = copy.deepcopy(data)
+    source = str(path) if path is not None else "<dict>"
+    data = read_toml(path) if data is None else copy.deepcopy(data)
     for o in overrides:
         apply_override(data, o)
+    prepare_plugins(data, Path(path).resolve().parent if path is not None else None, plugins)
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as e:

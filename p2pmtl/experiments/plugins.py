@@ -6,20 +6,22 @@ A plugin is named three ways, all loaded the same way and in every worker proces
 - in a config, sweep or study file: ``plugins = ["my_module", "path/to/file.py"]`` (a path is
   relative to the file that names it);
 - on the command line: ``--plugin my_module`` (repeatable, every command);
-- by an installed package, through the entry-point group ``p2pmtl.experiments.plugins``: each entry point
+- by an installed package, through the entry-point group ``p2pmtl.plugins``: each entry point
   names a module (``my_pkg.components``) or an object in it, which is imported.
 
 Loading is idempotent: a module is imported once per process.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-ENTRY_POINT_GROUP = "p2pmtl.experiments.plugins"
+ENTRY_POINT_GROUP = "p2pmtl.plugins"
 
 _loaded: dict[str, str] = {}  # spec -> module name
 _entry_points_loaded = False
@@ -51,7 +53,8 @@ def load_plugin(spec: str, base: Optional[Path] = None) -> str:
         path = Path(spec)
         if not path.is_file():
             raise PluginError(f"plugin {spec!r}: no such file")
-        name = f"p2pmtl_plugin_{path.stem}_{abs(hash(str(path))) % 10**8}"
+        digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]  # the same name in every process
+        name = f"p2pmtl_plugin_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}_{digest}"
         module_spec = importlib.util.spec_from_file_location(name, path)
         if module_spec is None or module_spec.loader is None:
             raise PluginError(f"plugin {spec!r}: cannot be imported as a Python file")
@@ -78,7 +81,7 @@ def load_plugin(spec: str, base: Optional[Path] = None) -> str:
 
 
 def load_entry_points() -> list[str]:
-    """Import every installed plugin of the ``p2pmtl.experiments.plugins`` entry-point group (once)."""
+    """Import every installed plugin of the ``p2pmtl.plugins`` entry-point group (once)."""
     global _entry_points_loaded
     if _entry_points_loaded:
         return []

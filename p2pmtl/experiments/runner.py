@@ -86,10 +86,14 @@ def run_experiment(
     from ..io.rundir import claim
 
     out_dir = Path(out_dir)
+    jobs = min(jobs or cfg.jobs, len(_job_names(cfg)))
+    if jobs > 1:
+        from .workers import check_importable
+
+        check_importable(cfg)  # before any work or any file
     lock = claim(out_dir, overwrite=overwrite)
     try:
         (out_dir / "config.toml").write_text(dump_config(cfg))
-        jobs = min(jobs or cfg.jobs, len(_job_names(cfg)))
         try:
             if jobs > 1:
                 summary, interrupted = _run_parallel(cfg, out_dir, jobs, progress)
@@ -247,7 +251,7 @@ def _run_parallel(cfg: ExperimentConfig, out_dir: Path, jobs: int, progress: boo
     parts = [out_dir / "parts" / name for name, _ in jobs_cfg]
     interrupted, error = False, None
     t0 = time.perf_counter()
-    pool = process_pool(jobs, threads=cfg.threads)
+    pool = process_pool(jobs, threads=cfg.threads, plugins=cfg.plugins)
     try:
         futures = [
             pool.submit(call, _scenario_worker, job.model_dump(mode="json"), str(part), progress, i % jobs)

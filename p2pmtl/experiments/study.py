@@ -29,12 +29,14 @@ import csv
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Iterable, Literal, Optional
+
+import logging
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .config import ConfigError, ExperimentConfig, format_validation_error, read_toml
+from .config import ConfigError, ExperimentConfig, format_validation_error, prepare_plugins, read_toml
 
 
 class Variant(BaseModel):
@@ -50,6 +52,8 @@ class Variant(BaseModel):
 class StudyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
+    plugins: list[str] = Field(default_factory=list, description="modules or .py files imported first "
+                                                                 "(relative to the study file)")
     kind: Literal["compare", "topology"] = "compare"
     metric: str = "loss"
     target: Optional[float] = Field(None, gt=0, description="the value of the metric to reach")
@@ -122,15 +126,17 @@ def _metric_names(cfg: ExperimentConfig) -> set[str]:
     return names
 
 
-def load_study(path: Path) -> tuple[StudyConfig, list[ExperimentConfig]]:
+def load_study(path: Path, plugins: Iterable[str] = ()) -> tuple[StudyConfig, list[ExperimentConfig]]:
     """The study and every variant's validated config (all errors before any work): variant
     names are safe folder names, ``set`` keys exist, ``curve`` names a scenario and a rule (or
     server method) of the variant, and ``metric`` is one that every variant records."""
     from ..io.rundir import check_name
 
     path = Path(path)
+    raw = read_toml(path)
+    study_plugins = prepare_plugins(raw, path.resolve().parent, plugins)
     try:
-        study = StudyConfig.model_validate(read_toml(path))
+        study = StudyConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_study_error(e, path)) from None
     names = [v.name for v in study.variants]
@@ -149,6 +155,7 @@ def load_study(path: Path) -> tuple[StudyConfig, list[ExperimentConfig]]:
         if not base.is_file():
             raise ConfigError(f"{where}: config = {v.config!r}: file {str(base)!r} not found")
         data = read_toml(base)
+        prepare_plugins(data, base.resolve().parent, study_plugins)
         for key, value in v.set.items():
             _set_path(data, key, value, where)
         data["output"] = {**data.get("output", {}), "figures": False}
@@ -204,9 +211,10 @@ def variant_state(d: Path, digest: str) -> tuple[bool, str]:
 
 
 VARIANT_STATE = "variant.json"
+log = logging.getLogger("p2pmtl")
 
 
-def run_study(path: Path, out_dir: Path, progress: bool = True) -> dict:
+def run_study(path: Path, out_dir: Path, progress: bool = True, plugins: Iterable[str] = ()) -> dict:
     """Run every variant that is not done (see :func:`variant_state`) into ``out_dir/NAME``,
     then draw the figures. A failed variant is recorded and the others still run; the study
     then raises the first error (a rerun redoes only what is not done)."""
@@ -214,7 +222,7 @@ def run_study(path: Path, out_dir: Path, progress: bool = True) -> dict:
     from ..io.records import describe_error
     from ..io.rundir import claim
 
-    study, configs = load_study(path)
+    study, configs = load_study(path, plugins)
     out_dir = Path(out_dir)
     lock = claim(out_dir, resume=True, what="study", own=("study.toml",))
     try:
@@ -227,7 +235,7 @@ def run_study(path: Path, out_dir: Path, progress: bool = True) -> dict:
             if done:
                 continue
             if progress:
-                print(f"[{study.name}] {v.name} ({why})")
+                log.info(f"[{study.name}] {v.name} ({why})")
             try:
                 run_experiment(cfg, d, progress=progress, figures=False, overwrite=True)
             except KeyboardInterrupt:
@@ -235,7 +243,7 @@ def run_study(path: Path, out_dir: Path, progress: bool = True) -> dict:
             except Exception as e:
                 failed.append((v.name, e))
                 if progress:
-                    print(f"[{study.name}] {v.name} failed: {describe_error(e)}")
+                    log.warning(f"[{study.name}] {v.name} failed: {describe_error(e)}")
                 continue
             (d / VARIANT_STATE).write_text(json.dumps({"hash": digest, "config": v.config, "set": v.set}))
         res = plot_study(out_dir, study, configs)
@@ -324,8 +332,7 @@ def plot_study(out_dir: Path, study: Optional[StudyConfig] = None, configs=None)
     """Draw the study's figures from its run directories; returns (and writes) study.json."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..io.figures import new_figure, save_figure
 
     out_dir = Path(out_dir)
     if study is None:
@@ -334,7 +341,7 @@ def plot_study(out_dir: Path, study: Optional[StudyConfig] = None, configs=None)
     result: dict = {"name": study.name, "kind": study.kind, "metric": study.metric, "variants": {}}
     if study.kind == "compare":
         panels = list(dict.fromkeys(v.panel for v in done))
-        fig, axes = plt.subplots(len(panels), 2, figsize=(11, 3.6 * len(panels)), squeeze=False)
+        fig, axes = new_figure(len(panels), 2, figsize=(11, 3.6 * len(panels)), squeeze=False)
         for v in done:
             c = _curve(out_dir / v.name, v.curve, study.metric)
             row = panels.index(v.panel)
@@ -359,19 +366,22 @@ def plot_study(out_dir: Path, study: Optional[StudyConfig] = None, configs=None)
                 ax.grid(alpha=0.3)
             axes[row, 1].legend(fontsize=7, loc="upper right")
         fig.tight_layout()
-        fig.savefig(out_dir / f"{study.name}.png", dpi=130)
-        plt.close(fig)
+        save_figure(fig, out_dir / f"{study.name}.png", dpi=130)
     else:
-        _plot_topology(out_dir, study, done, result, plt)
+        _plot_topology(out_dir, study, done, result)
     (out_dir / "study.json").write_text(json.dumps(result, indent=2, default=float).replace("Infinity", "null"))
     return result
 
 
-def _plot_topology(out_dir: Path, study: StudyConfig, done: list, result: dict, plt) -> None:
+def _plot_topology(out_dir: Path, study: StudyConfig, done: list, result: dict) -> None:
+    import matplotlib
+
+    from ..io.figures import new_figure, save_figure
+
     target = study.target if study.target is not None else 0.1
     families = sorted({v.label or v.name for v in done})
-    colors = {f: plt.cm.tab10(i % 10) for i, f in enumerate(families)}
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    colors = {f: matplotlib.colormaps["tab10"](i % 10) for i, f in enumerate(families)}
+    fig, axes = new_figure(1, 3, figsize=(15, 4.2))
     sizes = sorted({_n_of(out_dir, v) for v in done})
     for v in done:
         d = out_dir / v.name
@@ -419,8 +429,7 @@ def _plot_topology(out_dir: Path, study: StudyConfig, done: list, result: dict, 
     ax.set_title("Byzantine agents placed at random vs on hubs", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out_dir / f"{study.name}.png", dpi=130)
-    plt.close(fig)
+    save_figure(fig, out_dir / f"{study.name}.png", dpi=130)
 
 
 def _n_of(out_dir: Path, v: Variant) -> int:

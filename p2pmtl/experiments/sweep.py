@@ -45,7 +45,15 @@ from typing import Annotated, Any, Callable, Iterable, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..io.rundir import safe_component
-from .config import AttackConfig, ConfigError, ExperimentConfig, apply_override, format_validation_error, read_toml
+from .config import (
+    AttackConfig,
+    ConfigError,
+    ExperimentConfig,
+    apply_override,
+    format_validation_error,
+    prepare_plugins,
+    read_toml,
+)
 
 CELLS = "cells"
 BACKENDS = ("local", "ray")
@@ -106,7 +114,7 @@ class SweepSpec(BaseModel):
 
 
 def load_sweep(path: Optional[Union[str, Path]] = None, overrides: Iterable[str] = (),
-               data: Optional[dict] = None) -> tuple[ExperimentConfig, SweepSpec]:
+               data: Optional[dict] = None, plugins: Iterable[str] = ()) -> tuple[ExperimentConfig, SweepSpec]:
     """Read a sweep config: the experiment part and the ``[sweep]`` table, both validated; every
     problem raises :class:`ConfigError` naming the key, the value and what is allowed."""
     import copy
@@ -117,6 +125,7 @@ def load_sweep(path: Optional[Union[str, Path]] = None, overrides: Iterable[str]
     data = copy.deepcopy(data)
     for o in overrides:
         apply_override(data, o)
+    prepare_plugins(data, Path(path).resolve().parent if path is not None else None, plugins)
     raw = data.pop("sweep", None)
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a sweep config needs a [sweep] table (attacks, byzantine, seeds, defences, metric)")
@@ -264,6 +273,9 @@ def _execute(cell: dict, cell_dir: Path) -> dict:
 
     from .runner import run_experiment
 
+    from .plugins import load_plugins
+
+    load_plugins(cell["config"].get("plugins", []))  # a Ray task (local workers have them already)
     cfg = ExperimentConfig.model_validate(cell["config"])
     torch.set_num_threads(cfg.threads)
     if cell_dir.exists():
@@ -351,7 +363,7 @@ def _run_local(pending: list[dict], root: Path, jobs: int, on_done: Callable[[di
 
     from .workers import call, process_pool, stop_pool
 
-    pool = process_pool(min(jobs, len(pending)))
+    pool = process_pool(min(jobs, len(pending)), plugins=pending[0]["config"].get("plugins", []))
     try:
         futures = [pool.submit(call, run_cell, cell, str(root)) for cell in pending]
         for f in as_completed(futures):
@@ -400,17 +412,20 @@ def _run_ray(pending: list[dict], root: Path, address: Optional[str], on_done: C
 
 def run_sweep(config: Union[str, Path, dict], out: Union[str, Path], *, overrides: Iterable[str] = (),
               jobs: Optional[int] = None, backend: str = "local", ray_address: Optional[str] = None,
-              progress: bool = True, figures: bool = True) -> dict:
+              progress: bool = True, figures: bool = True, plugins: Iterable[str] = ()) -> dict:
     """Run every unfinished cell of a sweep and write the matrix; returns ``matrix.json``'s dict.
     Ctrl-C stops the running cells (finished ones stay), writes the matrix of what finished and
     re-raises KeyboardInterrupt. Failed cells do not stop the others: they are listed in the
     error raised at the end (the matrix of the finished ones is written first)."""
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend!r}; allowed: {', '.join(BACKENDS)}")
-    cfg, spec = (load_sweep(data=config, overrides=overrides) if isinstance(config, dict)
-                 else load_sweep(config, overrides))
+    cfg, spec = (load_sweep(data=config, overrides=overrides, plugins=plugins) if isinstance(config, dict)
+                 else load_sweep(config, overrides, plugins=plugins))
     from ..io.rundir import claim
+    from .workers import check_importable
 
+    if backend == "ray" or (jobs or spec.jobs or os.cpu_count() or 1) > 1:
+        check_importable(cfg)  # worker processes import components by module
     root = Path(out)
     lock = claim(root, resume=True, what="sweep", own=("cells.json",))
     try:
@@ -558,8 +573,7 @@ def plot_matrix(root: Path, header: dict, rows: list[dict], path: Optional[Path]
     more than two decades, saturating four decades above the best cell), each cell annotated."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ..io.figures import new_figure, save_figure
     import numpy as np
     from matplotlib.colors import LogNorm, Normalize
 
@@ -584,8 +598,8 @@ def plot_matrix(root: Path, header: dict, rows: list[dict], path: Optional[Path]
         norm = LogNorm(vmin=finite.min(), vmax=vmax, clip=True)
     else:
         norm = Normalize(vmin=finite.min() if finite.size else 0, vmax=finite.max() if finite.size else 1)
-    cmap = plt.get_cmap("viridis" if good_high else "viridis_r").with_extremes(bad="lightgrey")
-    fig, axes = plt.subplots(1, len(fracs), figsize=(2.2 + 1.1 * len(defs) * len(fracs), 1.2 + 0.42 * len(attacks)),
+    cmap = matplotlib.colormaps["viridis" if good_high else "viridis_r"].with_extremes(bad="lightgrey")
+    fig, axes = new_figure(1, len(fracs), figsize=(2.2 + 1.1 * len(defs) * len(fracs), 1.2 + 0.42 * len(attacks)),
                              squeeze=False, constrained_layout=True)
     for ax, f, g in zip(axes[0], fracs, grids):
         im = ax.imshow(np.ma.masked_invalid(g), cmap=cmap, norm=norm, aspect="auto")
@@ -601,6 +615,5 @@ def plot_matrix(root: Path, header: dict, rows: list[dict], path: Optional[Path]
     fig.colorbar(im, ax=axes[0].tolist(), extend=extend, label=f"{metric}\n({'higher' if good_high else 'lower'} is better)")
     fig.suptitle(f"{root.name}: final {metric} of normal agents, mean over seeds", fontsize=9)
     path = path or root / "matrix.png"
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path, dpi=130)
     return path

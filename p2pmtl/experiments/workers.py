@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from typing import Sequence
 
@@ -37,16 +38,18 @@ def call(fn, *args, **kwargs):
 
 
 def worker_init(threads: int = 1, plugins: Sequence[str] = ()) -> None:
-    """Initializer of every worker: signal handling, torch threads, user plugins."""
+    """Initializer of every worker: signal handling, torch threads, user plugins (installed
+    ones through their entry points, and ``plugins``: the config's and ``--plugin``'s)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_term)
     import torch
 
-    torch.set_num_threads(threads)
-    if plugins:
-        from .plugins import load_plugins
+    from ..validation import ConfigWarning
+    from .plugins import load_plugins
 
-        load_plugins(plugins)
+    warnings.simplefilter("ignore", ConfigWarning)  # the parent has shown them once
+    torch.set_num_threads(threads)
+    load_plugins(plugins)
 
 
 def process_pool(jobs: int, threads: int = 1, plugins: Sequence[str] = ()) -> ProcessPoolExecutor:
@@ -67,3 +70,48 @@ def stop_pool(pool: ProcessPoolExecutor) -> None:
             except ProcessLookupError:
                 pass
     pool.shutdown(wait=False, cancel_futures=True)
+
+
+def components_of(cfg) -> list[tuple[str, object]]:
+    """(config key, registry entry) of every registered component a config uses."""
+    from ..data import IMAGE_SETS
+    from ..graphs.families import GRAPHS
+    from ..robust.aggregators import AGGREGATORS, PRE_AGGREGATORS
+    from ..robust.attacks import ATTACKS
+    from ..rules.combine import COMBINES
+    from ..rules.weights import RULES
+    from ..tasks import TASKS
+    from ..tasks.models import MODELS
+
+    used = [("graph.family", GRAPHS.entry(cfg.graph.family)), ("task.name", TASKS.entry(cfg.task.name)),
+            ("rules.combine", COMBINES.entry(cfg.rules.combine))]
+    if cfg.mode == "gossip":
+        used += [("rules.names", RULES.entry(r)) for r in cfg.rules.names]
+    used += [(f"scenarios.{s.name}.attack.name", ATTACKS.entry(s.attack.name)) for s in cfg.scenarios]
+    model = getattr(cfg.task, "model", None)
+    if isinstance(model, str) and model in MODELS:
+        used.append(("task.model", MODELS.entry(model)))
+    used += [("task.datasets", IMAGE_SETS.entry(d)) for d in getattr(cfg.task, "datasets", []) if d in IMAGE_SETS]
+    if cfg.mode == "server":
+        from ..server.federated import Method
+
+        for s in cfg.scenarios:
+            for m in s.methods or cfg.server.methods:
+                agg = Method.parse(m).aggregator
+                if agg in AGGREGATORS:
+                    used.append(("server.methods", AGGREGATORS.entry(agg)))
+        used += [("server.pre", PRE_AGGREGATORS.entry(p)) for p in cfg.server.pre]
+    return used
+
+
+def check_importable(cfg) -> None:
+    """Worker processes import components by module: one defined in ``__main__`` (a script run
+    directly, a notebook) cannot be found there. Refuse before any work, in one line."""
+    from ..validation import ConfigError
+
+    for key, entry in components_of(cfg):
+        if entry.module in ("__main__", "__mp_main__") or entry.module.startswith("<"):
+            raise ConfigError(
+                f"{key} = {entry.name!r} is defined in {entry.module} (a script or a notebook), which worker "
+                f"processes cannot import: put it in a module and load it with plugins = [\"that_module\"] "
+                f"(or --plugin), or run with jobs = 1")

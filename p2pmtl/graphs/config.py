@@ -10,7 +10,9 @@ from .families import GRAPHS, check_family_params, load_topology
 
 class GraphConfig(BaseModel):
     """Either ``topology = NAME`` (a spec in ``topologies/``) or ``family`` plus its parameters
-    (see ``p2pmtl list``). Parameters given here override the named spec's."""
+    (see ``p2pmtl list``). Parameters given here override the named spec's; a ``family`` other
+    than the spec's replaces the topology (``--set graph.family=star --set graph.n=11`` on a
+    config that names one)."""
 
     model_config = ConfigDict(extra="allow")
     topology: Optional[str] = None
@@ -25,9 +27,12 @@ class GraphConfig(BaseModel):
                 spec = load_topology(self.topology)
             except KeyError as e:
                 raise ValueError(str(e.args[0])) from None
-            family = family or spec.pop("family")
-            spec.pop("family", None)
-            params = {**spec, **params}
+            spec_family = spec.pop("family", None)
+            if family is None or family == spec_family:
+                family = spec_family
+                params = {**spec, **params}
+            else:
+                self.topology = None  # replaced: none of the spec's parameters apply
         if family is None:
             raise ValueError("give graph.topology (a named spec) or graph.family")
         if family not in GRAPHS:

@@ -7,13 +7,48 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from typing import Sequence
+
+import numpy as np
 import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from .records import read_curves
 
-from .records import read_curves  # noqa: E402
+FORMATS = ("png", "pdf", "svg")
+
+
+def new_figure(nrows: int = 1, ncols: int = 1, **kwargs):
+    """(figure, axes) drawn without pyplot: no backend is chosen or changed, so importing or
+    calling p2pmtl never disturbs a notebook's inline plots or a GUI session."""
+    figure_keys = ("figsize", "dpi", "layout", "constrained_layout", "tight_layout", "facecolor")
+    fig = Figure(**{k: kwargs.pop(k) for k in figure_keys if k in kwargs})
+    axes = fig.subplots(nrows, ncols, **kwargs)
+    return fig, axes
+
+
+def save_figure(fig: Figure, path: Path, dpi: int = 120, formats: Sequence[str] = ("png",)) -> Path:
+    """``path`` (its suffix is replaced) in every one of ``formats``; returns the first file."""
+    path = Path(path)
+    out = []
+    for fmt in dict.fromkeys(formats or ("png",)):
+        if fmt not in FORMATS:
+            raise ValueError(f"output.formats: {fmt!r}; allowed: {', '.join(FORMATS)}")
+        target = path.with_suffix(f".{fmt}")
+        fig.savefig(target, dpi=dpi)
+        out.append(target)
+    return out[0]
+
+
+def run_formats(run_dir: Path) -> tuple[str, ...]:
+    """``output.formats`` of the run's config.toml (PNG when absent or unreadable)."""
+    import tomllib
+
+    try:
+        fmts = tomllib.loads((Path(run_dir) / "config.toml").read_text()).get("output", {}).get("formats")
+    except (OSError, ValueError):
+        return ("png",)
+    return tuple(fmts) if isinstance(fmts, list) and fmts else ("png",)
 
 RULE_STYLE = {  # label, colour, line style, line width (non-coop wide underneath, so that
     # a curve that coincides with it, e.g. loss-based with 99 Byzantine agents, stays visible)
@@ -53,14 +88,12 @@ def plot_network_accounts(run_dir: Path, curves) -> Path | None:
     and received, the time split (computing / sending / waiting, stacked) and, asynchronous,
     the staleness, against simulated time. The network is the same for every rule, so the
     first rule of each scenario is drawn."""
-    import matplotlib.pyplot as plt
-
     have = {c["metric"] for c in curves} & set(NETWORK_METRICS)
     if "bytes_sent" not in have:
         return None
     scenarios = list(dict.fromkeys(c["scenario"] for c in curves))
     panels = 3 + ("staleness" in have)
-    fig, axes = plt.subplots(len(scenarios), panels, figsize=(4.2 * panels, 3.2 * len(scenarios)), squeeze=False)
+    fig, axes = new_figure(len(scenarios), panels, figsize=(4.2 * panels, 3.2 * len(scenarios)), squeeze=False)
     for row, sc in enumerate(scenarios):
         rule = next(c["rule"] for c in curves if c["scenario"] == sc)
         get = {m: np.array([(float(c["time"]), float(c["mean"])) for c in curves if c["scenario"] == sc and
@@ -91,8 +124,7 @@ def plot_network_accounts(run_dir: Path, curves) -> Path | None:
         axes[row, 0].set_title(sc, fontsize=9, loc="left")
     fig.tight_layout()
     out = Path(run_dir) / "network_accounts.png"
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    out = save_figure(fig, out, dpi=110, formats=run_formats(run_dir))
     return out
 
 
@@ -124,7 +156,7 @@ def plot_metric(run_dir: Path, curves, metric: str, group: str = "all") -> Path 
     if not data:
         return None
     many = max(len(r) for r in data.values()) > 4
-    fig, axes = plt.subplots(1, len(data), figsize=(4.2 * len(data) + (2.2 if many else 0), 3.4),
+    fig, axes = new_figure(1, len(data), figsize=(4.2 * len(data) + (2.2 if many else 0), 3.4),
                              squeeze=False, sharey=True)
     for ax, (scenario, rules) in zip(axes[0], data.items()):
         _draw(ax, rules, metric)
@@ -137,8 +169,7 @@ def plot_metric(run_dir: Path, curves, metric: str, group: str = "all") -> Path 
         axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     path = run_dir / f"{metric}.png"
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    path = save_figure(fig, path, dpi=130, formats=run_formats(run_dir))
     return path
 
 
@@ -161,7 +192,7 @@ def plot_metric_by_group(run_dir: Path, curves, metric: str, groups: list[str]) 
     per_group = {g: _series(curves, metric, g) for g in groups}
     names = _group_names(run_dir)
     scenarios = list(dict.fromkeys(sc for series in per_group.values() for sc in series))  # all groups
-    fig, axes = plt.subplots(len(groups), len(scenarios), figsize=(4 * len(scenarios), 2.8 * len(groups)),
+    fig, axes = new_figure(len(groups), len(scenarios), figsize=(4 * len(scenarios), 2.8 * len(groups)),
                              squeeze=False, sharex=True)
     for i, g in enumerate(groups):
         for j, s in enumerate(scenarios):
@@ -178,8 +209,7 @@ def plot_metric_by_group(run_dir: Path, curves, metric: str, groups: list[str]) 
     axes[-1][-1].legend(fontsize=7)
     fig.tight_layout()
     path = run_dir / f"{metric}_by_group.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = save_figure(fig, path, dpi=110, formats=run_formats(run_dir))
     return path
 
 
@@ -194,7 +224,7 @@ def plot_networks(run_dir: Path) -> list[Path]:
         return []
     order = _scenario_order(run_dir)
     worlds.sort(key=lambda w: order.get(w[0][0], 99))
-    fig, axes = plt.subplots(1, len(worlds), figsize=(4 * len(worlds), 4), squeeze=False)
+    fig, axes = new_figure(1, len(worlds), figsize=(4 * len(worlds), 4), squeeze=False)
     for ax, ((scenario,), a) in zip(axes[0], worlds):
         pos = a["pos"]
         n = pos.shape[0]
@@ -217,8 +247,7 @@ def plot_networks(run_dir: Path) -> list[Path]:
             ax.legend(loc="upper right", fontsize=7)
     fig.tight_layout()
     path = run_dir / "network.png"
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    path = save_figure(fig, path, dpi=130, formats=run_formats(run_dir))
     return [path]
 
 
@@ -243,7 +272,7 @@ def plot_weights(run_dir: Path) -> list[Path]:
         if n > 500:
             continue
         cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")  # Byzantine receivers
-        fig, axes = plt.subplots(1, len(rules), figsize=(3.6 * len(rules), 3.4), squeeze=False)
+        fig, axes = new_figure(1, len(rules), figsize=(3.6 * len(rules), 3.4), squeeze=False)
         for ax, (rule, a) in zip(axes[0], sorted(rules.items(), key=lambda kv: list(RULE_STYLE).index(kv[0]) if kv[0] in RULE_STYLE else 9)):
             mat = np.zeros((n, n))
             mat[a["src"], a["dst"]] = a["w"]
@@ -255,7 +284,6 @@ def plot_weights(run_dir: Path) -> list[Path]:
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="a_lk")
         fig.suptitle(f"learned weights a_lk: {scenario.replace('_', ' ')} (grey: Byzantine receivers)")
         path = run_dir / f"weights_{scenario}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        path = save_figure(fig, path, dpi=120, formats=run_formats(run_dir))
         paths.append(path)
     return paths

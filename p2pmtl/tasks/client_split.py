@@ -8,10 +8,20 @@ from typing import Literal, Optional
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from ..data import ArrayDataset, partition_classes
-from ..validation import Probability, Strict
+from ..data import BUILTIN_IMAGE_SETS, IMAGE_SETS, ArrayDataset, load_image_set, partition_classes
+from ..validation import Probability, Strict, registered
+
+
+def known_image_sets(names: list[str], builtin: tuple[str, ...]) -> list[str]:
+    """Every name is a built-in image set of the task or a registered dataset."""
+    if not names:
+        raise ValueError("give at least one dataset")
+    for name in names:
+        if name not in builtin and name not in IMAGE_SETS:
+            raise ValueError(f"{name!r} is not a dataset; allowed: {', '.join([*builtin, *IMAGE_SETS.names()])}")
+    return names
 
 
 class FederatedImagesConfig(Strict):
@@ -22,7 +32,8 @@ class FederatedImagesConfig(Strict):
     client; by default only representations are gossiped), so the two compare on one task."""
 
     name: Literal["federated_images"]
-    datasets: list[Literal["mnist", "synthetic", "emnist", "cifar10", "folder"]] = ["mnist", "synthetic"]
+    datasets: list[str] = Field(["mnist", "synthetic"], description="pooled image sets: mnist, synthetic, emnist, "
+                                "cifar10, folder or a registered dataset (`p2pmtl list`)")
     data_root: Optional[str] = None
     download: bool = False
     synthetic_images: int = Field(20000, ge=10, description="synthetic digits generated for the pool")
@@ -32,7 +43,7 @@ class FederatedImagesConfig(Strict):
     classes_per_client: int = Field(2, ge=1)
     train_per_client: int = Field(60, ge=1)
     test_per_client: int = Field(20, ge=1)
-    model: Literal["digit_cnn", "alexnet_split"] = "digit_cnn"
+    model: str = Field("digit_cnn", description="a registered model (`p2pmtl list`): digit_cnn, alexnet_split, ...")
     optimizer: Literal["adam", "sgd", "momentum"] = "momentum"
     lr: float = Field(0.01, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -43,6 +54,18 @@ class FederatedImagesConfig(Strict):
     score_batch: int = Field(32, ge=1)
     score_chunk: int = Field(64, ge=1)
     skip_prob: list[Probability] = Field(default_factory=list)
+
+    @field_validator("datasets")
+    @classmethod
+    def _datasets(cls, v):
+        return known_image_sets(v, BUILTIN_IMAGE_SETS)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v):
+        from .models import MODELS
+
+        return registered([v], MODELS)[0]
 
     @model_validator(mode="after")
     def _sources(self) -> "FederatedImagesConfig":
@@ -77,8 +100,11 @@ def _pool(cfg: FederatedImagesConfig) -> ArrayDataset:
                                           split=cfg.emnist_split))
         elif name == "synthetic":
             parts.append(make_synthetic_digits(cfg.synthetic_images, cfg.synthetic_seed))
-        else:
+        elif name == "folder":
             parts.append(load_image_folder(cfg.data_root))
+        else:
+            parts.append(load_image_set(name, size=cfg.synthetic_images, seed=cfg.synthetic_seed,
+                                        root=cfg.data_root, download=cfg.download)[0])
     x = torch.cat([p.x for p in parts])
     y = torch.cat([p.y for p in parts])
     return ArrayDataset(x=x, y=y, num_classes=int(y.max()) + 1, name="+".join(cfg.datasets))

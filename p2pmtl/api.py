@@ -32,7 +32,8 @@ def load_config(source: Source, overrides: Iterable[str] = (), *, plugins: Itera
     config's own ``plugins`` key)."""
     overrides = list(overrides)
     if isinstance(source, ExperimentConfig):
-        return _load_config(data=source.model_dump(mode="json"), overrides=overrides, plugins=plugins)
+        return _load_config(data=source.model_dump(mode="json", exclude_unset=True), overrides=overrides,
+                            plugins=plugins)
     if isinstance(source, dict):
         return _load_config(data=source, overrides=overrides, plugins=plugins)
     if isinstance(source, (str, Path)):

@@ -3,6 +3,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -109,24 +110,33 @@ def test_parallel_scenarios_equal_sequential(tiny_file, tmp_path):
     assert sorted(p.name for p in (seq / "arrays").iterdir()) == sorted(p.name for p in (par / "arrays").iterdir())
 
 
-def test_group_figure_keeps_a_scenario_whose_normal_agents_sit_in_one_group(tmp_path):
+def test_group_figure_keeps_a_scenario_whose_normal_agents_sit_in_one_group(tmp_path, monkeypatch):
     """With 99 Byzantine agents the only honest agent is in one group: its column must stay."""
-    import matplotlib.pyplot as plt
-
     from p2pmtl.io import figures as plotting
 
     curves = [dict(scenario=sc, rule="loss", group=g, metric="loss", step=str(i), mean="1", min="1", max="1")
               for sc, groups in (("clean", ["0", "1"]), ("byz99", ["1"])) for g in groups for i in range(3)]
     seen = {}
-    real = plt.subplots
+    real = plotting.new_figure
 
     def spy(rows, cols, **kw):
         seen["cols"] = cols
         return real(rows, cols, **kw)
 
-    plotting.plt.subplots = spy
-    try:
-        plotting.plot_metric_by_group(tmp_path, curves, "loss", ["0", "1"])
-    finally:
-        plotting.plt.subplots = real
+    monkeypatch.setattr(plotting, "new_figure", spy)
+    plotting.plot_metric_by_group(tmp_path, curves, "loss", ["0", "1"])
     assert seen["cols"] == 2
+
+
+def test_importing_and_plotting_never_change_the_matplotlib_backend(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); import p2pmtl, p2pmtl.io.figures, p2pmtl.experiments.sweep; "
+            "r = p2pmtl.run({'graph': {'family': 'ring', 'n': 6}, 'iterations': 3}, out='r', figures=True); "
+            "print(matplotlib.get_backend())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "svg"
+    assert (tmp_path / "r" / "loss.png").is_file()

@@ -71,7 +71,8 @@ class AttackConfig(BaseModel):
     """``name`` picks an attack (``p2pmtl list``); other keys are its parameters."""
 
     model_config = ConfigDict(extra="allow")
-    name: str = "uniform"
+    name: str = Field("uniform", description="the attack the Byzantine agents run (`p2pmtl list`); the other "
+                                             "keys of the table are its parameters")
 
     @model_validator(mode="after")
     def _known(self) -> "AttackConfig":
@@ -100,11 +101,11 @@ class AttackConfig(BaseModel):
 class ScenarioConfig(Strict):
     """One attack setting: how many agents are Byzantine (chosen at random, or listed)."""
 
-    name: str
+    name: str = Field(description="names the scenario in every output file (letters, digits, . _ + = -)")
     byzantine: Union[int, list[int]] = Field(0, description="a count (placed by `placement`) or node ids")
     placement: Literal["random", "degree"] = Field(
         "random", description="a count of Byzantine agents goes to random nodes or to the highest-degree ones")
-    attack: AttackConfig = AttackConfig()
+    attack: AttackConfig = Field(AttackConfig(), description="what the Byzantine agents send (unused when byzantine = 0)")
     methods: Optional[list[str]] = Field(None, description="server mode: methods of this scenario (default: all)")
 
     @field_validator("name")
@@ -186,13 +187,16 @@ class ExperimentConfig(Strict):
                                                 "folder uses it with unsafe characters replaced by '_'")
     seed: int = Field(0, ge=0, description="base seed; run r uses seed + r")
     runs: int = Field(1, ge=1, description="independent seeds seed, seed+1, ... batched together")
-    iterations: int = Field(500, ge=1)
+    iterations: int = Field(500, ge=1, description="rounds of the run (gossip: local step + exchange + combine; "
+                                                "server: one federated round)")
     dtype: Optional[Literal["float64", "float32"]] = Field(
         None, description="default: the task's (float64 for target localization, float32 for CNNs)")
     threads: int = Field(1, ge=1, description="torch threads per process")
     jobs: int = Field(1, ge=1, description="scenarios (server mode: scenario x method) in parallel processes")
-    mode: Literal["gossip", "server"] = "gossip"
-    graph: GraphConfig
+    mode: Literal["gossip", "server"] = Field(
+        "gossip", description="gossip: decentralized ATC diffusion over the graph; server: federated rounds on a "
+                              "star (node 0 is the server), BR-MTRL")
+    graph: GraphConfig = Field(description="the communication graph (a registered family or a topology file)")
     task: Any = Field(default_factory=lambda: validate_task({}), validate_default=False,
                       description="the task: name = a registered task (`p2pmtl list`), then its settings; "
                                   "default target_localization")
@@ -201,12 +205,15 @@ class ExperimentConfig(Strict):
     @classmethod
     def _task(cls, v):
         return validate_task(v)
-    rules: RulesConfig = RulesConfig()
-    scenarios: list[ScenarioConfig] = [ScenarioConfig(name="no_attack")]
-    clock: ClockConfig = ClockConfig()
-    network: Optional[NetworkConfig] = None
-    output: OutputConfig = OutputConfig()
-    server: ServerConfig = ServerConfig()
+    rules: RulesConfig = Field(RulesConfig(), description="gossip mode: the weight rules compared and their combine step")
+    scenarios: list[ScenarioConfig] = Field(
+        [ScenarioConfig(name="no_attack")], description="the attack settings run one after another (or in parallel, `jobs`)")
+    clock: ClockConfig = Field(ClockConfig(), description="simulated time: compute and transmission delays of a round")
+    network: Optional[NetworkConfig] = Field(
+        None, description="unreliable network (losses, delays, churn, stragglers, topology changes); none: a "
+                          "perfect synchronous network")
+    output: OutputConfig = Field(OutputConfig(), description="what the run records and draws")
+    server: ServerConfig = Field(ServerConfig(), description="server mode: methods, aggregation and client sampling")
     sweep: Optional[dict[str, Any]] = Field(
         None, description="the grid of `p2pmtl sweep` (validated there; `p2pmtl run` ignores it)")
     plugins: list[str] = Field(

@@ -56,10 +56,14 @@ class RunResults:
             summary = {"status": "failed", "error": "summary.json missing or damaged", "results": {}}
         config = None
         if (d / "config.toml").is_file():
+            import warnings
+
             from .config import ConfigError, load_config
 
             try:
-                config = load_config(d / "config.toml")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the run warned when it was configured
+                    config = load_config(d / "config.toml")
             except ConfigError:
                 config = None
         return cls(summary, _read_csv(d / "curves.csv"), _read_csv(d / "metrics.csv"), d, config)

@@ -41,26 +41,29 @@ from .config import ConfigError, ExperimentConfig, format_validation_error, prep
 
 class Variant(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
-    config: str
+    name: str = Field(description="the variant's run directory under the study directory")
+    config: str = Field(description="the experiment config it runs (a path relative to the study file)")
     curve: str = Field(description="scenario/rule (gossip) or scenario/method (server) to draw")
-    label: Optional[str] = None
-    panel: str = ""
-    set: dict[str, Any] = Field(default_factory=dict)
+    label: Optional[str] = Field(None, description="legend text (default: the name)")
+    panel: str = Field("", description="compare: variants with the same panel share one row of panels")
+    set: dict[str, Any] = Field(default_factory=dict, description="overrides of the config: dotted keys and "
+                                                                   "TOML values, e.g. { \"graph.n\" = 100 }")
 
 
 class StudyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
+    name: str = Field(description="names the study (its figures and tables)")
     plugins: list[str] = Field(default_factory=list, description="modules or .py files imported first "
                                                                  "(relative to the study file)")
-    kind: Literal["compare", "topology"] = "compare"
-    metric: str = "loss"
+    kind: Literal["compare", "topology"] = Field(
+        "compare", description="compare: the metric against simulated time and bytes, one line per variant; "
+                               "topology: time to target against graph connectivity, and Byzantine placements")
+    metric: str = Field("loss", description="the metric of normal agents (mean over them) drawn in the figures")
     target: Optional[float] = Field(None, gt=0, description="the value of the metric to reach")
     smooth: int = Field(20, ge=1, description="time to target: trailing mean over this many records")
     placement_scenarios: list[str] = Field(default_factory=list,
                                            description="topology: scenarios compared as Byzantine placements")
-    variants: list[Variant]
+    variants: list[Variant] = Field(description="the runs of the study, one table [[variants]] each")
 
 
 def _set_path(data: dict, key: str, value: Any, where: str) -> None:

@@ -62,7 +62,8 @@ BACKENDS = ("local", "ray")
 class SweepAttack(AttackConfig):
     """One attack row: ``name`` and its parameters, plus an optional ``label`` (row name)."""
 
-    label: Optional[str] = None
+    label: Optional[str] = Field(None, description="the row name in the matrix (default: the attack name); "
+                                                    "distinguishes one attack given twice")
 
     @property
     def params(self) -> dict[str, Any]:
@@ -75,12 +76,15 @@ class SweepAttack(AttackConfig):
 
 class SweepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    attacks: list[SweepAttack] = Field(min_length=1)
+    attacks: list[SweepAttack] = Field(min_length=1, description="attack rows: tables with name, its parameters "
+                                                                "and an optional label")
     byzantine: list[float] = Field(min_length=1, description="fractions of the agents in (0, 1)")
     seeds: list[Annotated[int, Field(ge=0)]] = Field([0], min_length=1, description="seeds (>= 0), one cell each")
-    defences: Optional[list[str]] = None
-    metric: Optional[str] = None
-    baseline: bool = True
+    defences: Optional[list[str]] = Field(None, description="gossip: weight rules (default rules.names); server: "
+                                                            "methods (default server.methods)")
+    metric: Optional[str] = Field(None, description="the final metric of normal agents in the matrix (default: "
+                                                    "test_acc if the task has it, else its first metric)")
+    baseline: bool = Field(True, description="also run every seed without Byzantine agents (the \"none\" row)")
     jobs: Optional[int] = Field(None, ge=1, description="parallel cells (default: CPU count)")
 
     @field_validator("byzantine")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .families import GRAPHS, check_family_params, load_topology
 
@@ -15,8 +15,9 @@ class GraphConfig(BaseModel):
     config that names one)."""
 
     model_config = ConfigDict(extra="allow")
-    topology: Optional[str] = None
-    family: Optional[str] = None
+    topology: Optional[str] = Field(None, description="a named spec (a TOML file in topologies/, e.g. li2020_target)")
+    family: Optional[str] = Field(None, description="a graph family (`p2pmtl list`); its parameters are the other "
+                                                    "keys of the table, e.g. n = 100")
 
     @model_validator(mode="after")
     def _resolve(self) -> "GraphConfig":

@@ -22,14 +22,18 @@ class DistConfig(Strict):
     ``edge_attr`` (the graph's edge attribute ``attr``, ``default`` where an edge lacks it).
     A bare number means a constant."""
 
-    kind: Literal["constant", "uniform", "lognormal", "edge_attr"] = "constant"
-    value: float = Field(0.0, ge=0, le=MAX_SECONDS)
-    low: float = Field(0.0, ge=0, le=MAX_SECONDS)
-    high: float = Field(0.0, ge=0, le=MAX_SECONDS)
-    median: float = Field(1.0, gt=0, le=MAX_SECONDS)
+    kind: Literal["constant", "uniform", "lognormal", "edge_attr"] = Field(
+        "constant", description="the distribution: constant (value), uniform (low, high), lognormal (median, "
+                                "sigma) or edge_attr (a graph edge attribute)")
+    value: float = Field(0.0, ge=0, le=MAX_SECONDS, description="constant: the value of every draw")
+    low: float = Field(0.0, ge=0, le=MAX_SECONDS, description="uniform: the lower end")
+    high: float = Field(0.0, ge=0, le=MAX_SECONDS, description="uniform: the upper end (>= low)")
+    median: float = Field(1.0, gt=0, le=MAX_SECONDS, description="lognormal: the median of the draws")
     sigma: float = Field(0.0, ge=0, le=10, description="at most 10: exp(N(0, sigma^2)) overflows soon after")
-    attr: Optional[str] = None
-    default: Optional[float] = Field(None, ge=0, le=MAX_SECONDS)
+    attr: Optional[str] = Field(None, description="edge_attr: the name of the graph's edge attribute (per link)")
+    default: Optional[float] = Field(None, ge=0, le=MAX_SECONDS,
+                                     description="edge_attr: the value where an edge lacks the attribute "
+                                                 "(none: every edge must have it)")
 
     @model_validator(mode="before")
     @classmethod
@@ -68,9 +72,11 @@ class StragglerConfig(Strict):
     """A ``fraction`` of agents computes ``slowdown`` times slower: the same agents all run
     (``mode = "fixed"``) or each agent anew at each step (``"random"``)."""
 
-    fraction: Probability = 0.0
-    slowdown: float = Field(10.0, ge=1, allow_inf_nan=False)
-    mode: Literal["fixed", "random"] = "fixed"
+    fraction: Probability = Field(0.0, description="fraction of the agents that straggle")
+    slowdown: float = Field(10.0, ge=1, allow_inf_nan=False,
+                            description="factor on the compute time of a straggling step")
+    mode: Literal["fixed", "random"] = Field(
+        "fixed", description="fixed: the same agents straggle all run; random: drawn anew at each step")
 
 
 class ChurnConfig(Strict):
@@ -78,9 +84,11 @@ class ChurnConfig(Strict):
     (means in simulated seconds). Offline agents neither compute, send nor receive; they keep
     their model and rejoin with it."""
 
-    fraction: Probability = 0.0
-    mean_online: float = Field(50.0, gt=0, allow_inf_nan=False)
-    mean_offline: float = Field(10.0, gt=0, allow_inf_nan=False)
+    fraction: Probability = Field(0.0, description="fraction of the agents that go on and off line")
+    mean_online: float = Field(50.0, gt=0, allow_inf_nan=False,
+                               description="mean length of an online period (simulated seconds)")
+    mean_offline: float = Field(10.0, gt=0, allow_inf_nan=False,
+                                description="mean length of an offline period (simulated seconds)")
 
 
 class TopologyChangeConfig(Strict):
@@ -88,9 +96,12 @@ class TopologyChangeConfig(Strict):
     every ``every`` rounds) or ``schedule`` (the listed graphs in turn, ``every`` rounds each).
     Agents keep their scores for an edge while it is absent."""
 
-    kind: Literal["static", "redraw", "schedule"] = "static"
+    kind: Literal["static", "redraw", "schedule"] = Field(
+        "static", description="static: the graph all run; redraw: a fresh graph of the same family every `every` "
+                              "rounds; schedule: the listed graphs in turn")
     every: int = Field(1, ge=1, description="rounds per graph (async: nominal rounds of compute_time)")
-    schedule: list[GraphConfig] = Field(default_factory=list)
+    schedule: list[GraphConfig] = Field(
+        default_factory=list, description="kind = schedule: the graphs in turn (graph tables over the same nodes)")
 
     @model_validator(mode="after")
     def _schedule(self) -> "TopologyChangeConfig":
@@ -107,17 +118,20 @@ class NetworkConfig(Strict):
     ``clock.compute_time`` x the agent's ``speed`` factor (x ``stragglers.slowdown``); a message
     on link l -> k takes ``latency`` + bytes / ``bandwidth`` (bytes/s; none = infinite)."""
 
-    protocol: Literal["sync", "async"] = "sync"
+    protocol: Literal["sync", "async"] = Field(
+        "sync", description="sync: round-tagged gossip (combine when all messages arrived or at the deadline); "
+                            "async: every agent combines at its own pace with the freshest models it holds")
     deadline: Optional[float] = Field(
         None, gt=0, le=MAX_SECONDS, description="sync: seconds after its round starts when an agent combines what it has")
-    speed: DistConfig = DistConfig(value=1.0)
+    speed: DistConfig = Field(DistConfig(value=1.0),
+                              description="per-agent factor on clock.compute_time (a bare number: constant)")
     latency: Optional[DistConfig] = Field(None, description="per link; default: clock.latency")
     latency_per_message: bool = Field(False, description="redraw the latency of every message (links stay FIFO)")
     bandwidth: Optional[DistConfig] = Field(None, description="bytes per second per link; default: infinite")
     loss: Probability = Field(0.0, description="probability that a message is lost")
-    stragglers: StragglerConfig = StragglerConfig()
-    churn: ChurnConfig = ChurnConfig()
-    topology: TopologyChangeConfig = TopologyChangeConfig()
+    stragglers: StragglerConfig = Field(StragglerConfig(), description="agents that compute slower")
+    churn: ChurnConfig = Field(ChurnConfig(), description="agents that go off line and come back")
+    topology: TopologyChangeConfig = Field(TopologyChangeConfig(), description="time-varying edges")
 
     @field_validator("speed")
     @classmethod

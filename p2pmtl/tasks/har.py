@@ -23,13 +23,14 @@ class HarConfig(Strict):
     the authors' reference code: Adam lr 1e-3, batch 10, a quarter of each subject's samples for
     testing, agents k % 3 == 0 skip 10 of 11 local steps."""
 
-    name: Literal["har"]
+    name: Literal["har"] = Field(description="the task (this table's settings)")
     data_root: str = Field(description="folder holding train/ and test/ of the UCI HAR Dataset")
-    test_fraction: float = Field(0.25, gt=0, lt=1)
-    optimizer: Literal["adam", "sgd", "momentum"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    batch_size: int = Field(10, ge=1)
+    test_fraction: float = Field(0.25, gt=0, lt=1, description="fraction of each subject's samples held out for testing")
+    optimizer: Literal["adam", "sgd", "momentum"] = Field(
+        "adam", description="optimizer of every agent's local step: adam, sgd or momentum (SGD with momentum)")
+    lr: float = Field(1e-3, gt=0, description="learning rate of the optimizer")
+    momentum: float = Field(0.9, ge=0, lt=1, description="optimizer = momentum: the momentum factor")
+    batch_size: int = Field(10, ge=1, description="samples per mini-batch of a local step")
     skip_prob: list[Probability] = Field(default_factory=lambda: [10 / 11, 0.0, 0.0],
                                    description="agent k skips its local step w.p. skip_prob[k % len]")
 

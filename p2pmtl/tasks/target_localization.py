@@ -21,12 +21,14 @@ from ..validation import MAX_COORDINATE, Coordinate, Magnitude, Strict, ordered_
 class TargetLocalizationConfig(Strict):
     """Li2020 sec. 7 target localization (see SPEC section 2)."""
 
-    name: Literal["target_localization"] = "target_localization"
+    name: Literal["target_localization"] = Field("target_localization", description="the task (this table's settings)")
     targets: list[tuple[Coordinate, Coordinate]] = Field(
         [(10, 10), (10, 20), (20, 10), (20, 20)], description="target positions, one task each (|x| <= 1e6)")
     target_jitter: Magnitude = Field(1.0, description="each target shifted by U[0, jitter]")
-    adapt: Literal["pseudo_observation", "lms"] = "pseudo_observation"
-    mu: float = Field(0.1, gt=0, le=2)
+    adapt: Literal["pseudo_observation", "lms"] = Field(
+        "pseudo_observation", description="local step: pseudo_observation psi = theta + mu (q - theta) (reference "
+                                           "code) or lms psi = theta + mu u (d - u^T (theta - x))")
+    mu: float = Field(0.1, gt=0, le=2, description="step size of the local adaptation step")
     noise_u: tuple[Magnitude, Magnitude] = Field((0.01, 0.01), description="(a, b): regressor noise std a + b U")
     noise_d: tuple[Magnitude, Magnitude] = Field((0.1, 0.1), description="(a, b): measurement noise std a + b U")
     noisy_agents: int = Field(5, ge=0, description="agents with extra regressor noise")

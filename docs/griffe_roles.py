@@ -1,0 +1,28 @@
+"""Griffe extension for the API pages: the package's docstrings are written with Sphinx-style
+roles and double backticks (``:class:`~p2pmtl.x.Y```, ````code````); Markdown shows them as
+code spans (``Y``) instead of literal role markup."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import griffe
+
+_ROLE = re.compile(r":(?:class|meth|func|attr|mod|data|exc|obj):`(~?)([^`]+)`")
+_DOUBLE = re.compile(r"``([^`]+)``")
+
+
+def _role(m: re.Match) -> str:
+    target = m.group(2)
+    return f"`{target.rsplit('.', 1)[-1]}`" if m.group(1) else f"`{target}`"
+
+
+def clean(text: str) -> str:
+    """Sphinx roles and double backticks as Markdown code spans."""
+    return _DOUBLE.sub(r"`\1`", _ROLE.sub(_role, text))
+
+
+class SphinxRolesAsCode(griffe.Extension):
+    def on_object(self, *, obj: Any, **kwargs: Any) -> None:
+        if obj.docstring is not None:
+            obj.docstring.value = clean(obj.docstring.value)

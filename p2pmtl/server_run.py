@@ -1,5 +1,11 @@
 """Running server-mode experiments: every (scenario, method) on the SimPy clock, recorded in
-the same run-directory format as gossip runs (a method takes the place of a weight rule)."""
+the same run-directory format as gossip runs (a method takes the place of a weight rule).
+
+Besides the metrics, each (scenario, method) reports in ``summary.json``
+``uploads_dropped_nonfinite`` (uploads with a NaN or inf entry, dropped before aggregation) and
+``rounds_without_update`` (rounds with too few uploads for the aggregator: the server kept its
+model), and per round in ``arrays/server_rounds__<scenario>__<method>.npz``
+(``uploads_dropped_nonfinite`` [rounds] and ``updated`` [rounds] bool)."""
 from __future__ import annotations
 
 import inspect
@@ -14,7 +20,8 @@ from .aggregators import AGGREGATORS, PRE_AGGREGATORS, make_aggregator
 from .attacks import make_attack
 from .clock import SynchronousRounds
 from .config import ExperimentConfig, ScenarioConfig, ServerConfig
-from .federated import Clients, FederatedRun, FederatedSetup, Method
+from .federated import (Clients, FederatedRun, FederatedSetup, Method, enough_uploads,  # noqa: F401
+                        finite_uploads, upload_shortfall)
 from .graphs import build_graph
 from .recorder import RunRecorder, interruptible
 
@@ -88,8 +95,12 @@ def run_server_scenarios(cfg: ExperimentConfig, out_dir: Path, progress: bool, p
                 else:
                     extra = _network_rounds(cfg, rec, run, block, g, seeds, bar)
                 meta, naive = run.meta_test(setup.new_clients, cfg.server.meta_test, seeds["setup"])
+                rec.save_arrays(f"server_rounds__{scenario.name}__{name}", **run.round_records())
                 rec.end_block(block, cfg.output.window, {"meta_test_acc": meta, "naive_meta_test_acc": naive,
-                                                         "skipped_rounds": run.skipped_rounds, **extra})
+                                                         "skipped_rounds": run.skipped_rounds,
+                                                         "rounds_without_update": run.rounds_without_update,
+                                                         "uploads_dropped_nonfinite": run.uploads_dropped_nonfinite,
+                                                         **extra})
     return rec.summary, state["interrupted"]
 
 

@@ -170,7 +170,7 @@ def test_gossip_and_server_run_the_same_task_with_one_output_format(tmp_path):
 
 
 def test_pre_aggregation_steps_reach_the_server():
-    from p2pmtl.server.run import build_aggregator
+    from p2pmtl.server.aggregation import build_aggregator
 
     server = load_config(data=server_config_dict(pre=["nnm"], f=2)).server
     agg = build_aggregator(Method.parse("br-mtrl+krum"), server, [3, 2], [3, 2, 1])

@@ -139,7 +139,8 @@ def server_round(rounds: int = 3) -> list[dict]:
     (100 clients, alpha 0.2, 20 Byzantine sending phi + N(0, I))."""
     from ..robust.attacks import make_attack
     from ..server.federated import Clients, FederatedRun, Method
-    from ..server.run import build_aggregator, server_world
+    from ..server.aggregation import build_aggregator
+    from ..server.run import server_world
     from ..engine.world import run_seeds
 
     path = Path("experiments/br_mtrl_table2.toml")

@@ -237,7 +237,7 @@ class ExperimentConfig(Strict):
         if self.mode != "server" or n is None:
             return self
         from ..server.federated import Method
-        from ..server.run import build_aggregator
+        from ..server.aggregation import build_aggregator
 
         clients = n - 1
         picked = max(1, int(round(self.server.alpha * clients)))

@@ -16,6 +16,11 @@ Byzantine clients train honestly and then send what their attack makes of their 
 phi_i + sigma N(0, I)). Clients keep their heads across rounds, picked or not. Evaluation:
 every client's personalised model (server representation + own head; FedAvg: the global model)
 on its own test set.
+
+Hostile uploads, as in gossip mode: an upload with any NaN or inf entry is dropped before any
+pre-aggregation step or aggregator (counted: ``uploads_dropped_nonfinite``). A round left with
+too few uploads for the aggregator (late or dropped ones) keeps the server's model (counted:
+``rounds_without_update``); any other aggregator error propagates.
 """
 from __future__ import annotations
 
@@ -36,6 +41,41 @@ from ..tasks.model_bank import make_optimizer_factory
 from ..tasks.models import MODELS
 
 AGG_ALIASES = {"gm": "geometric_median"}
+
+
+def finite_uploads(up: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The rows of an ``[n, d]`` upload stack whose every entry is finite, and how many rows
+    were dropped (an upload with a NaN or inf entry never reaches an aggregator)."""
+    ok = torch.isfinite(up).all(dim=1)
+    kept = int(ok.sum())
+    if kept == len(up):
+        return up, 0
+    return up[ok], len(up) - kept
+
+
+def upload_shortfall(aggregator, n: int) -> Optional[str]:
+    """Why ``n`` uploads are too few for ``aggregator`` (an aggregator, a
+    :class:`~p2pmtl.aggregators.Pipeline` whose pre-aggregation steps and aggregator are each
+    checked, or any callable), or None when they are enough. Decided before aggregating, so
+    that only a genuine shortfall (stragglers, losses, dropped non-finite uploads) skips a
+    round and every other aggregator error propagates."""
+    if n < 1:
+        return "no upload to aggregate"
+    parts = [*getattr(aggregator, "pre", ()), getattr(aggregator, "aggregator", aggregator)]
+    for part in parts:
+        check = getattr(part, "_check_n", None)
+        if check is None:
+            continue
+        try:
+            check(n)
+        except ValueError as e:
+            return str(e)
+    return None
+
+
+def enough_uploads(aggregator, n: int) -> bool:
+    """True iff ``n`` uploads satisfy ``aggregator`` (see :func:`upload_shortfall`)."""
+    return upload_shortfall(aggregator, n) is None
 
 
 @dataclass(frozen=True)
@@ -160,13 +200,26 @@ class FederatedRun:
         self.global_state = flat(self.shared)  # every client starts from the same model
         self.n = len(clients.models)
         self.picked = max(1, int(round(server.alpha * self.n)))
-        self.skipped_rounds = 0
+        self.skipped_rounds = 0  # rounds without an update (too few uploads); see rounds_without_update
+        self.uploads_dropped_nonfinite = 0
+        self.nonfinite_per_round: list[int] = []  # uploads dropped as non-finite, one entry per round
+        self.updated_per_round: list[bool] = []  # whether the server's model was updated, per round
         if attack is not None and self.byzantine:  # data-poisoning attacks change data here
             attack.setup(clients, torch.as_tensor(sorted(self.byzantine), dtype=torch.long))
 
     def shared_params(self, i: int) -> list:
         m = self.c.models[i]
         return list(m.parameters()) if self.method.scheme == "fedavg" else list(m.representation.parameters())
+
+    @property
+    def rounds_without_update(self) -> int:
+        """Rounds whose uploads were too few for the aggregator: the server kept its model."""
+        return self.skipped_rounds
+
+    def round_records(self) -> dict[str, np.ndarray]:
+        """Per-round counts: uploads dropped as non-finite, and whether the model was updated."""
+        return {"uploads_dropped_nonfinite": np.asarray(self.nonfinite_per_round, dtype=np.int64),
+                "updated": np.asarray(self.updated_per_round, dtype=bool)}
 
     @property
     def message_bytes(self) -> int:
@@ -176,9 +229,12 @@ class FederatedRun:
         """Algorithm 1, one round: pick clients, local updates, (Byzantine) uploads, aggregation.
         ``arrives(chosen)`` (the network model, :class:`~p2pmtl.network.protocols.ServerRounds`) tells
         whose upload reaches the server before its deadline: the others still train (their
-        heads move) but their uploads are dropped. If too few arrive for the aggregator (e.g.
-        Krum's n >= 2f + 3), the server keeps its model this round (counted in
-        ``skipped_rounds``). Returns the chosen clients."""
+        heads move) but their uploads are dropped. Uploads with a NaN or inf entry are dropped
+        next (counted in ``uploads_dropped_nonfinite``), before any pre-aggregation step. If
+        too few remain for the aggregator (e.g. Krum's n >= 2f + 3), the server keeps its model
+        this round (counted in ``skipped_rounds`` = ``rounds_without_update``); if none was
+        dropped, too few is a configuration error (ValueError). Other aggregator errors
+        propagate. Returns the chosen clients."""
         chosen = np.sort(self.rng.choice(self.n, size=self.picked, replace=False))
         uploads = []
         for i in chosen.tolist():
@@ -196,14 +252,19 @@ class FederatedRun:
         on_time = np.ones(len(chosen), dtype=bool) if arrives is None else arrives(chosen)
         if not on_time.all():
             up = up[torch.from_numpy(np.flatnonzero(on_time))]
-        try:
-            if not len(up):
-                raise ValueError("no upload arrived")
-            self.global_state = self.aggregator(up).to(up.dtype)
-        except ValueError:
-            if on_time.all():
-                raise
+        up, bad = finite_uploads(up)
+        self.uploads_dropped_nonfinite += bad
+        self.nonfinite_per_round.append(bad)
+        short = upload_shortfall(self.aggregator, len(up))
+        if short is not None:
+            if on_time.all() and not bad:
+                raise ValueError(f"server round {t}: all {len(up)} uploads arrived, finite, and are too few "
+                                 f"for the aggregator: {short}")
             self.skipped_rounds += 1
+            self.updated_per_round.append(False)
+            return chosen
+        self.global_state = self.aggregator(up).to(up.dtype)
+        self.updated_per_round.append(True)
         return chosen
 
     def evaluate(self) -> dict[str, torch.Tensor]:

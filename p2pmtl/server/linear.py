@@ -6,6 +6,11 @@ loss-based gossip rule lets each agent keep to its own task.
 
 All methods of a scenario run as lanes of one batched population (identical data, attacker
 draws and network); a round is vectorized over clients, one aggregator call per lane.
+
+As in :mod:`p2pmtl.server.federated`: uploads with a NaN or inf entry are dropped before any
+pre-aggregation step or aggregator (``uploads_dropped_nonfinite``); a round with too few
+uploads for a lane's aggregator keeps that lane's model (``rounds_without_update``); any other
+aggregator error propagates.
 """
 from __future__ import annotations
 
@@ -16,11 +21,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..robust.attacks import AttackContext, make_attack
 from ..core.edges import EdgeIndex
-from .federated import Method
 from ..io.records import RunRecorder, interruptible
+from ..robust.attacks import AttackContext, make_attack
 from ..tasks import TASKS
+from .aggregation import build_aggregator
+from .federated import Method, finite_uploads, upload_shortfall
 
 LINEAR_TASKS = ("target_localization", "har")
 
@@ -31,7 +37,6 @@ class LinearServer:
     def __init__(self, cfg: "ExperimentConfig", scenario: "ScenarioConfig", methods: list[str], seeds: dict) -> None:
         from ..engine.world import DTYPES, World, choose_byzantine
         from ..graphs.families import build_graph
-        from .run import build_aggregator
 
         self.star = build_graph(cfg.graph.family, cfg.graph.params, seed=seeds["graph"])
         n = self.star.number_of_nodes() - 1
@@ -62,33 +67,57 @@ class LinearServer:
         self.message_bytes = self.pop.message_bytes
         start = self.pop.theta[: n].mean(0)  # every client starts from the same global model
         self.pop.theta = start.expand(self.m * n, -1).clone()
+        self.uploads_dropped_nonfinite = np.zeros(self.m, dtype=np.int64)  # per lane (method)
+        self.rounds_without_update = np.zeros(self.m, dtype=np.int64)  # per lane: too few uploads
+        self.nonfinite_per_round: list[np.ndarray] = []  # [m] per round
+        self.updated_per_round: list[np.ndarray] = []  # [m] bool per round
+
+    def round_records(self, j: int) -> dict[str, np.ndarray]:
+        """Lane ``j``'s per-round counts: uploads dropped as non-finite, whether the model was
+        updated."""
+        return {"uploads_dropped_nonfinite": np.array([r[j] for r in self.nonfinite_per_round], dtype=np.int64),
+                "updated": np.array([r[j] for r in self.updated_per_round], dtype=bool)}
 
     def round(self, t: int, arrives=None) -> None:
         """Choose clients; they take a local step from the global model; Byzantine ones forge;
-        the server aggregates the uploads that arrived; every client gets the new model."""
+        the server drops the uploads that did not arrive and those with a NaN or inf entry,
+        and aggregates the rest (a lane with too few keeps its model); every client gets the
+        new model. Too few uploads with none dropped is a configuration error (ValueError);
+        any other aggregator error propagates."""
         chosen = np.sort(self.rng.choice(self.n, size=self.picked, replace=False))
         active = torch.zeros(self.n, dtype=torch.bool)
         active[torch.from_numpy(chosen)] = True
         pop = self.pop
         pop.sample(t, active)
         psi = pop.adapt(active).view(self.m, self.n, -1)
+        rows = torch.from_numpy(chosen)
+        byz_rows = torch.from_numpy(np.flatnonzero(self.is_byz[chosen]))
         on_time = np.ones(len(chosen), dtype=bool) if arrives is None else arrives(chosen)
-        keep = torch.from_numpy(chosen[on_time])
-        byz_rows = torch.from_numpy(np.flatnonzero(self.is_byz[chosen[on_time]]))
-        new = []
+        late = not on_time.all()
+        keep = torch.from_numpy(np.flatnonzero(on_time))
+        new, dropped, updated = [], np.zeros(self.m, dtype=np.int64), np.ones(self.m, dtype=bool)
         for j in range(self.m):
-            up = psi[j, keep]
-            if not len(up):  # nothing arrived: the server keeps its model
-                new.append(pop.theta[j * self.n])
-                continue
-            if byz_rows.numel():
+            up = psi[j, rows]
+            if byz_rows.numel():  # Byzantine clients forge, then the network decides what arrives
                 ctx = AttackContext(t, up, byz_rows, torch.zeros(len(up), dtype=torch.long), [self.attack_gens[j]],
                                     None)
                 up = up.index_put((byz_rows,), self.attacks[j].forge(ctx).to(up.dtype))
-            try:
-                new.append(self.aggregators[j](up).to(psi.dtype))
-            except ValueError:  # too few uploads for this aggregator: keep the model
-                new.append(pop.theta[j * self.n])
+            if late:
+                up = up[keep]
+            up, dropped[j] = finite_uploads(up)
+            short = upload_shortfall(self.aggregators[j], len(up))
+            if short is not None:
+                if not late and not dropped[j]:
+                    raise ValueError(f"server round {t}, method {self.methods[j].name!r}: all {len(up)} uploads "
+                                     f"arrived, finite, and are too few for the aggregator: {short}")
+                new.append(pop.theta[j * self.n])  # too few uploads: the server keeps its model
+                updated[j] = False
+                continue
+            new.append(self.aggregators[j](up).to(psi.dtype))
+        self.uploads_dropped_nonfinite += dropped
+        self.rounds_without_update += ~updated
+        self.nonfinite_per_round.append(dropped)
+        self.updated_per_round.append(updated)
         pop.theta = torch.stack(new).repeat_interleave(self.n, dim=0)
 
     def metrics(self) -> dict[str, torch.Tensor]:
@@ -147,6 +176,9 @@ def run_linear_server(cfg: "ExperimentConfig", out_dir: Path, progress: bool, po
 
                 timing.run(cfg.iterations, step, record, every)
             extra = {} if timing is None else timing.summary()
-            for block in blocks:
-                rec.end_block(block, cfg.output.window, dict(extra))
+            for j, (block, method) in enumerate(zip(blocks, methods)):
+                rec.save_arrays(f"server_rounds__{scenario.name}__{method}", **srv.round_records(j))
+                rec.end_block(block, cfg.output.window,
+                              {**extra, "uploads_dropped_nonfinite": int(srv.uploads_dropped_nonfinite[j]),
+                               "rounds_without_update": int(srv.rounds_without_update[j])})
     return rec.summary, state["interrupted"]

@@ -1,8 +1,13 @@
 """Running server-mode experiments: every (scenario, method) on the SimPy clock, recorded in
-the same run-directory format as gossip runs (a method takes the place of a weight rule)."""
+the same run-directory format as gossip runs (a method takes the place of a weight rule).
+
+Besides the metrics, each (scenario, method) reports in ``summary.json``
+``uploads_dropped_nonfinite`` (uploads with a NaN or inf entry, dropped before aggregation) and
+``rounds_without_update`` (rounds with too few uploads for the aggregator: the server kept its
+model), and per round in ``arrays/server_rounds__<scenario>__<method>.npz``
+(``uploads_dropped_nonfinite`` [rounds] and ``updated`` [rounds] bool)."""
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import networkx as nx
@@ -10,26 +15,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..robust.aggregators import AGGREGATORS, PRE_AGGREGATORS, make_aggregator
-from ..robust.attacks import make_attack
-from ..network.clock import SynchronousRounds
-from .config import ServerConfig
-from .federated import Clients, FederatedRun, FederatedSetup, Method
 from ..graphs.families import build_graph
 from ..io.records import RunRecorder, interruptible
-
-
-def build_aggregator(method: Method, server: ServerConfig, rep_sizes: list[int], all_sizes: list[int]):
-    """The server's aggregator for a method, after the configured pre-aggregation steps; ``f``
-    goes to components that take it, layer sizes to the geometric median when it runs layer by
-    layer."""
-    params = dict(server.aggregator_params)
-    takes_f = [AGGREGATORS.get(method.aggregator)] + [PRE_AGGREGATORS.get(p) for p in server.pre]
-    if any("f" in inspect.signature(c.__init__).parameters for c in takes_f):
-        params.setdefault("f", server.f)
-    if method.aggregator == "geometric_median" and server.gm_layerwise:
-        params.setdefault("segments", all_sizes if method.scheme == "fedavg" else rep_sizes)
-    return make_aggregator(method.aggregator, pre=server.pre, **params)
+from ..network.clock import SynchronousRounds
+from ..robust.attacks import make_attack
+from .aggregation import build_aggregator
+from .federated import Clients, FederatedRun, FederatedSetup, Method
 
 
 def server_world(cfg: "ExperimentConfig", scenario: "ScenarioConfig", seeds: dict):
@@ -88,8 +79,12 @@ def run_server_scenarios(cfg: "ExperimentConfig", out_dir: Path, progress: bool,
                 else:
                     extra = _network_rounds(cfg, rec, run, block, g, seeds, bar)
                 meta, naive = run.meta_test(setup.new_clients, cfg.server.meta_test, seeds["setup"])
+                rec.save_arrays(f"server_rounds__{scenario.name}__{name}", **run.round_records())
                 rec.end_block(block, cfg.output.window, {"meta_test_acc": meta, "naive_meta_test_acc": naive,
-                                                         "skipped_rounds": run.skipped_rounds, **extra})
+                                                         "skipped_rounds": run.skipped_rounds,
+                                                         "rounds_without_update": run.rounds_without_update,
+                                                         "uploads_dropped_nonfinite": run.uploads_dropped_nonfinite,
+                                                         **extra})
     return rec.summary, state["interrupted"]
 
 

@@ -1,0 +1,22 @@
+"""The server's aggregator for a method: the configured pre-aggregation steps, then the
+method's aggregator, with the Byzantine count ``f`` and the layer sizes it needs."""
+from __future__ import annotations
+
+import inspect
+
+from ..robust.aggregators import AGGREGATORS, PRE_AGGREGATORS, make_aggregator
+from .config import ServerConfig
+from .federated import Method
+
+
+def build_aggregator(method: Method, server: ServerConfig, rep_sizes: list[int], all_sizes: list[int]):
+    """The server's aggregator for a method, after the configured pre-aggregation steps; ``f``
+    goes to components that take it, layer sizes to the geometric median when it runs layer by
+    layer."""
+    params = dict(server.aggregator_params)
+    takes_f = [AGGREGATORS.get(method.aggregator)] + [PRE_AGGREGATORS.get(p) for p in server.pre]
+    if any("f" in inspect.signature(c.__init__).parameters for c in takes_f):
+        params.setdefault("f", server.f)
+    if method.aggregator == "geometric_median" and server.gm_layerwise:
+        params.setdefault("segments", all_sizes if method.scheme == "fedavg" else rep_sizes)
+    return make_aggregator(method.aggregator, pre=server.pre, **params)

@@ -25,6 +25,25 @@ TASKS: Registry[type["Population"]] = Registry("task")
 
 
 class Population(ABC):
+    """Every agent of a task, in every run and lane: what the gossip engine drives.
+
+    A task is a subclass registered with ``p2pmtl.register_task(name, description,
+    config=ConfigModel)``. The engine calls, each round: :meth:`sample` (draw data),
+    :meth:`adapt` (local step, returns what each node sends), the statistic a rule needs
+    (:meth:`edge_losses` or :meth:`edge_sq_dists`), :meth:`combine` (eq. 3 with the rule's
+    weights), then :meth:`metrics`. Besides the abstract methods a task provides:
+
+    - ``make_setup(task_cfg, graph, rng)`` (static): one run's fixed quantities (data split,
+      targets, ...) with at least ``.group`` ([n] task group per agent), drawn from ``rng`` only;
+    - ``for_world(cfg, world, lanes, dtype)`` (class method): the population of a world
+      (:class:`p2pmtl.engine.world.World`: ``world.setups`` from ``make_setup``, ``world.edges``,
+      ``world.seeds`` with a ``"data"`` seed per run) in ``lanes`` lanes;
+    - ``default_dtype`` and ``metric_names`` (class attributes; metrics named ``loss`` and
+      ``msd``, or ``test_loss`` and ``test_acc``, get the usual figures and tables);
+    - the attributes below, and ``theta`` ``[lanes * world_nodes, D]`` for linear tasks
+      (:class:`StackedPopulation` implements combine and the distance statistic on it).
+    """
+
     lanes: int
     world_nodes: int
     runs: int
@@ -32,6 +51,18 @@ class Population(ABC):
     group_names: list[str]  # name of each group id, for figures
     metric_names: tuple[str, ...]
     dtype: torch.dtype
+    default_dtype: torch.dtype = torch.float32
+
+    @staticmethod
+    def make_setup(cfg, graph, rng: np.random.Generator):
+        """One run's fixed quantities (at least ``.group``), from ``rng`` only."""
+        raise NotImplementedError
+
+    @classmethod
+    def for_world(cls, cfg, world, lanes: int, dtype: torch.dtype) -> "Population":
+        """The population of ``world`` in ``lanes`` lanes (``cfg`` is the experiment config;
+        the task's own settings are ``cfg.task``)."""
+        raise NotImplementedError
 
     @abstractmethod
     def sample(self, step: int, active: Optional[torch.Tensor] = None) -> None:
@@ -83,11 +114,14 @@ class StackedPopulation(Population):
 
     world_edges: EdgeIndex
 
-    def _hold(self, psi: torch.Tensor, active: Optional[torch.Tensor]) -> torch.Tensor:
-        """psi for active agents, theta for the others (``psi`` ``[M*N0, D]``)."""
+    def hold(self, psi: torch.Tensor, active: Optional[torch.Tensor]) -> torch.Tensor:
+        """psi for active agents, theta for the others (``psi`` ``[M*N0, D]``; ``active``
+        ``[N0]`` bool or None for all): what :meth:`adapt` returns when some agents skip."""
         if active is None:
             return psi
         return torch.where(active.repeat(self.lanes).unsqueeze(1), psi, self.theta)
+
+    _hold = hold
 
     def edge_sq_dists(self, msgs, lane):
         n0 = self.world_nodes

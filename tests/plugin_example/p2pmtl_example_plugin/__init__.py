@@ -173,7 +173,7 @@ class MeanEstimation(p2pmtl.StackedPopulation):
     def adapt(self, active=None) -> torch.Tensor:
         theta = self.theta.view(self.lanes, self.world_nodes, -1)
         psi = torch.lerp(theta, self.x, self.cfg.mu).view(self.theta.shape)
-        return self._hold(psi, active)
+        return self.hold(psi, active)
 
     def edge_losses(self, msgs: p2pmtl.Messages, lane: int) -> torch.Tensor:
         diff = self.world_edges.gather(self.x, "dst") - msgs.per_edge()[msgs.lane_edges(lane)]

@@ -1,1 +1,3 @@
-"""graphs."""
+"""Graph families (networkx generators with declared parameter ranges), named topologies and
+the ``[graph]`` config. Layer: above core.
+"""

@@ -1,1 +1,3 @@
-"""io."""
+"""Run folders: safe names and locks, records (metrics.csv, curves.csv, summary.json with its
+status) and figures drawn from those files alone. Layer: above core.
+"""

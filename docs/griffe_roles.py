@@ -1,6 +1,7 @@
 """Griffe extension for the API pages: the package's docstrings are written with Sphinx-style
-roles and double backticks (``:class:`~p2pmtl.x.Y```, ````code````); Markdown shows them as
-code spans (``Y``) instead of literal role markup."""
+roles, double backticks and ``text::`` before literal blocks (``:class:`~p2pmtl.x.Y```,
+````code````); Markdown shows them as code spans (``Y``) and a plain colon instead of literal
+markup."""
 from __future__ import annotations
 
 import re
@@ -10,6 +11,7 @@ import griffe
 
 _ROLE = re.compile(r":(?:class|meth|func|attr|mod|data|exc|obj):`(~?)([^`]+)`")
 _DOUBLE = re.compile(r"``([^`]+)``")
+_LITERAL = re.compile(r"(\S)::\n(\s*\n)")  # RST "text::" before an indented block
 
 
 def _role(m: re.Match) -> str:
@@ -19,7 +21,7 @@ def _role(m: re.Match) -> str:
 
 def clean(text: str) -> str:
     """Sphinx roles and double backticks as Markdown code spans."""
-    return _DOUBLE.sub(r"`\1`", _ROLE.sub(_role, text))
+    return _LITERAL.sub(r"\1:\n\2", _DOUBLE.sub(r"`\1`", _ROLE.sub(_role, text)))
 
 
 class SphinxRolesAsCode(griffe.Extension):

@@ -297,3 +297,17 @@ def test_unknown_rule_parameter_is_a_config_error_naming_it():
     with pytest.raises(p2pmtl.ConfigError, match=r"rules.params.cosine: .*floor = 3"):
         p2pmtl.load_config({"graph": {"family": "ring", "n": 5}, "rules": {"names": ["cosine"],
                                                                             "params": {"cosine": {"floor": 3}}}})
+
+
+def test_an_unguarded_script_with_parallel_work_fails_in_a_few_lines(tmp_path):
+    """A script calling p2pmtl.run(..., jobs=2) at its top level: spawned workers re-run it;
+    each stops with one line, and the parent says what to do."""
+    script = tmp_path / "unguarded.py"
+    script.write_text('import p2pmtl\n'
+                      'p2pmtl.run({"graph": {"family": "ring", "n": 8}, "iterations": 5,\n'
+                      '            "scenarios": [{"name": "a"}, {"name": "b", "byzantine": 1}]}, jobs=2)\n')
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=_env(False), capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode != 0
+    assert 'if __name__ == "__main__":' in out.stderr.splitlines()[-1]
+    assert len(out.stderr.splitlines()) < 20, out.stderr

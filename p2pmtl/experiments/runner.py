@@ -85,6 +85,10 @@ def run_experiment(
     """
     from ..io.rundir import claim
 
+    from .workers import UNGUARDED, in_worker_startup
+
+    if in_worker_startup():
+        raise SystemExit(f"error: {UNGUARDED}")
     out_dir = Path(out_dir)
     jobs = min(jobs or cfg.jobs, len(_job_names(cfg)))
     if jobs > 1:
@@ -245,7 +249,9 @@ def _scenario_worker(cfg_data: dict, part_dir: str, progress: bool, position: in
 
 
 def _run_parallel(cfg: ExperimentConfig, out_dir: Path, jobs: int, progress: bool) -> tuple[dict, bool]:
-    from .workers import call, process_pool, stop_pool
+    from concurrent.futures.process import BrokenProcessPool
+
+    from .workers import broken_pool_error, call, process_pool, stop_pool
 
     jobs_cfg = _job_configs(cfg)  # every error before any work
     parts = [out_dir / "parts" / name for name, _ in jobs_cfg]
@@ -260,6 +266,8 @@ def _run_parallel(cfg: ExperimentConfig, out_dir: Path, jobs: int, progress: boo
         for f in futures:
             try:
                 interrupted |= f.result() == "interrupted"
+            except BrokenProcessPool as e:  # workers died at start-up (e.g. an unguarded script)
+                error = error or broken_pool_error(e)
             except Exception as e:  # a failed scenario: the others go on, the run fails
                 error = error or e
     except KeyboardInterrupt:

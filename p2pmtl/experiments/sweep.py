@@ -364,14 +364,17 @@ def _run_local(pending: list[dict], root: Path, jobs: int, on_done: Callable[[di
                 raise KeyboardInterrupt
         return
     from concurrent.futures import as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
-    from .workers import call, process_pool, stop_pool
+    from .workers import broken_pool_error, call, process_pool, stop_pool
 
     pool = process_pool(min(jobs, len(pending)), plugins=pending[0]["config"].get("plugins", []))
     try:
         futures = [pool.submit(call, run_cell, cell, str(root)) for cell in pending]
         for f in as_completed(futures):
             on_done(f.result())
+    except BrokenProcessPool as e:
+        raise broken_pool_error(e) from None
     except KeyboardInterrupt:
         stop_pool(pool)
         raise
@@ -421,6 +424,10 @@ def run_sweep(config: Union[str, Path, dict], out: Union[str, Path], *, override
     Ctrl-C stops the running cells (finished ones stay), writes the matrix of what finished and
     re-raises KeyboardInterrupt. Failed cells do not stop the others: they are listed in the
     error raised at the end (the matrix of the finished ones is written first)."""
+    from .workers import UNGUARDED, in_worker_startup
+
+    if in_worker_startup():
+        raise SystemExit(f"error: {UNGUARDED}")
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend!r}; allowed: {', '.join(BACKENDS)}")
     cfg, spec = (load_sweep(data=config, overrides=overrides, plugins=plugins) if isinstance(config, dict)

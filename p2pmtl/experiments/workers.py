@@ -52,12 +52,37 @@ def worker_init(threads: int = 1, plugins: Sequence[str] = ()) -> None:
     load_plugins(plugins)
 
 
+WORKER_OF = "P2PMTL_WORKER_OF"
+UNGUARDED = ("a p2pmtl worker process re-ran your script while importing it, and the script starts "
+             "parallel work again: put the script's calls under `if __name__ == \"__main__\":` "
+             "(or run with jobs = 1)")
+
+
+def in_worker_startup() -> bool:
+    """True in a worker process of :func:`process_pool` (its parent set the variable)."""
+    return os.environ.get(WORKER_OF) == str(os.getppid())
+
+
 def process_pool(jobs: int, threads: int = 1, plugins: Sequence[str] = ()) -> ProcessPoolExecutor:
-    """A spawn-context pool of ``jobs`` workers set up by :func:`worker_init`."""
+    """A spawn-context pool of ``jobs`` workers set up by :func:`worker_init`.
+
+    Spawned workers import the parent's main module; a script that starts a parallel run at its
+    top level (no ``if __name__ == "__main__":`` guard) would start it again in every worker.
+    Such a nested start stops the worker with one line (:data:`UNGUARDED`), and the parent
+    turns the broken pool into the same one-line error."""
     import multiprocessing as mp
 
+    if in_worker_startup():
+        raise SystemExit(f"error: {UNGUARDED}")
+    os.environ[WORKER_OF] = str(os.getpid())  # inherited by the spawned workers only
     return ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
                                initializer=worker_init, initargs=(threads, tuple(plugins)))
+
+
+def broken_pool_error(e: BaseException) -> RuntimeError:
+    """The error a parent raises when its worker processes died at start-up."""
+    return RuntimeError(f"worker processes could not start ({type(e).__name__}); if you run p2pmtl from a "
+                        f"script: {UNGUARDED.split(': ', 1)[1]}")
 
 
 def stop_pool(pool: ProcessPoolExecutor) -> None:

@@ -11,10 +11,30 @@ Pre-aggregation steps (``[n, d] -> [n, d]``, registry :data:`PRE_AGGREGATORS`) r
 aggregator inside a :class:`Pipeline`; :func:`make_aggregator` builds either from names and
 flat keyword parameters (as found in a config file).
 
-Inputs are expected to be finite: drop non-finite messages before aggregating. A distance that
-involves a non-finite input counts as +inf, so Krum and Multi-Krum never select such an input
-(while n - f - 2 finite neighbours exist), but averaging steps (mean, Weiszfeld, clipping,
-NNM's mixing) propagate inf/NaN.
+Hostile inputs. Every registered aggregator and pre-aggregation step (called directly, or in a
+:class:`Pipeline`) accepts stacks in which some rows are NaN, +/-inf or finite but huge:
+
+- non-finite rows (any NaN or inf entry) are treated as absent: they are dropped before the
+  call-time checks and the computation, and ``last_dropped`` on the instance (and on a
+  :class:`Pipeline`) counts them. A pre-aggregation step returns only the finite rows (dropped
+  rows do not come back, so its output may have fewer rows than its input). If no finite row
+  remains, ``ValueError("... all N inputs are non-finite ...")`` is raised. When rows were
+  dropped, an assumed ``f`` that no longer fits the remaining count (e.g. Krum's
+  ``n >= 2f + 3``) is lowered just enough to fit, never below ``f`` minus the number of dropped
+  rows (dropped rows are counted as Byzantine); with no dropped row ``f`` is used as given and
+  the checks raise as before. In a :class:`Pipeline`, rows dropped by an earlier step count too;
+- finite rows with entries so large that squares, sums or differences could overflow (above
+  about ``sqrt(max / (32 n d))`` of the compute dtype, e.g. 1e308 in float64 or 3e38 in
+  float32) switch the call to a guarded path: float32 (and half) stacks are computed in
+  float64, float64 stacks are divided by a power of two first (exact) and the result is
+  multiplied back and clamped to the dtype's finite range. The outputs are then finite; the
+  "Hostile inputs" paragraph of each component says what more it guarantees. Ordinary inputs
+  (all finite, below that bound) take the unguarded path and give bit-for-bit the same results
+  as before; the fast-path cost is one ``aminmax`` pass over ``x``.
+
+The public kernels (:func:`pairwise_sq_distances`, :func:`distances_to`, :func:`weiszfeld`)
+scale before squaring as well; a distance that involves a non-finite input counts as +inf, and a
+float64 distance beyond the float64 range is +inf (only possible for inputs near 1e308).
 
 Implementation notes (memory and speed for n ~ 1000, d ~ 1e6):
 
@@ -88,6 +108,75 @@ def _column_slices(d: int, chunk: Optional[int] = None) -> Iterator[slice]:
         yield slice(start, min(start + step, d))
 
 
+# --------------------------------------------------------------------------- hostile-input guards
+
+
+def _overflow_limit(dtype: torch.dtype, n: int, d: int) -> float:
+    """Largest ``max |x|`` for which the kernels cannot overflow in ``dtype`` on an ``[n, d]``
+    stack: squared distances stay below ``16 d max|x|^2`` and Krum scores below ``n`` times that."""
+    return math.sqrt(torch.finfo(dtype).max / (32.0 * max(n, 1) * max(d, 1)))
+
+
+def _finite_abs_max(t: torch.Tensor) -> float:
+    """``max |t|`` over the finite entries (0 when there are none)."""
+    if t.numel() == 0:
+        return 0.0
+    lo, hi = t.aminmax()  # NaN/inf propagate; one pass, faster than a norm or abs()
+    m = max(float(hi), -float(lo))
+    if math.isfinite(m):
+        return m
+    fin = t[torch.isfinite(t)]
+    return float(fin.abs().max()) if fin.numel() else 0.0
+
+
+def _finite_rows(x: torch.Tensor, who: str) -> tuple[torch.Tensor, int, float]:
+    """``(rows of x without a NaN/inf entry, how many were dropped, max |entry| of those kept)``.
+
+    Fast path: one ``aminmax`` pass over ``x`` (NaN/inf propagate into it; no temporary, far
+    cheaper than ``isfinite(x).all(1)``); when it is finite, ``x`` itself is returned (no copy).
+    Otherwise rows are sorted out by their own max and min. Raises ``ValueError`` when no finite
+    row remains."""
+    n, d = x.shape
+    if d == 0:
+        return x, 0, 0.0
+    lo, hi = x.aminmax()
+    amax = max(float(hi), -float(lo))
+    if math.isfinite(amax):
+        return x, 0, amax
+    rowmax = torch.maximum(x.amax(dim=1), x.amin(dim=1).neg_())
+    keep = torch.isfinite(rowmax)
+    kept = int(keep.sum())
+    if kept == 0:
+        raise ValueError(f"{who}: all {n} inputs are non-finite (NaN or inf); nothing to aggregate")
+    return x[keep], n - kept, float(rowmax[keep].max())
+
+
+def _safe_view(x: torch.Tensor, amax: float) -> tuple[torch.Tensor, float]:
+    """``(y, s)`` with ``x = s * y`` (``s`` a power of two) such that the kernels cannot overflow
+    on ``y``. Ordinary inputs: ``(x, 1.0)``, the very same tensor. Otherwise ``y`` is float64:
+    float32/half stacks are only converted (their range is far inside float64's), float64
+    stacks are also divided by ``s`` (exact, bar values that become subnormal)."""
+    n, d = x.shape
+    if amax <= _overflow_limit(_compute_dtype(x.dtype), n, d):
+        return x, 1.0
+    y = x.to(torch.float64)
+    limit = _overflow_limit(torch.float64, n, d)
+    if amax <= limit:
+        return y, 1.0
+    s = 2.0 ** math.ceil(math.log2(amax / limit))
+    return y * (1.0 / s), s
+
+
+def _unscale(out: torch.Tensor, s: float, dtype: torch.dtype) -> torch.Tensor:
+    """``s * out`` cast to ``dtype``, clamped to its finite range (the true results lie inside the
+    inputs' range; the clamp absorbs a last-bit overshoot at the very top of the range)."""
+    out = out.to(torch.float64)
+    if s != 1.0:
+        out = out * s
+    big = torch.finfo(dtype).max
+    return out.clamp_(-big, big).to(dtype)
+
+
 # --------------------------------------------------------------------------- shared kernels
 
 
@@ -119,8 +208,20 @@ def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
     Column chunks are centred on their lower coordinate median (NaN ignored; an input value,
     so integer data stay exact), multiplied in the input precision (float32 for half types)
     and summed in float64; the Gram matrix is symmetrised, negatives from rounding are clamped to 0 and
-    the diagonal is exactly 0. Distances involving a non-finite input are +inf."""
+    the diagonal is exactly 0. Distances involving a non-finite input are +inf.
+
+    Hostile inputs: huge finite entries are scaled before squaring (float32 stacks are computed
+    in float64), so the result is finite for float32/half inputs; for float64 inputs a squared
+    distance beyond the float64 range (inputs near 1e308) is +inf."""
     n, d = _check_stack(x, "pairwise_sq_distances")
+    y, s = _safe_view(x, _finite_abs_max(x))
+    dist = _gram_sq_distances(y)
+    return dist if s == 1.0 else dist.mul_(s).mul_(s)
+
+
+def _gram_sq_distances(x: torch.Tensor) -> torch.Tensor:
+    """The kernel of :func:`pairwise_sq_distances`, without the overflow guard."""
+    n, d = x.shape
     cdt = _compute_dtype(x.dtype)
     gram = torch.zeros((n, n), dtype=torch.float64, device=x.device)
     for sl in _column_slices(d):
@@ -138,7 +239,21 @@ def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
 
 def distances_to(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """``[n]`` float64 Euclidean distances ``||x_i - z||``, computed directly (no Gram
-    cancellation) chunk by chunk."""
+    cancellation) chunk by chunk.
+
+    Hostile inputs: huge finite entries are scaled before squaring (float32 stacks in float64),
+    so the result is finite for float32/half inputs; for float64 inputs a distance beyond the
+    float64 range is +inf."""
+    amax = max(_finite_abs_max(x), _finite_abs_max(z))
+    y, s = _safe_view(x, amax)
+    if y is x:
+        return _distances_to(x, z)
+    dist = _distances_to(y, z.to(torch.float64) * (1.0 / s))
+    return dist if s == 1.0 else dist.mul_(s)
+
+
+def _distances_to(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The kernel of :func:`distances_to`, without the overflow guard."""
     n, d = x.shape
     cdt = _compute_dtype(x.dtype)
     sq = torch.zeros(n, dtype=torch.float64, device=x.device)
@@ -174,6 +289,20 @@ def _register(registry: Registry, name: str, description: str) -> Callable[[type
 class _Component:
     name: ClassVar[str] = "?"
 
+    guarded: ClassVar[bool] = False
+    """True for components whose ``_aggregate``/``_apply`` handle the guarded path (huge finite
+    inputs: a scaled or float64 stack, lengths divided by ``_unit``). Components that leave it
+    False (e.g. plugins) still get non-finite rows dropped, but see their inputs unchanged."""
+
+    last_dropped: int = 0
+    """Non-finite input rows dropped by the last call."""
+
+    # per call, set by _run: non-finite rows removed so far (this call and earlier pipeline
+    # steps), the unit of the stack handed to _aggregate/_apply, whether it is the guarded path
+    _known_bad: int = 0
+    _unit: float = 1.0
+    _guarded_call: bool = False
+
     def params(self) -> dict[str, Any]:
         """The constructor parameters of this instance (for logs and reprs)."""
         return {k: getattr(self, k) for k in accepted_params(type(self))}
@@ -182,32 +311,71 @@ class _Component:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
 
-
-class Aggregator(_Component):
-    """``[n, d] -> [d]``. Subclasses implement ``_aggregate`` and, if they need one, ``_check_n``."""
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        n, _ = _check_stack(x, f"aggregator {self.name!r}")
-        self._check_n(n)
-        return self._aggregate(x).to(x.dtype)
-
     def _check_n(self, n: int) -> None:
         pass
+
+    def _max_f(self, n: int) -> int:
+        """The largest assumed ``f`` valid for ``n`` inputs (components with an ``f``)."""
+        raise NotImplementedError
+
+    def _fit_f(self, n: int) -> int:
+        """The ``f`` to use with ``n`` remaining inputs: ``self.f``, or, when non-finite rows were
+        dropped, the largest value <= ``self.f`` that ``n`` allows (at least ``f - dropped``)."""
+        f = self.f  # type: ignore[attr-defined]
+        if self._known_bad:
+            f = max(0, min(f, self._max_f(n)))
+        return f
+
+    def _run(self, x: torch.Tensor, who: str, compute: Callable[[torch.Tensor], torch.Tensor],
+             known_bad: int = 0) -> torch.Tensor:
+        n, _ = _check_stack(x, who)
+        x, dropped, amax = _finite_rows(x, who)
+        self.last_dropped = dropped
+        self._known_bad = known_bad + dropped
+        try:
+            try:
+                self._check_n(x.shape[0])
+            except ValueError as e:
+                if not dropped:
+                    raise
+                raise ValueError(f"{e} (after dropping {dropped} non-finite of {n} inputs)") from None
+            y, s = _safe_view(x, amax) if self.guarded else (x, 1.0)
+            if y is x:
+                return compute(x).to(x.dtype)
+            self._unit, self._guarded_call = s, True
+            return _unscale(compute(y), s, x.dtype)
+        finally:
+            self._known_bad, self._unit, self._guarded_call = 0, 1.0, False
+
+
+class Aggregator(_Component):
+    """``[n, d] -> [d]``. Subclasses implement ``_aggregate`` and, if they need one, ``_check_n``.
+
+    ``__call__`` first drops non-finite rows (``last_dropped`` counts them; ``ValueError`` if
+    none is left), then checks ``n`` and aggregates (see the module docstring, Hostile inputs)."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._call(x, 0)
+
+    def _call(self, x: torch.Tensor, known_bad: int) -> torch.Tensor:
+        return self._run(x, f"aggregator {self.name!r}", self._aggregate, known_bad)
 
     def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
 
 class PreAggregator(_Component):
-    """``[n, d] -> [n, d]``, applied before an aggregator (see :class:`Pipeline`)."""
+    """``[n, d] -> [m, d]``, applied before an aggregator (see :class:`Pipeline`).
+
+    ``__call__`` first drops non-finite rows (``last_dropped`` counts them; ``ValueError`` if
+    none is left): they do not come back, the output has one row per finite input row
+    (``m = n - last_dropped``), in input order."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        n, _ = _check_stack(x, f"pre-aggregation step {self.name!r}")
-        self._check_n(n)
-        return self._apply(x).to(x.dtype)
+        return self._call(x, 0)
 
-    def _check_n(self, n: int) -> None:
-        pass
+    def _call(self, x: torch.Tensor, known_bad: int) -> torch.Tensor:
+        return self._run(x, f"pre-aggregation step {self.name!r}", self._apply, known_bad)
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -226,27 +394,55 @@ class Mean(Aggregator):
     """``mean_i x_i``.
 
     Example: ``[[0, 0], [2, 4]] -> [1, 2]``.
+
+    Hostile inputs: non-finite rows are dropped (the mean of the finite ones); huge finite rows
+    give a finite result (the mean of the scaled stack, scaled back), but the mean is not
+    robust: one input moves it arbitrarily far (up to the largest input's size).
     """
+
+    guarded = True
 
     def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=0)
 
 
+_STARTS = ("mean", "median")
+
+
 def weiszfeld(
-    x: torch.Tensor, *, nu: float = 1e-6, tol: float = 1e-7, max_iter: int = 100
+    x: torch.Tensor, *, nu: float = 1e-6, tol: float = 1e-7, max_iter: int = 100, start: str = "mean"
 ) -> tuple[torch.Tensor, int]:
     """Smoothed Weiszfeld iteration for ``argmin_z sum_i ||x_i - z||`` (Pillutla et al. 2022).
 
-    Returns ``(z, iterations)``. ``z`` starts at the mean; each step sets
-    ``z <- sum_i b_i x_i / sum_i b_i`` with ``b_i = 1 / max(nu, ||x_i - z||)`` and the loop stops
-    when ``||z_new - z|| <= tol * max(||z||, tiny)`` or after ``max_iter`` steps. Weights and
-    norms are float64; the weighted sums run in the input precision (float32 for half types)."""
+    Returns ``(z, iterations)``. ``z`` starts at the mean (``start = "median"``: at the
+    coordinate-wise median); each step sets ``z <- sum_i b_i x_i / sum_i b_i`` with
+    ``b_i = 1 / max(nu, ||x_i - z||)`` and the loop stops when
+    ``||z_new - z|| <= tol * max(||z||, tiny)`` or after ``max_iter`` steps. Weights and norms are
+    float64; the weighted sums run in the input precision (float32 for half types).
+
+    Hostile inputs: the rows must be finite (the aggregators drop non-finite rows first). With
+    huge finite entries the stack is scaled first (float32 computed in float64) and the
+    iteration starts at the coordinate-wise median whatever ``start`` says: from a mean dragged
+    far away by a few huge rows, each step only recovers a factor of about
+    ``far / (n - far)`` of the distance."""
+    if start not in _STARTS:
+        raise ValueError(f"start = {start!r}: must be one of {', '.join(_STARTS)}")
+    _check_stack(x, "weiszfeld")
+    y, s = _safe_view(x, _finite_abs_max(x))
+    if y is x:
+        return _weiszfeld(x, nu=nu, tol=tol, max_iter=max_iter, start=start)
+    z, it = _weiszfeld(y, nu=nu / s, tol=tol, max_iter=max_iter, start="median")
+    return _unscale(z, s, _compute_dtype(x.dtype)), it
+
+
+def _weiszfeld(x: torch.Tensor, *, nu: float, tol: float, max_iter: int, start: str) -> tuple[torch.Tensor, int]:
+    """The kernel of :func:`weiszfeld`, without the overflow guard."""
     cdt = _compute_dtype(x.dtype)
-    z = x.to(cdt).mean(dim=0)
+    z = x.to(cdt).mean(dim=0) if start == "mean" else coordinatewise_median(x).to(cdt)
     it = 0
     while it < max_iter:
         it += 1
-        b = 1.0 / distances_to(x, z).clamp_min(nu)
+        b = 1.0 / _distances_to(x, z).clamp_min(nu)
         z_new = _weighted_sum(b / b.sum(), x)
         step = torch.linalg.vector_norm(z_new.to(torch.float64) - z.to(torch.float64)).item()
         scale = max(torch.linalg.vector_norm(z.to(torch.float64)).item(), _TINY)
@@ -283,7 +479,18 @@ class GeometricMedian(Aggregator):
     Example: ``[[0, 0], [1, 0], [0, 1], [100, 100]]`` -> ``[0.5, 0.5]``, where the unit vectors
     towards the four inputs sum to zero (the far point pulls no harder than a near one),
     whereas the mean is ``[25.25, 25.25]``.
+
+    Hostile inputs: non-finite rows are dropped. With huge finite rows (the guarded path) the
+    stack is scaled, ``nu`` with it, and the iteration starts from the coordinate-wise median
+    instead of the mean (which such rows drag arbitrarily far). The result is finite and, when
+    at most a fraction ``a < 1/2`` of the remaining rows lie farther than ``r`` from a point
+    ``y`` (e.g. the honest rows' mean), ``||z - y|| <= (1 - a) / sqrt(1 - 2a) * r`` for the exact
+    geometric median (Minsker 2015, Lemma 2.1), up to the Weiszfeld tolerance: per segment when
+    ``segments`` is set. On ordinary inputs the start is the mean, so far (but not huge)
+    outliers such as 1e100 may need more than ``max_iter`` steps to be discounted.
     """
+
+    guarded = True
 
     def __init__(
         self,
@@ -312,9 +519,11 @@ class GeometricMedian(Aggregator):
             raise ValueError(
                 f"geometric_median: segments {list(segments)} sum to {sum(segments)}, but vectors have d = {d}"
             )
+        nu = self.nu / self._unit
+        begin = "median" if self._guarded_call else "mean"
         parts, self.last_iterations, start = [], [], 0
         for size in segments:
-            z, it = weiszfeld(x[:, start:start + size], nu=self.nu, tol=self.tol, max_iter=self.max_iter)
+            z, it = _weiszfeld(x[:, start:start + size], nu=nu, tol=self.tol, max_iter=self.max_iter, start=begin)
             parts.append(z)
             self.last_iterations.append(it)
             start += size
@@ -322,9 +531,17 @@ class GeometricMedian(Aggregator):
 
 
 def krum_scores(x: torch.Tensor, f: int, dist: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Krum scores ``s_i = sum of the n - f - 2 smallest ||x_i - x_j||^2 over j != i`` (float64)."""
-    n = x.shape[0]
+    """Krum scores ``s_i = sum of the n - f - 2 smallest ||x_i - x_j||^2 over j != i`` (float64).
+
+    Hostile inputs: as :func:`pairwise_sq_distances` (a float64 score beyond the float64 range
+    is +inf; :class:`Krum` itself ranks scaled scores, which stay finite)."""
     d2 = pairwise_sq_distances(x) if dist is None else dist.clone()
+    return _krum_scores(d2, f)
+
+
+def _krum_scores(d2: torch.Tensor, f: int) -> torch.Tensor:
+    """Krum scores from squared distances ``d2`` (overwritten)."""
+    n = d2.shape[0]
     d2.fill_diagonal_(math.inf)
     k = n - f - 2
     return torch.sort(d2, dim=1).values[:, :k].sum(dim=1)
@@ -346,16 +563,29 @@ class Krum(Aggregator):
 
     Example (f = 1, n = 5): ``[0], [1], [2], [3], [100]``: each keeps its 2 nearest others;
     scores 1+4=5, 1+1=2, 1+1=2, 1+4=5, 97^2+98^2 -> ties 1 and 2, returns ``x_1 = [1]``.
+
+    Hostile inputs: non-finite rows are dropped (``f`` lowered only if the rest no longer
+    allows it, see the module docstring). Scores of huge finite rows are computed on the scaled
+    stack and do not overflow. The result is always one of the finite input rows (returned
+    exactly, bar float64 entries below ~1e-150 in a stack that also holds ~1e308), so it is
+    finite; when at most ``f`` rows are far from the others (1e308 included), none of them is
+    selected once their distance to the honest rows exceeds the honest rows' diameter times
+    ``sqrt(n)``.
     """
+
+    guarded = True
 
     def __init__(self, *, f: int) -> None:
         self.f = _int_param("f", f, minimum=0)
 
+    def _max_f(self, n: int) -> int:
+        return (n - 3) // 2
+
     def _check_n(self, n: int) -> None:
-        _check_krum_n("krum", n, self.f)
+        _check_krum_n("krum", n, self._fit_f(n))
 
     def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
-        scores = krum_scores(x, self.f)
+        scores = _krum_scores(_gram_sq_distances(x), self._fit_f(x.shape[0]))
         return x[int(torch.argmin(scores))].clone()
 
 
@@ -369,23 +599,39 @@ class MultiKrum(Aggregator):
 
     Example (f = 1, m = 2): ``[0], [1], [2], [3], [100]``: scores 5, 2, 2, 5, ... -> mean of
     ``x_1, x_2`` = ``[1.5]``.
+
+    Hostile inputs: non-finite rows are dropped (``f`` lowered only if the rest no longer
+    allows it, and then ``m`` capped at ``n - f`` of the remaining rows instead of raising).
+    Scores and the mean are computed on the scaled stack: the result is finite. When at most
+    ``f`` rows are far (1e308 included) and ``m <= n - f``, none of them is averaged (as for
+    :class:`Krum`), so the result is a mean of honest rows; with ``m`` above the number of
+    honest rows it is finite but not robust.
     """
+
+    guarded = True
 
     def __init__(self, *, f: int, m: Optional[int] = None) -> None:
         self.f = _int_param("f", f, minimum=0)
         self.m = None if m is None else _int_param("m", m, minimum=1)
 
+    def _max_f(self, n: int) -> int:
+        return (n - 3) // 2
+
     def _check_n(self, n: int) -> None:
-        _check_krum_n("multi_krum", n, self.f)
-        if self.m is not None and not 1 <= self.m <= n - self.f:
+        f = self._fit_f(n)
+        _check_krum_n("multi_krum", n, f)
+        if self.m is not None and not self._known_bad and not 1 <= self.m <= n - f:
             raise ValueError(
-                f"multi_krum: m = {self.m} must lie in [1, n - f] = [1, {n - self.f}] (n = {n}, f = {self.f})"
+                f"multi_krum: m = {self.m} must lie in [1, n - f] = [1, {n - f}] (n = {n}, f = {f})"
             )
 
     def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
         n, d = x.shape
-        m = n - self.f if self.m is None else self.m
-        scores = krum_scores(x, self.f)
+        f = self._fit_f(n)
+        m = n - f if self.m is None else self.m
+        if self._known_bad:
+            m = min(m, n - f)
+        scores = _krum_scores(_gram_sq_distances(x), f)
         keep = torch.sort(scores, stable=True).indices[:m]
         out = torch.empty(d, dtype=x.dtype, device=x.device)
         for sl in _column_slices(d):
@@ -399,7 +645,13 @@ class CoordinateMedian(Aggregator):
     ``z_j = median_i x_ij``; for even ``n`` the midpoint of the two middle values.
 
     Example: ``[[1, 5], [3, 0], [2, 7], [9, 1]]`` -> ``[(2+3)/2, (1+5)/2] = [2.5, 3]``.
+
+    Hostile inputs: non-finite rows are dropped. The result is finite (an input value or the
+    midpoint of two, computed without overflow); when fewer than half of the remaining rows are
+    corrupted, every coordinate lies within the range of the honest rows' values.
     """
+
+    guarded = True
 
     def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
         return coordinatewise_median(x)
@@ -412,23 +664,35 @@ class TrimmedMean(Aggregator):
     ``n > 2f``; ``f`` (keyword-only, required) is the number of values trimmed at each end.
 
     Example (f = 1): ``[1], [2], [3], [4], [100]`` -> mean of 2, 3, 4 = ``[3]``.
+
+    Hostile inputs: non-finite rows are dropped (``f`` lowered only if the rest no longer
+    allows it, see the module docstring). The kept values are averaged on the scaled stack, so
+    the result is finite; when at most ``f`` of the remaining rows are corrupted (however far,
+    1e308 included), every coordinate lies within the range of the honest rows' values.
     """
+
+    guarded = True
 
     def __init__(self, *, f: int) -> None:
         self.f = _int_param("f", f, minimum=0)
 
+    def _max_f(self, n: int) -> int:
+        return (n - 1) // 2
+
     def _check_n(self, n: int) -> None:
-        if n <= 2 * self.f:
-            raise ValueError(f"trimmed_mean: needs n > 2f, got n = {n} and f = {self.f}")
+        f = self._fit_f(n)
+        if n <= 2 * f:
+            raise ValueError(f"trimmed_mean: needs n > 2f, got n = {n} and f = {f}")
 
     def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
         n, d = x.shape
-        if self.f == 0:
+        f = self._fit_f(n)
+        if f == 0:
             return x.mean(dim=0)
         out = torch.empty(d, dtype=x.dtype, device=x.device)
         for sl in _column_slices(d):
             s = x[:, sl].T.contiguous().sort(dim=1).values  # [chunk, n], rows sorted
-            out[sl] = s[:, self.f:n - self.f].mean(dim=1)
+            out[sl] = s[:, f:n - f].mean(dim=1)
         return out
 
 
@@ -453,7 +717,16 @@ class CenteredClipping(Aggregator):
     Example (tau = 1, iters = 1): inputs ``[0.5], [-0.5], [10]``. From the median ``v_0 = 0.5``:
     differences 0, -1, 9.5 clip to 0, -1, 1 -> ``v = 0.5 + 0 = [0.5]``. From the mean
     ``v_0 = 10/3``: differences clip to -1, -1, 1 -> ``v = 10/3 - 1/3 = [3]``.
+
+    Hostile inputs: non-finite rows are dropped (also by :meth:`from_center`, whose center must
+    be finite). Distances are computed on the scaled stack (``tau`` scaled with it), and each
+    step is a convex combination of ``v`` and the inputs, so the result is finite. From the
+    median (the default) with finite ``tau``, ``b`` far rows (1e308 included) move ``v`` at most
+    ``b * tau / n`` per step beyond where the honest rows take it. From the mean, or with
+    ``tau = inf``, huge rows drag the result arbitrarily far (finite, not robust).
     """
+
+    guarded = True
 
     def __init__(self, *, tau: float, iters: int = 1, center: str = "median") -> None:
         self.tau = _positive_param("tau", tau, allow_inf=True)
@@ -467,18 +740,31 @@ class CenteredClipping(Aggregator):
         return self._iterate(x, v0)
 
     def from_center(self, x: torch.Tensor, v0: torch.Tensor) -> torch.Tensor:
-        """The ``iters`` clipping steps starting from ``v0`` (shape ``[d]``)."""
-        n, d = _check_stack(x, "centered_clipping")
+        """The ``iters`` clipping steps starting from ``v0`` (shape ``[d]``, finite)."""
+        who = "centered_clipping"
+        n, d = _check_stack(x, who)
         if v0.shape != (d,):
-            raise ValueError(f"centered_clipping: center has shape {tuple(v0.shape)}, expected ({d},)")
-        return self._iterate(x, v0).to(x.dtype)
+            raise ValueError(f"{who}: center has shape {tuple(v0.shape)}, expected ({d},)")
+        if not bool(torch.isfinite(v0).all()):
+            raise ValueError(f"{who}: the center v0 must be finite")
+        x, self.last_dropped, amax = _finite_rows(x, who)
+        y, s = _safe_view(x, max(amax, _finite_abs_max(v0)))
+        if y is x:
+            return self._iterate(x, v0).to(x.dtype)
+        self._unit = s
+        try:
+            out = self._iterate(y, v0.to(device=y.device, dtype=torch.float64) * (1.0 / s))
+        finally:
+            self._unit = 1.0
+        return _unscale(out, s, x.dtype)
 
     def _iterate(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         cdt = _compute_dtype(x.dtype)
+        tau = self.tau / self._unit
         v = v.to(device=x.device, dtype=cdt)
         for _ in range(self.iters):
-            s = _clip_scales(distances_to(x, v), self.tau)  # float64 [n]
+            s = _clip_scales(_distances_to(x, v), tau)  # float64 [n]
             # v + mean_i s_i (x_i - v) = v (1 - sum(s)/n) + (s @ x) / n: no [n, d] temporary
             v = v * (1.0 - float(s.sum()) / n) + _weighted_sum(s / n, x)
         return v
@@ -497,18 +783,31 @@ class NearestNeighborMixing(PreAggregator):
     ``f`` (keyword-only, required) assumed Byzantine inputs; needs ``n > f``.
 
     Example (f = 1): ``[0], [1], [10]`` -> ``[0.5], [0.5], [5.5]`` (10's nearest other is 1).
+
+    Hostile inputs: non-finite rows are dropped and do not come back (the output has one row per
+    finite input; ``f`` lowered only if the rest no longer allows it). Distances and the mixing
+    run on the scaled stack, so every output row is finite. The mixing is one dense
+    ``[n, n] @ [n, d]`` product, which is safe here: every row that reaches it is finite and
+    scaled, so a zero weight always meets a finite value and contributes an exact 0 (no row can
+    spread to rows that do not select it). Not an aggregator on its own: a far row still
+    reaches the outputs whose ``n - f`` nearest include it; the following aggregator does the rest.
     """
+
+    guarded = True
 
     def __init__(self, *, f: int) -> None:
         self.f = _int_param("f", f, minimum=0)
 
+    def _max_f(self, n: int) -> int:
+        return n - 1
+
     def _check_n(self, n: int) -> None:
-        _check_f_below_n("nnm", n, self.f)
+        _check_f_below_n("nnm", n, self._fit_f(n))
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
         n, d = x.shape
-        k = n - self.f
-        d2 = pairwise_sq_distances(x)
+        k = n - self._fit_f(n)
+        d2 = _gram_sq_distances(x)
         d2.fill_diagonal_(-1.0)  # itself first
         nearest = torch.sort(d2, dim=1, stable=True).indices[:, :k]
         cdt = _compute_dtype(x.dtype)
@@ -526,7 +825,14 @@ class ClipToCenter(PreAggregator):
     ``clip(z, tau) = z * min(1, tau / ||z||)``. ``tau`` (keyword-only, required) > 0.
 
     Example (tau = 1): ``[0], [1], [10]``: c = 1 -> ``[0], [1], [2]``.
+
+    Hostile inputs: non-finite rows are dropped and do not come back (one output row per finite
+    input). Distances are computed on the scaled stack (``tau`` scaled with it), so every output
+    row is finite and, for finite ``tau``, within ``tau`` of the coordinate-wise median (which
+    lies within the honest rows' range when fewer than half of the rows are corrupted).
     """
+
+    guarded = True
 
     def __init__(self, *, tau: float) -> None:
         self.tau = _positive_param("tau", tau, allow_inf=True)
@@ -534,7 +840,7 @@ class ClipToCenter(PreAggregator):
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
         cdt = _compute_dtype(x.dtype)
         c = coordinatewise_median(x).to(cdt)
-        s = _clip_scales(distances_to(x, c), self.tau).to(cdt)[:, None]
+        s = _clip_scales(_distances_to(x, c), self.tau / self._unit).to(cdt)[:, None]
         out = torch.empty_like(x)
         for sl in _column_slices(x.shape[1]):
             out[:, sl] = c[sl] + s * (x[:, sl].to(cdt) - c[sl])
@@ -545,7 +851,14 @@ class ClipToCenter(PreAggregator):
 
 
 class Pipeline:
-    """Pre-aggregation steps applied in order, then an aggregator: ``[n, d] -> [d]``."""
+    """Pre-aggregation steps applied in order, then an aggregator: ``[n, d] -> [d]``.
+
+    Hostile inputs: each step drops the non-finite rows it receives (see the module
+    docstring); rows dropped by a step count as known-bad for the later ones (an assumed ``f``
+    that no longer fits is lowered, never below ``f`` minus the dropped count).
+    ``last_dropped`` is the total of the last call."""
+
+    last_dropped: int = 0
 
     def __init__(self, pre: Sequence[PreAggregator], aggregator: Aggregator) -> None:
         self.pre = tuple(pre)
@@ -556,9 +869,14 @@ class Pipeline:
         return "+".join([p.name for p in self.pre] + [self.aggregator.name])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        known = 0
         for step in self.pre:
-            x = step(x)
-        return self.aggregator(x)
+            x = step._call(x, known) if isinstance(step, _Component) else step(x)
+            known += getattr(step, "last_dropped", 0)
+        agg = self.aggregator
+        out = agg._call(x, known) if isinstance(agg, _Component) else agg(x)
+        self.last_dropped = known + getattr(agg, "last_dropped", 0)
+        return out
 
     def __repr__(self) -> str:
         return f"Pipeline(pre={list(self.pre)!r}, aggregator={self.aggregator!r})"

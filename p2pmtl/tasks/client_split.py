@@ -53,7 +53,7 @@ class FederatedImagesConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1, description="optimizer = momentum: the momentum factor")
     batch_size: int = Field(50, ge=1, description="images per mini-batch")
     channels_last: bool = Field(True, description="hold images and conv weights in channels_last memory "
-                                                  "format (about 2x faster on CPU); results unchanged")
+                                                  "format (about 2x faster on CPU)")
     # gossip mode only
     share: Literal["model", "representation"] = Field(
         "representation", description="gossip mode: gossip the whole model, or only the representation (heads "

@@ -69,7 +69,7 @@ class DigitsConfig(Strict):
     skip_prob: list[Probability] = Field(
         default_factory=list, description="agent k skips its local step w.p. skip_prob[k % len] (uneven data)")
     channels_last: bool = Field(True, description="hold images and conv weights in channels_last memory "
-                                                  "format (about 2x faster on CPU); results unchanged")
+                                                  "format (about 2x faster on CPU)")
     share: Literal["model", "representation"] = Field(
         "model", description="representation: gossip only the representation, heads stay personal")
 

@@ -1,4 +1,4 @@
-"""Command line: ``p2pmtl run | sweep | study | list | plot | bench``.
+"""Command line: ``p2pmtl run | sweep | study | list | plot | robustness | bench``.
 
 Every command takes ``--plugin MODULE_OR_FILE`` (repeatable) and ``--quiet``; messages go
 through the standard :mod:`logging` module (logger ``p2pmtl``), results to stdout.
@@ -236,6 +236,38 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _n_f(text: str) -> tuple[int, int]:
+    try:
+        n, f = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected N:F, e.g. 10:2") from None
+    if not 0 <= f < n:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 <= F < N")
+    return n, f
+
+
+def _cmd_robustness(args: argparse.Namespace) -> int:
+    """Empirical (f, kappa)-resilience of every aggregator (RESAM Definition 1)."""
+    from .experiments.plugins import load_plugins
+    from .robust.aggregators import AGGREGATORS, PRE_AGGREGATORS
+    from .robust.robustness import format_table, resilience_table
+
+    load_plugins(args.plugin)
+    for name in args.aggregators or []:
+        if name not in AGGREGATORS:
+            print(f"error: --aggregators {name!r}: unknown; allowed: {', '.join(AGGREGATORS.names())}", file=sys.stderr)
+            return 2
+    for name in args.pre:
+        if name not in PRE_AGGREGATORS:
+            print(f"error: --pre {name!r}: unknown; allowed: {', '.join(PRE_AGGREGATORS.names())}", file=sys.stderr)
+            return 2
+    rows = resilience_table(args.n_f, args.aggregators, dim=args.dim, trials=args.trials, seed=args.seed, pre=args.pre)
+    print(f"empirical resilience: honest rows ~ N(0, I_{args.dim}), {args.trials} trials, max over "
+          f"forgeries; kappa_hat = max ||F(x) - honest mean|| / honest diameter")
+    print(format_table(rows))
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench.main import main as bench_main
 
@@ -301,6 +333,17 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--plot", action="store_true", help="only redraw the figures of a study directory")
     st.add_argument("--no-progress", action="store_true", help="no progress bar")
     st.set_defaults(func=_cmd_study)
+    rb = add("robustness", help="estimate each aggregator's resilience constant kappa (RESAM Def. 1)",
+             description="For every aggregator (or --aggregators), f of n inputs Byzantine: the largest "
+                         "||F(x) - honest mean|| / honest diameter over a set of forgeries, on Gaussian honest rows.")
+    rb.add_argument("--n-f", type=_n_f, nargs="+", default=[(10, 1), (10, 3), (26, 5)], metavar="N:F",
+                    help="input counts and Byzantine counts (default 10:1 10:3 26:5)")
+    rb.add_argument("--aggregators", nargs="*", help="aggregators to measure (default: all registered)")
+    rb.add_argument("--pre", nargs="*", default=[], help="pre-aggregation steps before each aggregator")
+    rb.add_argument("--dim", type=_positive_int, default=20, help="dimension of the vectors")
+    rb.add_argument("--trials", type=_positive_int, default=10, help="honest draws per (n, f)")
+    rb.add_argument("--seed", type=int, default=0)
+    rb.set_defaults(func=_cmd_robustness)
     b = add("bench", help="time the batched engine against a per-agent numpy loop",
                        description="Target localization: batched engine vs the per-agent loop of the "
                                    "published reference code, then scaling to large graphs.")

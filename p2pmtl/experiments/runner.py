@@ -60,8 +60,7 @@ def make_engine(cfg: ExperimentConfig, world: World, scenario: ScenarioConfig, r
     pop = task.for_world(cfg, world, len(rule_names), dtype)
     rules = [make_rule(r, nu=cfg.rules.nu, init_score=cfg.rules.init_score, **cfg.rules.params.get(r, {}))
              for r in rule_names]
-    combines = [make_combine(r.combine) if r.combine else make_combine(cfg.rules.combine, **cfg.rules.combine_params)
-                for r in rules]
+    combines = [r.combine_step() or make_combine(cfg.rules.combine, **cfg.rules.combine_params) for r in rules]
     attacks = None
     if world.byzantine.numel():
         attacks = [make_attack(scenario.attack.name, **scenario.attack.params) for _ in rule_names]

@@ -52,15 +52,22 @@ def worker_init(threads: int = 1, plugins: Sequence[str] = ()) -> None:
     load_plugins(plugins)
 
 
-WORKER_OF = "P2PMTL_WORKER_OF"
 UNGUARDED = ("a p2pmtl worker process re-ran your script while importing it, and the script starts "
              "parallel work again: put the script's calls under `if __name__ == \"__main__\":` "
              "(or run with jobs = 1)")
 
 
 def in_worker_startup() -> bool:
-    """True in a worker process of :func:`process_pool` (its parent set the variable)."""
-    return os.environ.get(WORKER_OF) == str(os.getppid())
+    """True while a spawned child process re-runs the parent's script (``multiprocessing``
+    runs it as module ``__mp_main__`` before the child's first task)."""
+    import sys
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "__mp_main__":
+            return True
+        frame = frame.f_back
+    return False
 
 
 def process_pool(jobs: int, threads: int = 1, plugins: Sequence[str] = ()) -> ProcessPoolExecutor:
@@ -74,7 +81,6 @@ def process_pool(jobs: int, threads: int = 1, plugins: Sequence[str] = ()) -> Pr
 
     if in_worker_startup():
         raise SystemExit(f"error: {UNGUARDED}")
-    os.environ[WORKER_OF] = str(os.getpid())  # inherited by the spawned workers only
     return ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
                                initializer=worker_init, initargs=(threads, tuple(plugins)))
 

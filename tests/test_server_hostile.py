@@ -288,3 +288,16 @@ def test_cnn_run_reports_counts(tmp_path, hostile_attack):
         assert math.isfinite(res[m]["test_loss"]["last_window_mean"])
         arrays = np.load(tmp_path / "arrays" / f"server_rounds__attacked__{m}.npz")
         assert arrays["uploads_dropped_nonfinite"].tolist() == [2, 2] and arrays["updated"].tolist() == [True, True]
+
+
+def test_geometric_median_segments_that_do_not_sum_to_the_model_size_are_a_config_error(tmp_path):
+    from p2pmtl.cli import main
+
+    data = {"name": "seg", "mode": "server", "iterations": 2, "graph": {"family": "star", "n": 6},
+            "server": {"alpha": 1.0, "methods": ["fedavg+gm"], "aggregator_params": {"segments": [1, 5]}},
+            "scenarios": [{"name": "a"}]}
+    from p2pmtl.experiments.config import _to_toml
+
+    path = tmp_path / "seg.toml"
+    path.write_text(_to_toml(data))
+    assert main(["run", str(path), "--out", str(tmp_path / "r"), "--no-figures", "-q"]) == 2

@@ -49,8 +49,10 @@ PARAMS_N7 = {
 
 
 def test_registry_lists_everything():
-    assert set(AGGREGATORS.names()) == set(PARAMS_N7)
-    assert set(PRE_AGGREGATORS.names()) == {"nnm", "clip_to_center"}
+    # the rest of the family (mda, bulyan, bucketing, ...): tests/test_aggregator_family.py
+    family = {"mda", "meamed", "monna", "bulyan", "smea", "caf"}
+    assert set(AGGREGATORS.names()) == set(PARAMS_N7) | family
+    assert set(PRE_AGGREGATORS.names()) == {"nnm", "clip_to_center", "bucketing", "arc"}
     assert all(desc for _, desc in AGGREGATORS.describe())
     assert all(desc for _, desc in PRE_AGGREGATORS.describe())
 
@@ -416,8 +418,8 @@ def test_error_other_parameters():
 def test_error_unknown_names_and_parameters():
     with pytest.raises(KeyError, match="unknown aggregator 'median'.*coordinate_median.*geometric_median"):
         make_aggregator("median")
-    with pytest.raises(KeyError, match="unknown pre-aggregation step 'bucketing'.*clip_to_center, nnm"):
-        make_aggregator("mean", pre=["bucketing"])
+    with pytest.raises(KeyError, match="unknown pre-aggregation step 'buckets'.*clip_to_center, nnm"):
+        make_aggregator("mean", pre=["buckets"])
     with pytest.raises(ValueError, match="unknown parameter.*beta.*krum: f"):
         make_aggregator("krum", f=1, beta=0.3)
     with pytest.raises(ValueError, match="unknown parameter.*f.*mean: \\(none\\)"):

@@ -33,19 +33,24 @@ AGG_NAMES = [e.name for e in AGGREGATORS.entries() if e.builtin]
 PRE_NAMES = [e.name for e in PRE_AGGREGATORS.entries() if e.builtin]
 ALL_NAMES = AGG_NAMES + PRE_NAMES
 # close to the honest rows when at most f rows are bad (centered clipping from the median)
-ROBUST = ["geometric_median", "krum", "multi_krum", "coordinate_median", "trimmed_mean", "centered_clipping"]
+ROBUST = ["geometric_median", "krum", "multi_krum", "coordinate_median", "trimmed_mean", "centered_clipping",
+          "mda", "meamed", "monna", "smea", "caf"]  # bulyan: f = 2 needs n >= 11 (tests/test_aggregator_family.py)
 NON_FINITE_KINDS = ["nan", "inf", "-inf", "mixed"]
 HUGE_KINDS = ["huge", "huge_pm"]
 
 
 def test_the_registries_hold_the_components_tested_here():
     assert set(ROBUST) | {"mean"} <= set(AGG_NAMES)
-    assert {"nnm", "clip_to_center"} <= set(PRE_NAMES)
+    assert {"nnm", "clip_to_center", "bucketing", "arc"} <= set(PRE_NAMES)
+    assert "bulyan" in AGG_NAMES
 
 
-def build(name: str, f: int = 1, tau: float = 1.0):
-    """A registered component with valid parameters for n = 9 (f, tau where accepted)."""
+def build(name: str, f: int = 1, tau: float = 1.0, n: int = N):
+    """A registered component with valid parameters for n inputs (f, tau where accepted; bulyan's f
+    capped at (n - 3) // 4, as it needs n >= 4f + 3)."""
     cls = AGGREGATORS.get(name) if name in AGG_NAMES else PRE_AGGREGATORS.get(name)
+    if name == "bulyan":
+        f = min(f, (n - 3) // 4)
     given_params = {"f": f, "tau": tau}
     return cls(**{k: v for k, v in given_params.items() if k in accepted_params(cls)})
 
@@ -99,8 +104,9 @@ def test_every_component_is_finite_on_hostile_rows(name, kind, dtype):
     assert out.dtype == dtype
     assert torch.isfinite(out).all(), (name, kind, out)
     assert comp.last_dropped == expected_dropped(kind)
-    if name in PRE_NAMES:  # dropped rows do not come back
-        assert out.shape == (N - expected_dropped(kind), D)
+    if name in PRE_NAMES:  # dropped rows do not come back (bucketing: one row per bucket)
+        rows = N - expected_dropped(kind)
+        assert out.shape == (comp.output_rows(rows) if name == "bucketing" else rows, D)
     else:
         assert out.shape == (D,)
 
@@ -136,9 +142,8 @@ def test_dropped_rows_leave_the_honest_computation(name, kind, dtype):
     """With the bad rows non-finite, the result is that of the 7 honest rows alone."""
     x, honest = hostile_stack(kind, dtype, seed=2)
     keep = [i for i in range(N) if i not in BAD_AT]
-    comp = build(name, f=1)
-    alone = comp(x[keep])
-    torch.testing.assert_close(comp(x), alone, rtol=0, atol=0)
+    alone = build(name, f=1)(x[keep])  # fresh instances: bucketing draws a permutation per call
+    torch.testing.assert_close(build(name, f=1)(x), alone, rtol=0, atol=0)
 
 
 def pipeline(pre: str, agg: str, f: int, tau: float = 1.0):
@@ -155,6 +160,10 @@ def test_pipelines_stay_finite_and_near_the_honest_mean(pre, agg, kind):
     for dtype in (F64, F32):
         x, honest = hostile_stack(kind, dtype, seed=3)
         p = pipeline(pre, agg, f=2 if kind in HUGE_KINDS else 1)
+        if pre == "bucketing" and agg == "krum" and kind in HUGE_KINDS:
+            with pytest.raises(ValueError, match=r"needs n >= 2f \+ 3, got n = 5 and f = 2"):
+                p(x)  # 9 rows in buckets of 2: 5 inputs, too few for krum with f = 2
+            continue
         out = p(x)
         assert out.dtype == dtype and torch.isfinite(out).all() and p.last_dropped == expected_dropped(kind)
         assert (out.double() - honest.mean(0)).norm() < 0.6, (pre, agg, kind, out)
@@ -267,7 +276,8 @@ def test_kernels_keep_honest_distances_exact_enough_in_float64():
 
 
 @pytest.mark.parametrize("name", ["mean", "geometric_median", "krum", "multi_krum", "coordinate_median",
-                                  "trimmed_mean", "nnm"])
+                                  "trimmed_mean", "nnm", "mda", "meamed", "monna", "bulyan", "smea", "caf",
+                                  "arc"])
 def test_scale_equivariant_rules_commute_with_huge_scales(name):
     """Far up in the float64 range (every row huge, so the guarded path runs), a scale-free rule
     gives the scaled result of the ordinary stack."""
@@ -295,8 +305,8 @@ def test_geometric_median_starts_from_the_median_on_huge_rows():
 HOSTILE = [NAN, INF, -INF, 1e308, -1e308, 3e38, -3e38, 1.7976931348623157e308, 1e-320, 0.0, 1e200, -1e30]
 
 
-def _components():
-    out = [(name, build(name, f=1)) for name in ALL_NAMES]
+def _components(n: int = N):
+    out = [(name, build(name, f=1, n=n)) for name in ALL_NAMES]
     out.append(("nnm+clip_to_center+geometric_median",
                 make_aggregator("geometric_median", pre=["nnm", "clip_to_center"], f=1, tau=1.0)))
     out.append(("nnm+krum", make_aggregator("krum", pre=["nnm"], f=1)))
@@ -322,7 +332,7 @@ def test_any_hostile_minority_leaves_every_component_finite(n, d, data, wide, se
     x[list(rows)] = torch.tensor(entries, dtype=F64).reshape(bad, d)
     x = x.to(dtype)  # float32: entries beyond its range become +/-inf, as a float32 upload would
     expect_dropped = int((~torch.isfinite(x).all(1)).sum())
-    for name, comp in _components():
+    for name, comp in _components(n):
         out = comp(x)
         assert out.dtype == dtype and torch.isfinite(out).all(), (name, x, out)
         assert comp.last_dropped == expect_dropped, name

@@ -237,6 +237,7 @@ class ExperimentConfig(Strict):
         if self.mode != "server" or n is None:
             return self
         from ..server.federated import Method
+        from ..robust.aggregators import check_inputs
         from ..server.aggregation import build_aggregator
 
         clients = n - 1
@@ -251,15 +252,13 @@ class ExperimentConfig(Strict):
                     raise ValueError(f"server.methods: {name!r}: {msg} (server.f = {self.server.f}, "
                                      f"server.pre = {self.server.pre}, server.aggregator_params = "
                                      f"{self.server.aggregator_params})") from None
-                parts = [*getattr(agg, "pre", ()), getattr(agg, "aggregator", agg)]
-                for part in parts:
-                    try:
-                        part._check_n(picked)
-                    except ValueError as e:
-                        raise ValueError(
-                            f"server.alpha = {self.server.alpha} picks {picked} of the {clients} clients per round, "
-                            f"too few for {name!r} with server.f = {self.server.f}: {e}; raise server.alpha or "
-                            f"lower server.f") from None
+                try:
+                    check_inputs(agg, picked)
+                except ValueError as e:
+                    raise ValueError(
+                        f"server.alpha = {self.server.alpha} picks {picked} of the {clients} clients per round, "
+                        f"too few for {name!r} with server.f = {self.server.f}: {e}; raise server.alpha or "
+                        f"lower server.f") from None
         return self
 
     @model_validator(mode="after")
@@ -309,9 +308,10 @@ class ExperimentConfig(Strict):
                     ServerConfig(methods=s.methods)
                 if self.task.name != "federated_images":
                     for m in s.methods or self.server.methods:
-                        if m.partition("+")[0] != "fedavg":
+                        if not (m.partition("+")[0] == "fedavg" or m.startswith("dsgd")):
                             raise ValueError(f"server.methods: {m!r} needs a representation/head split; a linear "
-                                             f"task ({self.task.name}) allows fedavg and fedavg+<aggregator>")
+                                             f"task ({self.task.name}) allows fedavg[+<aggregator>] and "
+                                             f"dsgd[+<aggregator>]")
         return self
 
     @model_validator(mode="after")

@@ -378,7 +378,29 @@ class PreAggregator(_Component):
         return self._run(x, f"pre-aggregation step {self.name!r}", self._apply, known_bad)
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
+        """``[m, d]`` finite rows -> the step's output rows (the subclass's computation)."""
         raise NotImplementedError
+
+    def output_rows(self, n: int) -> int:
+        """Rows this step outputs for ``n`` finite input rows (``n`` unless it regroups them, as
+        bucketing does): what the next step or aggregator of a :class:`Pipeline` receives."""
+        return n
+
+
+def check_inputs(aggregator: Any, n: int) -> None:
+    """Raise ``ValueError`` (the first failing part's message) when ``n`` finite inputs are too
+    few for ``aggregator``: an aggregator, a :class:`Pipeline` (each step checked on the rows it
+    receives, :meth:`PreAggregator.output_rows` of the steps before it) or a plain callable
+    (needs one input)."""
+    if n < 1:
+        raise ValueError("no input to aggregate")
+    for part in [*getattr(aggregator, "pre", ()), getattr(aggregator, "aggregator", aggregator)]:
+        check = getattr(part, "_check_n", None)
+        if check is not None:
+            check(n)
+        rows = getattr(part, "output_rows", None)
+        if rows is not None and part is not getattr(aggregator, "aggregator", aggregator):
+            n = rows(n)
 
 
 def _check_f_below_n(who: str, n: int, f: int) -> None:

@@ -28,8 +28,9 @@ ATTACKS: Registry[type["Attack"]] = Registry("attack")
 class AttackContext:
     """What an attacker may look at in one round (each attack uses only what it declares).
 
-    Server mode passes the stack of uploads as ``honest`` (rows = uploads), ``edges = None``
-    and no population."""
+    Server mode passes the stack of uploads as ``honest`` (rows = uploads), ``edges = None``,
+    no population, and the server's ``aggregator`` (attacks that optimise against it, e.g.
+    ``alie_opt``, call it on candidate stacks)."""
 
     step: int
     honest: torch.Tensor  # [N, D] what every agent would send if honest (psi after adaptation)
@@ -40,6 +41,7 @@ class AttackContext:
     previous: Optional[torch.Tensor] = None  # [N, D] models before this round's local step (server: its model)
     population: Any = None  # gossip: the population (adaptive attacks evaluate losses through it)
     lane: int = 0  # gossip: which lane (weight rule) of the population this context belongs to
+    aggregator: Any = None  # server: the receiver's aggregator, a callable [n, D] -> [D] (gossip: None)
 
 
 class Attack:

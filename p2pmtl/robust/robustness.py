@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 
-from .aggregators import AGGREGATORS, make_aggregator
+from .aggregators import AGGREGATORS, check_inputs, make_aggregator
 
 
 def _alie_z(n: int, f: int) -> float:
@@ -115,8 +115,7 @@ def _takes_f(name: str, pre: Sequence[str]) -> bool:
 
 
 def _check_all(agg, n: int) -> None:
-    for part in [*getattr(agg, "pre", ()), getattr(agg, "aggregator", agg)]:
-        part._check_n(n)
+    check_inputs(agg, n)
 
 
 def format_table(rows: list[dict]) -> str:

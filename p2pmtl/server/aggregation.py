@@ -16,7 +16,7 @@ def build_aggregator(method: Method, server: ServerConfig, rep_sizes: list[int],
     params = dict(server.aggregator_params)
     segments = params.get("segments")
     if segments is not None and isinstance(segments, (list, tuple)) and all(isinstance(v, int) for v in segments):
-        sizes = all_sizes if method.scheme == "fedavg" else rep_sizes
+        sizes = all_sizes if method.whole_model else rep_sizes
         if sum(segments) != sum(sizes):
             from ..validation import ConfigError
 
@@ -27,5 +27,5 @@ def build_aggregator(method: Method, server: ServerConfig, rep_sizes: list[int],
     if any("f" in inspect.signature(c.__init__).parameters for c in takes_f):
         params.setdefault("f", server.f)
     if method.aggregator == "geometric_median" and server.gm_layerwise:
-        params.setdefault("segments", all_sizes if method.scheme == "fedavg" else rep_sizes)
+        params.setdefault("segments", all_sizes if method.whole_model else rep_sizes)
     return make_aggregator(method.aggregator, pre=server.pre, **params)

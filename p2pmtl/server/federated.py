@@ -33,9 +33,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..robust.aggregators import check_inputs
 from ..robust.attacks import Attack, AttackContext
 from ..tasks.client_split import FederatedImagesConfig, FederatedSetup, MetaTestConfig
-from .config import ServerConfig
+from .config import ServerConfig, parse_dsgd
 from ..data import ArrayDataset, partition_classes
 from ..tasks.model_bank import make_optimizer_factory
 from ..tasks.models import MODELS
@@ -61,15 +62,10 @@ def upload_shortfall(aggregator, n: int) -> Optional[str]:
     round and every other aggregator error propagates."""
     if n < 1:
         return "no upload to aggregate"
-    parts = [*getattr(aggregator, "pre", ()), getattr(aggregator, "aggregator", aggregator)]
-    for part in parts:
-        check = getattr(part, "_check_n", None)
-        if check is None:
-            continue
-        try:
-            check(n)
-        except ValueError as e:
-            return str(e)
+    try:
+        check_inputs(aggregator, n)
+    except ValueError as e:
+        return str(e)
     return None
 
 
@@ -81,17 +77,28 @@ def enough_uploads(aggregator, n: int) -> bool:
 @dataclass(frozen=True)
 class Method:
     name: str
-    scheme: str  # fedavg | fedper | alternating
+    scheme: str  # fedavg | fedper | alternating | dsgd
     aggregator: str  # registry name
+    momentum: Optional[str] = None  # dsgd: worker | server | none (None: server.momentum)
+    beta: Optional[float] = None  # dsgd: momentum factor (None: server.beta)
 
     @staticmethod
     def parse(name: str) -> "Method":
-        """``fedavg``, ``fedper``, ``fedrep`` (alternating + mean) or ``br-mtrl+AGG``; any
+        """``fedavg``, ``fedper``, ``fedrep`` (alternating + mean), ``br-mtrl+AGG`` or
+        ``dsgd[-worker|-server|-none][BETA]`` (:func:`p2pmtl.server.config.parse_dsgd`); any
         scheme may take ``+AGG`` (``gm`` = geometric_median)."""
         scheme, _, agg = name.partition("+")
         agg = AGG_ALIASES.get(agg, agg) or "mean"
+        dsgd = parse_dsgd(scheme)
+        if dsgd is not None:
+            return Method(name, "dsgd", agg, *dsgd)
         kind = {"fedavg": "fedavg", "fedper": "fedper", "fedrep": "alternating", "br-mtrl": "alternating"}[scheme]
         return Method(name, kind, agg)
+
+    @property
+    def whole_model(self) -> bool:
+        """True when the server aggregates whole models (fedavg, dsgd), not representations."""
+        return self.scheme in ("fedavg", "dsgd")
 
 
 class Clients:
@@ -196,7 +203,7 @@ class FederatedRun:
         self.rng = np.random.default_rng(seed)
         self.trainer = LocalTrainer(server, clients.cfg.batch_size)
         first = clients.models[0]
-        self.shared = list(first.parameters()) if method.scheme == "fedavg" else list(first.representation.parameters())
+        self.shared = list(first.parameters()) if method.whole_model else list(first.representation.parameters())
         self.global_state = flat(self.shared)  # every client starts from the same model
         self.n = len(clients.models)
         self.picked = max(1, int(round(server.alpha * self.n)))
@@ -209,7 +216,7 @@ class FederatedRun:
 
     def shared_params(self, i: int) -> list:
         m = self.c.models[i]
-        return list(m.parameters()) if self.method.scheme == "fedavg" else list(m.representation.parameters())
+        return list(m.parameters()) if self.method.whole_model else list(m.representation.parameters())
 
     @property
     def rounds_without_update(self) -> int:
@@ -243,11 +250,22 @@ class FederatedRun:
             train = self.trainer.alternating if self.method.scheme == "alternating" else self.trainer.joint
             train(self.c.models[i], self.c.opts[i], x, y, self.gen)
             uploads.append(flat(self.shared_params(i)))
-        up = torch.stack(uploads)
+        agg = self.aggregate_uploads(t, chosen, torch.stack(uploads), arrives)
+        if agg is not None:
+            self.global_state = agg
+        return chosen
+
+    def aggregate_uploads(self, t: int, chosen: np.ndarray, up: torch.Tensor,
+                          arrives: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> Optional[torch.Tensor]:
+        """The server's side of a round, given the honest uploads ``up`` of the ``chosen``
+        clients (one row each): Byzantine rows are forged, late uploads and uploads with a NaN
+        or inf entry dropped (counted), and the rest aggregated. None when too few remain for
+        the aggregator (counted as a round without update; a ValueError if none was dropped)."""
         byz_rows = torch.tensor([r for r, i in enumerate(chosen.tolist()) if i in self.byzantine], dtype=torch.long)
         if byz_rows.numel():
             ctx = AttackContext(t, up, byz_rows, torch.zeros(len(up), dtype=torch.long), [self.attack_gen], None,
-                                previous=self.global_state.to(up.dtype).expand(len(up), -1))
+                                previous=self.global_state.to(up.dtype).expand(len(up), -1),
+                                aggregator=self.aggregator)
             up = up.index_put((byz_rows,), self.attack.forge(ctx).to(up.dtype))
         on_time = np.ones(len(chosen), dtype=bool) if arrives is None else arrives(chosen)
         if not on_time.all():
@@ -262,10 +280,10 @@ class FederatedRun:
                                  f"for the aggregator: {short}")
             self.skipped_rounds += 1
             self.updated_per_round.append(False)
-            return chosen
-        self.global_state = self.aggregator(up).to(up.dtype)
+            return None
+        out = self.aggregator(up).to(up.dtype)
         self.updated_per_round.append(True)
-        return chosen
+        return out
 
     def evaluate(self) -> dict[str, torch.Tensor]:
         """Each client's personalised model on its test set: server representation (FedAvg:
@@ -296,7 +314,7 @@ class FederatedRun:
                 torch.manual_seed(seed + j)
                 model = self.c.new_model(self.c.num_classes, self.c.image_shape)
                 scratch = self.c.new_model(self.c.num_classes, self.c.image_shape)
-            rep = list(model.parameters()) if self.method.scheme == "fedavg" else list(model.representation.parameters())
+            rep = list(model.parameters()) if self.method.whole_model else list(model.representation.parameters())
             load(rep, self.global_state)
             opt = self.c.make_opt(list(model.head.parameters()))
             trainer = LocalTrainer(self.server.model_copy(update={"tau_h": meta.epochs, "tau_phi": 0, "unit": "epochs"}),

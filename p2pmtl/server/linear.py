@@ -1,6 +1,7 @@
 """Server mode for linear tasks (target localization, HAR): the star's hub keeps one global
 model and aggregates the chosen clients' local steps with a (robust) aggregator (FedAvg
-scheme: mean; with ``+gm``, ``+krum``, ...). This is the server side of the server-vs-gossip
+scheme: mean; with ``+gm``, ``+krum``, ...), or, for ``dsgd`` methods (RESAM), their
+momenta or gradients at the global model (:mod:`p2pmtl.server.momentum`), and steps. This is the server side of the server-vs-gossip
 study: a single global model cannot fit several tasks, whatever the aggregator, while the
 loss-based gossip rule lets each agent keep to its own task.
 
@@ -27,6 +28,7 @@ from ..robust.attacks import AttackContext, make_attack
 from ..tasks import TASKS
 from .aggregation import build_aggregator
 from .federated import Method, finite_uploads, upload_shortfall
+from .momentum import DistributedMomentum
 
 LINEAR_TASKS = ("target_localization", "har")
 
@@ -49,9 +51,9 @@ class LinearServer:
         dtype = DTYPES[cfg.dtype] if cfg.dtype else task.default_dtype
         self.methods = [Method.parse(m) for m in methods]
         for m in self.methods:
-            if m.scheme != "fedavg":
+            if m.scheme not in ("fedavg", "dsgd"):
                 raise ValueError(f"method {m.name!r}: linear tasks have no representation/head split; "
-                                 f"use fedavg or fedavg+<aggregator>")
+                                 f"use fedavg[+<aggregator>] or dsgd[+<aggregator>]")
         self.pop = task.for_world(cfg, world, len(methods), dtype)
         dim = self.pop.theta.shape[1]
         self.aggregators = [build_aggregator(m, cfg.server, [dim], [dim]) for m in self.methods]
@@ -67,6 +69,13 @@ class LinearServer:
         self.message_bytes = self.pop.message_bytes
         start = self.pop.theta[: n].mean(0)  # every client starts from the same global model
         self.pop.theta = start.expand(self.m * n, -1).clone()
+        srv = cfg.server
+        self.momenta = [DistributedMomentum(m.momentum or srv.momentum,
+                                            (srv.beta if m.beta is None else m.beta)
+                                            if (m.momentum or srv.momentum) != "none" else 0.0,
+                                            n, dim, self.pop.theta.dtype) if m.scheme == "dsgd" else None
+                        for m in self.methods]
+        self.lr, self.weight_decay = srv.lr, srv.weight_decay
         self.uploads_dropped_nonfinite = np.zeros(self.m, dtype=np.int64)  # per lane (method)
         self.rounds_without_update = np.zeros(self.m, dtype=np.int64)  # per lane: too few uploads
         self.nonfinite_per_round: list[np.ndarray] = []  # [m] per round
@@ -89,7 +98,13 @@ class LinearServer:
         active[torch.from_numpy(chosen)] = True
         pop = self.pop
         pop.sample(t, active)
-        psi = pop.adapt(active).view(self.m, self.n, -1)
+        dsgd = [mom is not None for mom in self.momenta]
+        psi = pop.adapt(active).view(self.m, self.n, -1) if not all(dsgd) else None
+        grads = None
+        if any(dsgd):  # minibatch gradients at the global model (+ weight decay), then momenta
+            grads = pop.gradients(active).view(self.m, self.n, -1)
+            if self.weight_decay:
+                grads = grads + self.weight_decay * pop.theta.view(self.m, self.n, -1)
         rows = torch.from_numpy(chosen)
         byz_rows = torch.from_numpy(np.flatnonzero(self.is_byz[chosen]))
         on_time = np.ones(len(chosen), dtype=bool) if arrives is None else arrives(chosen)
@@ -97,10 +112,11 @@ class LinearServer:
         keep = torch.from_numpy(np.flatnonzero(on_time))
         new, dropped, updated = [], np.zeros(self.m, dtype=np.int64), np.ones(self.m, dtype=bool)
         for j in range(self.m):
-            up = psi[j, rows]
+            mom = self.momenta[j]
+            up = psi[j, rows] if mom is None else mom.uploads(rows, grads[j, rows])
             if byz_rows.numel():  # Byzantine clients forge, then the network decides what arrives
                 ctx = AttackContext(t, up, byz_rows, torch.zeros(len(up), dtype=torch.long), [self.attack_gens[j]],
-                                    None)
+                                    None, aggregator=self.aggregators[j])
                 up = up.index_put((byz_rows,), self.attacks[j].forge(ctx).to(up.dtype))
             if late:
                 up = up[keep]
@@ -113,7 +129,8 @@ class LinearServer:
                 new.append(pop.theta[j * self.n])  # too few uploads: the server keeps its model
                 updated[j] = False
                 continue
-            new.append(self.aggregators[j](up).to(psi.dtype))
+            agg = self.aggregators[j](up).to(pop.theta.dtype)
+            new.append(agg if mom is None else mom.step(pop.theta[j * self.n], agg, self.lr))
         self.uploads_dropped_nonfinite += dropped
         self.rounds_without_update += ~updated
         self.nonfinite_per_round.append(dropped)

@@ -20,6 +20,7 @@ from ..io.records import RunRecorder, interruptible
 from ..network.clock import SynchronousRounds
 from ..robust.attacks import make_attack
 from .aggregation import build_aggregator
+from .dsgd import DSGDRun
 from .federated import Clients, FederatedRun, FederatedSetup, Method
 
 
@@ -62,7 +63,8 @@ def run_server_scenarios(cfg: "ExperimentConfig", out_dir: Path, progress: bool,
                 clients = Clients(cfg.task, setup.clients, setup.num_classes, setup.image_shape, seeds["setup"])
                 agg = build_aggregator(method, cfg.server, clients.rep_sizes, clients.all_sizes)
                 attack = make_attack(scenario.attack.name, **scenario.attack.params) if len(byz) else None
-                run = FederatedRun(method, cfg.server, clients, agg, byz, attack, seeds["data"])
+                kind = DSGDRun if method.scheme == "dsgd" else FederatedRun
+                run = kind(method, cfg.server, clients, agg, byz, attack, seeds["data"])
                 block = rec.open_block(scenario.name, name, normal, setup.group, 1, n)
                 per_round = 2 * run.picked * run.message_bytes  # download + upload
                 every = cfg.output.record_every

@@ -97,6 +97,13 @@ class Population(ABC):
     def message_bytes(self) -> int:
         """Bytes of one model message."""
 
+    def gradients(self, active: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Minibatch gradients g_k = grad l(theta_k; xi_k) at the current models, on the data
+        drawn by the last :meth:`sample`; ``[M*N0, D]`` (rows of agents that are not ``active``
+        are zero). Optional: server-mode distributed SGD (``dsgd`` methods, RESAM) needs it;
+        linear tasks implement it in closed form."""
+        raise NotImplementedError(f"task {type(self).__name__} has no gradients(): dsgd methods need it")
+
     def set_lane_models(self, lane: int, rows: torch.Tensor) -> None:
         """Replace lane ``lane``'s models (the gossiped columns, ``[N0, D]``) after
         :meth:`combine`: how a combine step other than the weighted average writes its result.

@@ -106,14 +106,25 @@ class SoftmaxRegression(StackedPopulation):
     def adapt(self, active=None) -> torch.Tensor:
         """psi = theta - optimizer step on the mean cross-entropy of the batch; gradient in closed
         form: dW = X^T (softmax(XW + b) - Y) / B, db = column sums of the same."""
+        mask = self.train_mask if active is None else self.train_mask & active.repeat(self.lanes)
+        return self.opt.step(self.theta, self._grad(), mask)
+
+    def _grad(self) -> torch.Tensor:
         w, bias = self._split(self.theta)
         x = self.bx.repeat(self.lanes, 1, 1)
         y = self.by.repeat(self.lanes, 1)
         p = torch.softmax(torch.baddbmm(bias.unsqueeze(1), x, w), dim=-1)
         g = (p - F.one_hot(y, self.c).to(p.dtype)) / x.shape[1]
-        grad = torch.cat([torch.bmm(x.transpose(1, 2), g).flatten(1), g.sum(1)], dim=1)
-        mask = self.train_mask if active is None else self.train_mask & active.repeat(self.lanes)
-        return self.opt.step(self.theta, grad, mask)
+        return torch.cat([torch.bmm(x.transpose(1, 2), g).flatten(1), g.sum(1)], dim=1)
+
+    def gradients(self, active=None) -> torch.Tensor:
+        """Closed-form gradient of the batch's mean cross-entropy (as in :meth:`adapt`); rows of
+        agents that are not ``active`` are zero (skip_prob does not apply: it models local
+        steps, not workers asked for a gradient)."""
+        g = self._grad()
+        if active is not None:
+            g = torch.where(active.repeat(self.lanes).unsqueeze(1), g, 0.0)
+        return g
 
     def edge_losses(self, msgs: Messages, lane: int) -> torch.Tensor:
         """Mean cross-entropy of sender l's classifier on receiver k's batch, per edge."""

@@ -161,6 +161,20 @@ class TargetLocalization(StackedPopulation):
             psi = torch.addcmul(theta, err.unsqueeze(-1), self.u, value=self.mu)
         return self._hold(psi.view(self.num_nodes, -1), active)
 
+    def gradients(self, active=None) -> torch.Tensor:
+        """The gradient the local step follows, psi = theta - mu g: ``pseudo_observation``
+        g = theta - q (the gradient of ||theta - q||^2 / 2); ``lms`` g = -u (c - u^T theta) (the
+        gradient of l / 2). Rows of agents that are not ``active`` are zero."""
+        theta = self._lanes(self.theta)
+        if self.cfg.adapt == "pseudo_observation":
+            g = theta - self.q
+        else:
+            g = -(self.c - rowdot(theta, self.u)).unsqueeze(-1) * self.u
+        g = g.reshape(self.num_nodes, -1)
+        if active is not None:
+            g = torch.where(active.repeat(self.lanes).unsqueeze(1), g, 0.0)
+        return g
+
     def edge_losses(self, msgs: Messages, lane: int) -> torch.Tensor:
         """(d_k - u_k^T (psi_l - x_k))^2 = (c_k - u_k^T psi_l)^2 for edge l -> k of one lane:
         l's model on k's current sample."""

@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000, 100000],
                    help="agent counts for the scaling part")
     b.add_argument("--scale-iterations", type=int, default=100, help="iterations per scaling size")
-    b.add_argument("--only", nargs="*", choices=["linear", "scale", "digits", "server", "aggregators", "network"],
+    b.add_argument("--only", nargs="*", choices=["linear", "scale", "digits", "server", "aggregators", "network", "resam"],
                    help="run only these parts (default: all)")
     b.add_argument("--agg-n", type=int, default=1000, help="aggregators: number of client vectors")
     b.add_argument("--agg-dim", type=int, default=1_000_000,

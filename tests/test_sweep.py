@@ -68,6 +68,15 @@ def test_matrix_table_and_heatmap(tmp_path):
     assert (tmp_path / "matrix.csv").read_text().startswith("attack,fraction,defence,mean,std,seeds")
     table = sweep.format_matrix(m)
     assert "| flip |" in table and "| none |" in table and "average" in table
+    # worst case over the attacks (the no-attack row excluded): the largest loss per defence
+    worst = {w["defence"]: w for w in m["worst_case"]}
+    for d in ("average", "loss"):
+        expected = max((rows[(a, d)] for a in ("uniform", "flip")), key=lambda r: r["mean"])
+        assert worst[d]["worst"] == expected["mean"] and worst[d]["worst_attack"] == expected["attack"]
+        assert worst[d]["attacks"] == 2
+    assert "| **worst case** |" in table
+    assert (tmp_path / "worst_case.png").stat().st_size > 5_000
+    assert (tmp_path / "worst_case.csv").read_text().startswith("fraction,defence,worst,worst_attack,attacks")
     for cell in json.loads((tmp_path / "cells.json").read_text())["cells"]:
         cell_dir = tmp_path / "cells" / cell["id"]
         assert (cell_dir / "summary.json").is_file() and (cell_dir / "run" / "curves.csv").is_file()
@@ -108,6 +117,11 @@ def test_server_mode_cells_are_per_method_and_plot(tmp_path):
              "results": {c["defences"][0]: {"test_acc": 0.1 * (i % 10)}}}))
     m = sweep.write_matrix(root)
     assert len(m["rows"]) == 9 and (root / "matrix.png").is_file()
+    # accuracy: the worst case is the lowest over the two attacks
+    acc = {(r["attack"], r["defence"]): r["mean"] for r in m["rows"]}
+    assert {w["defence"]: w["worst"] for w in m["worst_case"]} == {
+        d: min(acc[("gaussian", d)], acc[("alie", d)]) for d in spec.defences}
+    assert (root / "worst_case.png").is_file()
 
 
 @pytest.mark.parametrize("over, words", [

@@ -165,7 +165,7 @@ def server_round(rounds: int = 3) -> list[dict]:
 
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
-    parts = set(args.only or ["linear", "scale", "digits", "server", "aggregators", "network"])
+    parts = set(args.only or ["linear", "scale", "digits", "server", "aggregators", "network", "resam"])
     if "linear" in parts:
         print(f"torch {torch.__version__}, 1 thread; target localization, 100 agents, 20 Byzantine")
         print(f"{'rule':<48} {'reference ms/it':>15} {'batched ms/it':>14} {'speed-up':>9}")
@@ -192,6 +192,10 @@ def main(args: argparse.Namespace) -> int:
         from .network import main as network_main
 
         network_main()
+    if "resam" in parts:
+        from .resam import main as resam_main
+
+        resam_main()
     if "scale" in parts and args.sizes:
         print(f"\nscaling: random geometric (density of Li2020, cap 9), 20% Byzantine, loss rule, "
               f"{args.scale_iterations} iterations")

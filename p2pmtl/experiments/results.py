@@ -136,13 +136,18 @@ class RunResults:
 
 @dataclass
 class SweepResults:
-    """A sweep: ``matrix`` (one row per attack x fraction x defence, mean over seeds) and
-    ``cells`` (one row per finished cell and defence)."""
+    """A sweep: ``matrix`` (one row per attack x fraction x defence, mean over seeds),
+    ``cells`` (one row per finished cell and defence) and ``worst_case`` (one row per fraction
+    x defence: the worst mean over the attacks and the attack that reached it)."""
 
     matrix: pd.DataFrame
     cells: pd.DataFrame
     info: dict = field(default_factory=dict)
     sweep_dir: Optional[Path] = None
+
+    @property
+    def worst_case(self) -> pd.DataFrame:
+        return pd.DataFrame(self.info.get("worst_case", []))
 
     @classmethod
     def load(cls, sweep_dir: str | Path) -> "SweepResults":

@@ -18,7 +18,8 @@ writes ``OUT/cells/ID/summary.json`` last (atomically): a cell is finished exact
 exists and records the cell's config hash. A rerun skips finished cells (a changed cell config
 reruns); Ctrl-C leaves every finished cell usable. When all cells are done (or on Ctrl-C) the
 driver writes ``matrix.csv`` (one row per attack, fraction, defence: mean, std and count over
-seeds), ``matrix.json`` and ``matrix.png``.
+seeds), ``matrix.json`` and ``matrix.png``, and the worst case over the attacks per (fraction,
+defence): ``worst_case.csv`` and ``worst_case.png``.
 
 Backends: ``local`` (default) runs cells in parallel spawned processes, one torch thread each;
 ``ray`` runs the same cells as Ray tasks (``pip install p2pmtl[ray]``): each task runs its cell
@@ -529,6 +530,29 @@ def matrix_rows(header: dict, results: list[dict]) -> list[dict]:
     return rows
 
 
+def worst_case_rows(header: dict, rows: list[dict]) -> list[dict]:
+    """One row per (fraction, defence): the worst mean over the attacks (lowest for a metric
+    where higher is better, else highest; NaN counts as worst) and the attack that reached it.
+    The usual summary of Byzantine-robustness studies (e.g. RESAM's worst case over attacks)."""
+    good_high = header.get("higher_is_better", higher_is_better(header["metric"]))
+    by_key: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["attack"] != "none":
+            by_key.setdefault((r["fraction"], r["defence"]), []).append(r)
+
+    def badness(r: dict) -> float:
+        v = r["mean"]
+        return math.inf if math.isnan(v) else (-v if good_high else v)
+
+    order = {d: i for i, d in enumerate(header["defences"])}
+    out = []
+    for (frac, d), rs in sorted(by_key.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 0))):
+        w = max(rs, key=badness)  # the first of equally bad attacks
+        out.append({"fraction": frac, "defence": d, "worst": w["mean"], "worst_attack": w["attack"],
+                    "attacks": len(rs)})
+    return out
+
+
 def write_matrix(root: Union[str, Path], figures: bool = True, metric: Optional[str] = None) -> dict:
     """matrix.csv, matrix.json and (if any cell finished) matrix.png from the finished cells;
     for another recorded ``metric`` than the sweep's, matrix_METRIC.csv/.json/.png."""
@@ -545,11 +569,20 @@ def write_matrix(root: Union[str, Path], figures: bool = True, metric: Optional[
         w = csv.DictWriter(f, fieldnames=["attack", "fraction", "defence", "mean", "std", "seeds"])
         w.writeheader()
         w.writerows(rows)
+    worst = worst_case_rows(header, rows)
+    wstem = stem.replace("matrix", "worst_case")
+    with open(root / f"{wstem}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["fraction", "defence", "worst", "worst_attack", "attacks"])
+        w.writeheader()
+        w.writerows(worst)
     out = {"metric": header["metric"], "mode": header["mode"], "defences": header["defences"],
-           "finished_cells": len(results), "total_cells": len(header["cells"]), "rows": rows}
+           "finished_cells": len(results), "total_cells": len(header["cells"]), "rows": rows,
+           "worst_case": worst}
     _write_json_atomic(root / f"{stem}.json", out)
     if figures and rows:
         plot_matrix(root, header, rows, root / f"{stem}.png")
+    if figures and worst:
+        plot_worst_case(root, header, worst, root / f"{wstem}.png")
     return out
 
 
@@ -570,7 +603,52 @@ def format_matrix(matrix: dict) -> str:
         for a, by_d in table:
             cells = [_fmt(by_d[d]) if d in by_d else "-" for d in defs]
             lines.append(f"| {a} | " + " | ".join(cells) + " |")
+        worst = {w["defence"]: w for w in matrix.get("worst_case", []) if w["fraction"] == frac}
+        if worst:
+            cells = [f"{worst[d]['worst']:.4g} ({worst[d]['worst_attack']})" if d in worst else "-" for d in defs]
+            lines.append("| **worst case** | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _defence_parts(d: str) -> tuple[str, str]:
+    """(scheme, aggregator) of a server method ``scheme+aggregator``; (d, "") otherwise."""
+    scheme, plus, agg = d.partition("+")
+    return (scheme, agg) if plus else (d, "")
+
+
+def plot_worst_case(root: Path, header: dict, worst: list[dict], path: Optional[Path] = None) -> Path:
+    """Bars of the worst case over attacks, one panel per Byzantine fraction. Server methods
+    named ``scheme+aggregator`` are grouped by aggregator (x axis), one bar colour per scheme
+    (e.g. RESAM's momentum placements and betas side by side); other defences get one bar each."""
+    import numpy as np
+
+    from ..io.figures import new_figure, save_figure
+
+    metric = header["metric"]
+    fracs = sorted({w["fraction"] for w in worst})
+    parts = [_defence_parts(d) for d in header["defences"]]
+    grouped = all(agg for _, agg in parts)
+    groups = list(dict.fromkeys(agg if grouped else d for (_, agg), d in zip(parts, header["defences"])))
+    series = list(dict.fromkeys(s for s, _ in parts)) if grouped else [""]
+    fig, axes = new_figure(1, len(fracs), figsize=(1.5 + 0.35 * len(groups) * len(series) * len(fracs), 3.6),
+                           squeeze=False, constrained_layout=True)
+    width = 0.8 / len(series)
+    for ax, frac in zip(axes[0], fracs):
+        by = {w["defence"]: w["worst"] for w in worst if w["fraction"] == frac}
+        for k, sname in enumerate(series):
+            vals = [by.get(f"{sname}+{g}" if grouped else g, np.nan) for g in groups]
+            ax.bar(np.arange(len(groups)) + (k - (len(series) - 1) / 2) * width, vals, width,
+                   label=sname or None)
+        ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
+        ax.set_ylabel(f"worst-case {metric}")
+        ax.set_title(f"Byzantine fraction {frac:g}")
+        ax.grid(axis="y", alpha=0.3)
+    if grouped and len(series) > 1:
+        axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle(f"{root.name}: worst {metric} of normal agents over the attacks", fontsize=9)
+    path = path or root / "worst_case.png"
+    save_figure(fig, path, dpi=130)
+    return path
 
 
 def _fmt(r: dict) -> str:

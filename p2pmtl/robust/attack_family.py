@@ -39,8 +39,8 @@ from .attacks import (
     AttackContext,
     _choice,
     _real,
-    group_mean_std,
     honest_groups,
+    honest_stats,
     honest_mask,
 )
 
@@ -332,8 +332,7 @@ class OptimisedALIE(_FactorSearch):
                          aggregator=aggregator, f=f, pre=pre, aggregator_params=aggregator_params)
 
     def _family(self, ctx, group, members, sizes):
-        b = ctx.byzantine.numel()
-        mu, sigma, count = group_mean_std(ctx.honest, group, members, b)
+        mu, sigma, count = honest_stats(ctx, self.scope, ctx.honest)
         z = ALittleIsEnoughAttack.paper_z(sizes, sizes - count.to(sizes.dtype))
         return mu, sigma, z.to(torch.float64), mu, count
 
@@ -367,7 +366,7 @@ class OptimisedIPM(_FactorSearch):
     def _family(self, ctx, group, members, sizes):
         b = ctx.byzantine.numel()
         prev = ctx.previous if ctx.previous is not None else torch.zeros_like(ctx.honest)
-        mean_psi, _, count = group_mean_std(ctx.honest, group, members, b)
-        mean_prev, _, _ = group_mean_std(prev, group, members, b)
+        mean_psi, _, count = honest_stats(ctx, self.scope, ctx.honest)
+        mean_prev, _, _ = honest_stats(ctx, self.scope, prev)
         default = torch.full((b,), IPM_DEFAULT_EPS, dtype=torch.float64)
         return mean_prev, mean_psi - mean_prev, default, mean_psi, count

@@ -156,6 +156,24 @@ def group_mean_std(values: torch.Tensor, group: torch.Tensor, members: torch.Ten
     return mean, var.sqrt(), count.squeeze(1)
 
 
+def honest_stats(ctx: AttackContext, scope: str, values: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`group_mean_std` of ``values`` over each Byzantine agent's honest group
+    (:func:`honest_groups`): ``[B, D]`` mean, ``[B, D]`` std, ``[B]`` count. With ``scope =
+    "all"`` (or no graph) every Byzantine agent of a run shares its group, so the statistics
+    are computed once per run and gathered (the same sums in the same order: identical values,
+    without a ``[B * honest, D]`` copy)."""
+    b = ctx.byzantine.numel()
+    if scope == "neighbours" and ctx.edges is not None:
+        group, members, _ = honest_groups(ctx, scope)
+        return group_mean_std(values, group, members, b)
+    runs = ctx.run_of_node
+    nodes = torch.nonzero(honest_mask(ctx)).flatten()
+    mean, std, count = group_mean_std(values, runs[nodes], nodes, int(runs.max()) + 1 if runs.numel() else 1)
+    byz_run = runs[ctx.byzantine]
+    return mean[byz_run], std[byz_run], count[byz_run]
+
+
 def _edge_receivers(ctx: AttackContext, byz_edges: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(index into ctx.byzantine of each edge's sender, receiver node) of ``byz_edges``."""
     pos = _byz_position(ctx)
@@ -279,8 +297,8 @@ class ALittleIsEnoughAttack(Attack):
 
     def forge(self, ctx: AttackContext) -> torch.Tensor:
         b = ctx.byzantine.numel()
-        group, members, sizes = honest_groups(ctx, self.scope)
-        mu, sigma, count = group_mean_std(ctx.honest, group, members, b)
+        _, _, sizes = honest_groups(ctx, self.scope)
+        mu, sigma, count = honest_stats(ctx, self.scope, ctx.honest)
         if self.z is not None:
             z = torch.full((b,), self.z, dtype=torch.float64)
         else:
@@ -309,10 +327,9 @@ class InnerProductManipulationAttack(Attack):
 
     def forge(self, ctx: AttackContext) -> torch.Tensor:
         b = ctx.byzantine.numel()
-        group, members, _ = honest_groups(ctx, self.scope)
         prev = ctx.previous if ctx.previous is not None else torch.zeros_like(ctx.honest)
-        mean_psi, _, count = group_mean_std(ctx.honest, group, members, b)
-        mean_prev, _, _ = group_mean_std(prev, group, members, b)
+        mean_psi, _, count = honest_stats(ctx, self.scope, ctx.honest)
+        mean_prev, _, _ = honest_stats(ctx, self.scope, prev)
         out = mean_prev - self.eps * (mean_psi - mean_prev)
         return torch.where((count == 0).unsqueeze(1), ctx.honest[ctx.byzantine], out)
 

@@ -180,48 +180,6 @@ class LossBased(WeightRule):
     filtered = True
 
 
-@RULES.register("clipped_gossip",
-                "ClippedGossip (He, Karimireddy, Jaggi 2022): x_k <- sum_l W_lk (x_k + clip(x_l - x_k, tau))")
-class ClippedGossip(WeightRule):
-    """Self-centred clipping gossip (He, Karimireddy and Jaggi 2022, "Byzantine-robust
-    decentralized learning via ClippedGossip", eq. 3 with a fixed radius):
-
-        x_k <- sum_l W_lk (x_k + clip(x_l - x_k, tau)) = x_k + sum_l W_lk clip(x_l - x_k, tau),
-
-    clip(z, tau) = z min(1, tau / ||z||), applied after the local step (ATC: x = psi). ``W`` is
-    ``metropolis`` (W_lk = 1 / (1 + max(d_k, d_l)) for l != k, W_kk = 1 - sum of the others,
-    d = in-degree without the self loop) or ``uniform`` (1 / |N_k|, self included). Messages
-    that did not arrive or are not finite get weight 0 and their share stays with the
-    receiver. ``tau = inf`` is plain gossip averaging with W.
-
-    Worked example (uniform W over k and one neighbour l, tau = 1): x_k = (0, 0),
-    x_l = (3, 4) gives x_k + 1/2 (3, 4) / 5 = (0.3, 0.4)."""
-
-    def __init__(self, *, tau: float = 1.0, mixing: str = "metropolis", **_ignored) -> None:
-        if not (isinstance(tau, (int, float)) and not isinstance(tau, bool) and tau > 0 and not math.isnan(tau)):
-            raise ValueError(f"clipped_gossip: tau = {tau!r}; allowed: a real > 0 (inf: no clipping)")
-        if mixing not in ("metropolis", "uniform"):
-            raise ValueError(f"clipped_gossip: mixing = {mixing!r}; allowed: 'metropolis', 'uniform'")
-        self.tau, self.mixing = float(tau), mixing
-
-    def combine_step(self):
-        from .combine import SelfCentredClipping
-
-        return SelfCentredClipping(tau=self.tau)
-
-    def scores(self, ctx: RuleContext) -> torch.Tensor:
-        e = ctx.edges
-        is_self = e.src == e.dst
-        deg = (e.in_degree() - 1).to(torch.float64)  # neighbours without the self loop
-        if self.mixing == "uniform":
-            w = torch.where(is_self, 0.0, 1.0 / (1.0 + deg[e.dst]))
-        else:
-            w = torch.where(is_self, 0.0, 1.0 / (1.0 + torch.maximum(deg[e.dst], deg[e.src])))
-        if ctx.valid is not None:
-            w = torch.where(ctx.valid, w, 0.0)
-        return torch.where(is_self, (1.0 - e.segment_sum(w))[e.dst], w)  # a missing share stays home
-
-
 class RuleSet:
     """Rules of M lanes over one world edge list (E0 edges); lane j owns edges
     ``j*E0 ... (j+1)*E0`` of the lanes' disjoint union. Holds every lane's scores ``[M*E0]``."""
@@ -306,3 +264,12 @@ def make_rule(name: str, *, nu: float = 0.1, init_score: float = 10.0, **params:
                          f"accepted: {', '.join(accepted) or '(none)'}")
     kwargs = {k: v for k, v in (("nu", nu), ("init_score", init_score)) if k in sig or takes_any}
     return cls(**kwargs, **params)
+
+
+def __getattr__(name: str) -> Any:
+    """``ClippedGossip`` moved to :mod:`p2pmtl.rules.robust_gossip` (still importable from here)."""
+    if name == "ClippedGossip":
+        from .robust_gossip import ClippedGossip
+
+        return ClippedGossip
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

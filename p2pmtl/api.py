@@ -6,8 +6,8 @@
 >>> res.table("loss")                    # scenario x rule, last-window means
 >>> res.plot("loss", scenario="byzantine_20", ax=my_axes)
 
-Sweeps and studies return :class:`~p2pmtl.results.SweepResults` and
-:class:`~p2pmtl.results.StudyResults`. Every function raises
+Sweeps and studies return :class:`~p2pmtl.experiments.results.SweepResults` and
+:class:`~p2pmtl.experiments.results.StudyResults`. Every function raises
 :class:`~p2pmtl.experiments.config.ConfigError` for bad settings before any work starts.
 """
 from __future__ import annotations

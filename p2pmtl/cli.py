@@ -261,9 +261,21 @@ def _cmd_robustness(args: argparse.Namespace) -> int:
         if name not in PRE_AGGREGATORS:
             print(f"error: --pre {name!r}: unknown; allowed: {', '.join(PRE_AGGREGATORS.names())}", file=sys.stderr)
             return 2
-    rows = resilience_table(args.n_f, args.aggregators, dim=args.dim, trials=args.trials, seed=args.seed, pre=args.pre)
-    print(f"empirical resilience: honest rows ~ N(0, I_{args.dim}), {args.trials} trials, max over "
-          f"forgeries; kappa_hat = max ||F(x) - honest mean|| / honest diameter")
+    honest = None
+    if args.uploads:
+        from .robust.robustness import load_uploads
+
+        try:
+            honest = load_uploads(args.uploads)
+        except (OSError, ValueError) as e:
+            print(f"error: --uploads {args.uploads!r}: {e}", file=sys.stderr)
+            return 2
+    rows = resilience_table(args.n_f, args.aggregators, dim=args.dim, trials=args.trials, seed=args.seed, pre=args.pre,
+                            honest=honest)
+    source = (f"the {len(honest)} rounds of honest uploads in {args.uploads}" if honest is not None
+              else f"honest rows ~ N(0, I_{args.dim}), {args.trials} trials")
+    print(f"empirical resilience: {source}, max over forgeries (ALIE and IPM line-searched); "
+          f"kappa_hat = max ||F(x) - honest mean|| / honest diameter")
     print(format_table(rows))
     return 0
 
@@ -343,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--dim", type=_positive_int, default=20, help="dimension of the vectors")
     rb.add_argument("--trials", type=_positive_int, default=10, help="honest draws per (n, f)")
     rb.add_argument("--seed", type=int, default=0)
+    rb.add_argument("--uploads", metavar="NPZ", help="honest rows from a server run instead of Gaussian draws: "
+                    "RUN/arrays/uploads__SCENARIO__METHOD.npz (written with server.log_uploads > 0); "
+                    "n = logged honest uploads + F of each --n-f")
     rb.set_defaults(func=_cmd_robustness)
     b = add("bench", help="time the batched engine against a per-agent numpy loop",
                        description="Target localization: batched engine vs the per-agent loop of the "

@@ -55,5 +55,10 @@ def test_a_non_editable_install_runs_the_main_job_from_an_empty_folder(tmp_path)
                  "--no-figures", "-q", "--out", "r")
     assert run.returncode == 0, run.stderr
     assert (empty / "r" / "summary.json").is_file()
+    # a bundled config whose graph is a bundled edge-list file (not a .toml) also runs from here
+    assert (site / "p2pmtl" / "bundled" / "topologies" / "dumbbell_victims.edgelist").is_file()
+    loaded = subprocess.run([sys.executable, "-c", "import p2pmtl; print(p2pmtl.load_config('clipped_gossip_setting')"
+                             ".graph.family)"], cwd=empty, env=env, capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "file", loaded.stderr
     listed = p2pmtl("list")
     assert "li2020_target" in listed.stdout

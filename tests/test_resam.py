@@ -202,3 +202,21 @@ def test_resam_through_the_api_records_accuracy_and_counts():
     assert np.isfinite(acc["mean"]).all()
     per = res.summary["results"]["inf"]
     assert all(per[m]["uploads_dropped_nonfinite"] == 2 for m in ("dsgd+trimmed_mean", "dsgd-none+mean"))
+
+
+def test_logged_uploads_feed_the_robustness_measure(tmp_path):
+    """server.log_uploads = 5 keeps the honest uploads of rounds 0, 5, ...; p2pmtl robustness
+    --uploads measures the aggregators on them (n = honest uploads + f)."""
+    from p2pmtl.cli import main
+    from p2pmtl.robust.robustness import load_uploads, resilience_table
+
+    data = _linear_dict(["dsgd-worker0.9+trimmed_mean"], byzantine=2, attack={"name": "sign_flip"}, log_uploads=5)
+    data["iterations"] = 12
+    p2pmtl.run(p2pmtl.load_config(data), out=tmp_path / "run")
+    path = tmp_path / "run" / "arrays" / "uploads__s__dsgd-worker0.9+trimmed_mean.npz"
+    stacks = load_uploads(str(path))
+    assert [len(s) for s in stacks] == [10, 10, 10]  # rounds 0, 5, 10; the 10 honest of 12 workers
+    rows = resilience_table([(0, 2)], ["mean", "trimmed_mean"], honest=stacks)
+    by = {r["aggregator"]: r for r in rows}
+    assert by["mean"]["n"] == 12 and by["mean"]["kappa"] > 100 * by["trimmed_mean"]["kappa"]
+    assert main(["robustness", "--uploads", str(path), "--n-f", "12:2", "--aggregators", "trimmed_mean"]) == 0

@@ -29,6 +29,7 @@ parameters (``k < n``) go in a ``check`` function given to ``register``, and the
 a parameter set gives in ``nodes`` (default: the parameter ``n``)."""
 
 Nodes = Annotated[int, Field(ge=1, description="number of agents")]
+Side = Annotated[int, Field(ge=1, description="agents along one side of the grid")]
 Positive = Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)]
 Probability = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 Seed = Annotated[int, Field(ge=0)]
@@ -111,7 +112,7 @@ def _grid_check(p: dict) -> None:
 
 @GRAPHS.register("grid_2d", "rows x cols lattice (n = rows * cols), 4-neighbourhood", check=_grid_check,
                  nodes=lambda p: p["rows"] * p["cols"])
-def grid_2d(*, rows: Nodes, cols: Nodes, periodic: bool = False) -> nx.Graph:
+def grid_2d(*, rows: Side, cols: Side, periodic: bool = False) -> nx.Graph:
     return nx.convert_node_labels_to_integers(nx.grid_2d_graph(rows, cols, periodic=periodic))
 
 
@@ -152,6 +153,11 @@ def from_file(*, path: str, directed: bool = False) -> nx.Graph:
     """A graph file; any problem (missing, unreadable, malformed, empty) is a ``ValueError``
     naming ``graph.path`` and the parser's complaint."""
     p = Path(path)
+    if not p.is_file() and not p.is_absolute() and p.parent in (Path("."), Path("topologies")):
+        from ..resources import bundled_dir  # a bundled graph file, found from any folder
+
+        bundled = bundled_dir("topologies") / p.name
+        p = bundled if bundled.is_file() else p
     if not p.is_file():
         raise ValueError(f"graph.path = {path!r}: no such file (expected GraphML or edge list)")
     try:

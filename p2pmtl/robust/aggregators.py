@@ -312,7 +312,8 @@ class _Component:
         return f"{type(self).__name__}({args})"
 
     def _check_n(self, n: int) -> None:
-        pass
+        """Raise ``ValueError`` (naming the condition, e.g. Krum's n >= 2f + 3) when ``n`` finite
+        inputs are too few; called before every computation and by :func:`check_inputs`."""
 
     def _max_f(self, n: int) -> int:
         """The largest assumed ``f`` valid for ``n`` inputs (components with an ``f``)."""
@@ -361,6 +362,8 @@ class Aggregator(_Component):
         return self._run(x, f"aggregator {self.name!r}", self._aggregate, known_bad)
 
     def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
+        """``[m, d]`` finite rows (``m`` already checked by ``_check_n``) -> ``[d]``: the
+        subclass's computation."""
         raise NotImplementedError
 
 

@@ -45,6 +45,13 @@ class AttackContext:
 
 
 class Attack:
+    """What Byzantine agents send. Subclasses implement :meth:`forge` (one broadcast vector per
+    Byzantine agent, vectorized over them) and, to send a different message to each receiver,
+    :meth:`forge_edges`; they draw randomness only from ``ctx.generators`` and state in their
+    docstring the formula, the source and what the attacker knows (``knows``, shown by
+    ``p2pmtl list``). ``gossip_only`` attacks need a graph (refused in server mode); ``needs``
+    names the population methods an adaptive attack calls (checked against the task)."""
+
     knows: ClassVar[str] = "nothing"
     gossip_only: ClassVar[bool] = False  # needs a graph and a population (no server mode)
     needs: ClassVar[tuple[str, ...]] = ()  # gossip: population methods the attack calls

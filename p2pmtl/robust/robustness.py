@@ -11,9 +11,11 @@ variance (1/|H|) sum_{i in H} ||x_i - xbar_H||^2. This module estimates both con
     kappa_hat     = max over attacks and trials of ||F(x) - xbar_H|| / diam(H),
     kappa_hat_var = max over attacks and trials of ||F(x) - xbar_H||^2 / var(H),
 
-by trying a fixed set of forgeries (:data:`FORGERIES`) on honest vectors drawn from N(0, I_d)
-(or given by the caller). A lower bound on the true constants: an attack outside the set can
-do worse. ``p2pmtl robustness`` prints the table for every registered aggregator.
+by trying a fixed set of forgeries (:data:`FORGERIES`, ALIE and IPM line-searched over their
+factor) on honest vectors drawn from N(0, I_d), or on the honest uploads a server run logged
+(``server.log_uploads``, :func:`load_uploads`). A lower bound on the true constants: an attack
+outside the set can do worse. ``p2pmtl robustness`` prints the table for every registered
+aggregator.
 """
 from __future__ import annotations
 
@@ -32,24 +34,34 @@ def _alie_z(n: int, f: int) -> float:
     return float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(p)))
 
 
+SEARCH_FACTORS = tuple(float(v) for v in torch.logspace(-1, 2, 13, dtype=torch.float64))
+"""The line-searched factors of ``alie_opt`` and ``ipm_opt`` here: 0.1 ... 100, log-spaced."""
+
+
 def _forgeries(honest: torch.Tensor, n: int, f: int) -> dict[str, torch.Tensor]:
-    """One forged row per attack (all f Byzantine inputs send it)."""
+    """One forged row per attack (all f Byzantine inputs send it). ``alie_opt:Z`` and
+    ``ipm_opt:EPS`` are ALIE and IPM at each factor of :data:`SEARCH_FACTORS` (the maximum over
+    them is the line-searched attack); ``mimic`` copies the honest row farthest from the mean."""
     mean, std = honest.mean(0), honest.std(0, unbiased=False)
     diam = torch.cdist(honest, honest).max()
     far = mean + 1e3 * diam.clamp_min(1.0) * torch.ones_like(mean) / math.sqrt(mean.numel())
-    return {
+    out = {
         "far": far,
         "sign_flip": -mean,
         "alie": mean - _alie_z(n, f) * std,
         "ipm_0.1": -0.1 * mean,
         "ipm_10": -10.0 * mean,
-        "mimic": honest[0].clone(),
+        "mimic": honest[(honest - mean).norm(dim=1).argmax()].clone(),
         "zero": torch.zeros_like(mean),
         "edge": mean + 0.9 * (honest[(honest - mean).norm(dim=1).argmax()] - mean) * 2,
     }
+    for c in SEARCH_FACTORS:
+        out[f"alie_opt:{c:.3g}"] = mean - c * std
+        out[f"ipm_opt:{c:.3g}"] = -c * mean
+    return out
 
 
-FORGERIES = ("far", "sign_flip", "alie", "ipm_0.1", "ipm_10", "mimic", "zero", "edge")
+FORGERIES = ("far", "sign_flip", "alie", "ipm_0.1", "ipm_10", "mimic", "zero", "edge", "alie_opt", "ipm_opt")
 
 
 def empirical_resilience(aggregator: Callable[[torch.Tensor], torch.Tensor], n: int, f: int, *, dim: int = 20,
@@ -76,7 +88,7 @@ def empirical_resilience(aggregator: Callable[[torch.Tensor], torch.Tensor], n: 
             k = err / diam if diam > 0 else (0.0 if err == 0 else math.inf)
             kv = err ** 2 / var if var > 0 else (0.0 if err == 0 else math.inf)
             if k > kappa:
-                kappa, worst = k, name
+                kappa, worst = k, name.partition(":")[0]
             kappa_var = max(kappa_var, kv)
     return {"kappa": kappa, "kappa_var": kappa_var, "worst_attack": worst}
 
@@ -89,10 +101,32 @@ KNOWN_BOUNDS: dict[str, Callable[[int, int], float]] = {
 }
 
 
+def load_uploads(path: str) -> list[torch.Tensor]:
+    """The honest uploads a server run logged (``server.log_uploads``): one ``[k, d]`` float64
+    stack per logged round, from ``arrays/uploads__SCENARIO__METHOD.npz`` of a run folder."""
+    import numpy as np
+
+    with np.load(path) as z:
+        keys = sorted((k for k in z.files if k.startswith("round")), key=lambda k: int(k[5:]))
+        if not keys:
+            raise ValueError(f"{path}: no logged uploads (keys round<T>); run with server.log_uploads > 0")
+        return [torch.from_numpy(z[k]).to(torch.float64) for k in keys]
+
+
 def resilience_table(ns_fs: Iterable[tuple[int, int]], names: Optional[Sequence[str]] = None, *, dim: int = 20,
-                     trials: int = 10, seed: int = 0, pre: Sequence[str] = ()) -> list[dict]:
+                     trials: int = 10, seed: int = 0, pre: Sequence[str] = (),
+                     honest: Optional[Sequence[torch.Tensor]] = None) -> list[dict]:
     """One row per (aggregator, n, f): kappa_hat, kappa_hat_var, the worst forgery and the known
-    bound where one is known. Aggregators that cannot run at (n, f) are skipped."""
+    bound where one is known. Aggregators that cannot run at (n, f) are skipped.
+
+    With ``honest`` (e.g. :func:`load_uploads` of a run), the honest rows are those stacks
+    instead of Gaussian draws: ``n`` is then each stack's row count plus ``f`` (stacks with the
+    most common row count are used; the ``n`` of ``ns_fs`` is ignored, only ``f`` is read)."""
+    if honest is not None:
+        counts = [len(h) for h in honest]
+        k = max(set(counts), key=counts.count)
+        honest = [h for h in honest if len(h) == k]
+        ns_fs = [(k + f, f) for f in dict.fromkeys(f for _, f in ns_fs)]
     rows = []
     for n, f in ns_fs:
         for name in names or AGGREGATORS.names():
@@ -101,7 +135,7 @@ def resilience_table(ns_fs: Iterable[tuple[int, int]], names: Optional[Sequence[
                 _check_all(agg, n)
             except (ValueError, TypeError):
                 continue
-            r = empirical_resilience(agg, n, f, dim=dim, trials=trials, seed=seed)
+            r = empirical_resilience(agg, n, f, dim=dim, trials=trials, seed=seed, honest=honest)
             bound = KNOWN_BOUNDS.get(name)
             rows.append({"aggregator": "+".join([*pre, name]), "n": n, "f": f, **r,
                          "known_bound": bound(n, f) if bound else None})

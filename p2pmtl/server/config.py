@@ -82,6 +82,10 @@ class ServerConfig(Strict):
                                 description="dsgd methods: honest workers add weight_decay * theta to each "
                                             "gradient")
 
+    log_uploads: int = Field(0, ge=0, description="save the honest uploads of every k-th round (0: never) to "
+                                                  "arrays/uploads__SCENARIO__METHOD.npz, for p2pmtl robustness "
+                                                  "--uploads")
+
     @field_validator("pre")
     @classmethod
     def _pre(cls, v):

@@ -211,6 +211,7 @@ class FederatedRun:
         self.uploads_dropped_nonfinite = 0
         self.nonfinite_per_round: list[int] = []  # uploads dropped as non-finite, one entry per round
         self.updated_per_round: list[bool] = []  # whether the server's model was updated, per round
+        self.logged_uploads: dict[int, torch.Tensor] = {}  # round -> honest uploads (server.log_uploads)
         if attack is not None and self.byzantine:  # data-poisoning attacks change data here
             attack.setup(clients, torch.as_tensor(sorted(self.byzantine), dtype=torch.long))
 
@@ -262,6 +263,10 @@ class FederatedRun:
         or inf entry dropped (counted), and the rest aggregated. None when too few remain for
         the aggregator (counted as a round without update; a ValueError if none was dropped)."""
         byz_rows = torch.tensor([r for r, i in enumerate(chosen.tolist()) if i in self.byzantine], dtype=torch.long)
+        every = self.server.log_uploads
+        if every and t % every == 0:  # the honest uploads, before any forgery or drop
+            honest = [r for r, i in enumerate(chosen.tolist()) if i not in self.byzantine]
+            self.logged_uploads[t] = up[honest].detach().clone()
         if byz_rows.numel():
             ctx = AttackContext(t, up, byz_rows, torch.zeros(len(up), dtype=torch.long), [self.attack_gen], None,
                                 previous=self.global_state.to(up.dtype).expand(len(up), -1),

@@ -76,6 +76,8 @@ class LinearServer:
                                             n, dim, self.pop.theta.dtype) if m.scheme == "dsgd" else None
                         for m in self.methods]
         self.lr, self.weight_decay = srv.lr, srv.weight_decay
+        self.log_every = srv.log_uploads
+        self.logged_uploads: list[dict[int, torch.Tensor]] = [{} for _ in self.methods]  # per lane
         self.uploads_dropped_nonfinite = np.zeros(self.m, dtype=np.int64)  # per lane (method)
         self.rounds_without_update = np.zeros(self.m, dtype=np.int64)  # per lane: too few uploads
         self.nonfinite_per_round: list[np.ndarray] = []  # [m] per round
@@ -114,6 +116,8 @@ class LinearServer:
         for j in range(self.m):
             mom = self.momenta[j]
             up = psi[j, rows] if mom is None else mom.uploads(rows, grads[j, rows])
+            if self.log_every and t % self.log_every == 0:  # honest uploads, before forgeries and drops
+                self.logged_uploads[j][t] = up[torch.from_numpy(~self.is_byz[chosen])].clone()
             if byz_rows.numel():  # Byzantine clients forge, then the network decides what arrives
                 ctx = AttackContext(t, up, byz_rows, torch.zeros(len(up), dtype=torch.long), [self.attack_gens[j]],
                                     None, aggregator=self.aggregators[j])
@@ -195,6 +199,9 @@ def run_linear_server(cfg: "ExperimentConfig", out_dir: Path, progress: bool, po
             extra = {} if timing is None else timing.summary()
             for j, (block, method) in enumerate(zip(blocks, methods)):
                 rec.save_arrays(f"server_rounds__{scenario.name}__{method}", **srv.round_records(j))
+                if srv.logged_uploads[j]:
+                    rec.save_arrays(f"uploads__{scenario.name}__{method}",
+                                    **{f"round{t}": u.numpy() for t, u in srv.logged_uploads[j].items()})
                 rec.end_block(block, cfg.output.window,
                               {**extra, "uploads_dropped_nonfinite": int(srv.uploads_dropped_nonfinite[j]),
                                "rounds_without_update": int(srv.rounds_without_update[j])})

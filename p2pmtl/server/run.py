@@ -5,7 +5,9 @@ Besides the metrics, each (scenario, method) reports in ``summary.json``
 ``uploads_dropped_nonfinite`` (uploads with a NaN or inf entry, dropped before aggregation) and
 ``rounds_without_update`` (rounds with too few uploads for the aggregator: the server kept its
 model), and per round in ``arrays/server_rounds__<scenario>__<method>.npz``
-(``uploads_dropped_nonfinite`` [rounds] and ``updated`` [rounds] bool)."""
+(``uploads_dropped_nonfinite`` [rounds] and ``updated`` [rounds] bool); with
+``server.log_uploads = k``, the honest uploads of every k-th round in
+``arrays/uploads__<scenario>__<method>.npz`` (key ``round<T>``, for ``p2pmtl robustness --uploads``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -82,6 +84,9 @@ def run_server_scenarios(cfg: "ExperimentConfig", out_dir: Path, progress: bool,
                     extra = _network_rounds(cfg, rec, run, block, g, seeds, bar)
                 meta, naive = run.meta_test(setup.new_clients, cfg.server.meta_test, seeds["setup"])
                 rec.save_arrays(f"server_rounds__{scenario.name}__{name}", **run.round_records())
+                if run.logged_uploads:
+                    rec.save_arrays(f"uploads__{scenario.name}__{name}",
+                                    **{f"round{t}": u.numpy() for t, u in run.logged_uploads.items()})
                 rec.end_block(block, cfg.output.window, {"meta_test_acc": meta, "naive_meta_test_acc": naive,
                                                          "skipped_rounds": run.skipped_rounds,
                                                          "rounds_without_update": run.rounds_without_update,

@@ -37,6 +37,7 @@ class GossipEngine:
         attack_seeds: Sequence[int] = (),
         run_of_node: Optional[torch.Tensor] = None,
         combines: Optional[Sequence[Optional[CombineStep]]] = None,
+        roles=None,
     ) -> None:
         """``world_edges``: the world's edge list; ``rules``: one weight rule per lane;
         ``byzantine``: Byzantine node ids of the world (the same in every lane); ``attacks``:
@@ -48,7 +49,11 @@ class GossipEngine:
         replace their lane's slice of the fused :class:`RuleSet` weights (where they hold a
         placeholder); combine steps other than the weighted average replace their lane's models
         after the population's fast combination. Either way a lane's numbers do not depend on
-        which other lanes run beside it."""
+        which other lanes run beside it.
+
+        ``roles`` (a :class:`~p2pmtl.engine.roles.ServerRoles`; None: every node is a learner):
+        servers do not adapt, and after every combine the servers' two-phase aggregation
+        rewrites the rows of servers and their clients in every lane."""
         self.pop, self.world_edges, self.rules = population, world_edges, list(rules)
         self.lanes = m = len(self.rules)
         self.n0, self.e0 = world_edges.num_nodes, world_edges.num_edges
@@ -86,6 +91,8 @@ class GossipEngine:
         self.combines = list(combines) if combines is not None else [None] * m
         self.slow_combines = [j for j, c in enumerate(self.combines)
                               if c is not None and not c.fast_weighted_average]
+        self.roles = roles
+        self.is_server = roles.is_server if roles is not None else torch.zeros(self.n0, dtype=torch.bool)
         self._step = 0
         self.weights: Optional[torch.Tensor] = None  # [M*E0]
         self.sent: Optional[torch.Tensor] = None  # [M*N0, D]
@@ -113,7 +120,7 @@ class GossipEngine:
         pop = self.pop
         self._step = step
         pop.sample(step, active)
-        psi = pop.adapt(active)
+        psi = pop.adapt(active if self.roles is None else self.roles.hold(active))
         sent, overrides = psi, (None, None)
         if self.byzantine.numel():
             sent, overrides = self._forge(step, psi)
@@ -160,6 +167,8 @@ class GossipEngine:
         pop.combine(msgs, weights)
         for j in self.slow_combines:
             pop.set_lane_models(j, self._combine_lane(j, msgs, weights))
+        if self.roles is not None:
+            self.roles.apply(self, msgs)
 
     def _lane_valid(self, msgs: Messages, j: int) -> Optional[torch.Tensor]:
         return None if msgs.valid is None else msgs.valid[self.lane_edges(j)]

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Iterable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..engine.roles import RolesConfig
 from ..graphs.config import GraphConfig
 from ..graphs.families import family_nodes
 from ..io.rundir import check_name
@@ -206,6 +207,9 @@ class ExperimentConfig(Strict):
     def _task(cls, v):
         return validate_task(v)
     rules: RulesConfig = Field(RulesConfig(), description="gossip mode: the weight rules compared and their combine step")
+    roles: Optional[RolesConfig] = Field(
+        None, description="gossip mode: nodes that are servers (they aggregate their children's messages with a "
+                          "robust aggregator and send the result down); none: every node is a learner")
     scenarios: list[ScenarioConfig] = Field(
         [ScenarioConfig(name="no_attack")], description="the attack settings run one after another (or in parallel, `jobs`)")
     clock: ClockConfig = Field(ClockConfig(), description="simulated time: compute and transmission delays of a round")
@@ -312,6 +316,39 @@ class ExperimentConfig(Strict):
                             raise ValueError(f"server.methods: {m!r} needs a representation/head split; a linear "
                                              f"task ({self.task.name}) allows fedavg[+<aggregator>] and "
                                              f"dsgd[+<aggregator>]")
+        return self
+
+    @model_validator(mode="after")
+    def _roles_fit(self) -> "ExperimentConfig":
+        """``[roles]``: gossip mode on the perfect synchronous network; server ids in the graph
+        (when its size is known), at least one learner, Byzantine agents among the learners."""
+        roles = self.roles
+        if roles is None or not roles.servers:
+            return self
+        if self.mode == "server":
+            raise ValueError("roles: works in mode = 'gossip' only (mode = 'server' has its own server, node 0); "
+                             "remove [roles] or set mode = 'gossip'")
+        if self.network is not None:
+            raise ValueError("roles: servers run on the perfect synchronous network only; remove [network] or "
+                             "[roles]")
+        n = family_nodes(self.graph.family, self.graph.params)
+        if n is None:
+            return self
+        roles.check_nodes(n)
+        learners = n - len(roles.servers)
+        for s in self.scenarios:
+            key = f"scenarios.{s.name}.byzantine"
+            if isinstance(s.byzantine, int) and s.byzantine >= learners:
+                raise ValueError(f"{key} = {s.byzantine}: at most {learners - 1} of the {learners} learners may be "
+                                 f"Byzantine (servers are trusted)")
+            if isinstance(s.byzantine, list):
+                bad = sorted(set(s.byzantine) & set(roles.servers))
+                if bad:
+                    raise ValueError(f"{key} = {s.byzantine}: {bad} are servers (roles.servers); servers are "
+                                     f"trusted, allowed: learner ids")
+                if len(s.byzantine) >= learners:
+                    raise ValueError(f"{key}: every one of the {learners} learners is Byzantine; leave at least "
+                                     f"one normal")
         return self
 
     @model_validator(mode="after")

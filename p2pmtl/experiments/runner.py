@@ -39,8 +39,12 @@ def build_world(cfg: ExperimentConfig, scenario: ScenarioConfig) -> World:
         edges.append(EdgeIndex.from_graph(g))
         setups.append(TASKS.get(cfg.task.name).make_setup(cfg.task, g, np.random.default_rng(s["setup"])))
         seeds.append(s)
-        byz.append(choose_byzantine(scenario.byzantine, n, s["byzantine"], f"scenarios.{scenario.name}.byzantine",
-                                    scenario.placement, g) + r * n)
+        if cfg.roles is not None and cfg.roles.servers:
+            cfg.roles.check_nodes(n)
+            byz.append(_learner_byzantine(cfg, scenario, g, s["byzantine"]) + r * n)
+        else:
+            byz.append(choose_byzantine(scenario.byzantine, n, s["byzantine"],
+                                        f"scenarios.{scenario.name}.byzantine", scenario.placement, g) + r * n)
     world_edges, present = EdgeIndex.disjoint_union(edges), None
     net = cfg.network
     if net is not None and net.topology.kind != "static":
@@ -51,6 +55,30 @@ def build_world(cfg: ExperimentConfig, scenario: ScenarioConfig) -> World:
                                              blocks_needed(cfg.iterations, net.topology.every))
     return World(graphs, world_edges, setups, seeds, torch.as_tensor(np.concatenate(byz), dtype=torch.long),
                  n0, present)
+
+
+def _learner_byzantine(cfg: ExperimentConfig, scenario: ScenarioConfig, g, seed: int) -> np.ndarray:
+    """Byzantine ids when ``[roles]`` names servers: listed ones must be learners; a count is
+    placed among the learners only (at random, or on the learners of highest degree in the
+    graph of learners: edges to servers do not count)."""
+    n, key = g.number_of_nodes(), f"scenarios.{scenario.name}.byzantine"
+    servers = set(cfg.roles.servers)
+    learners = np.array([k for k in range(n) if k not in servers], dtype=np.int64)
+    if isinstance(scenario.byzantine, int):
+        if scenario.byzantine >= len(learners):
+            raise ValueError(f"{key} = {scenario.byzantine}: at most {len(learners) - 1} of the {len(learners)} "
+                             f"learners may be Byzantine (servers are trusted)")
+        import networkx as nx
+
+        sub = nx.convert_node_labels_to_integers(g.subgraph(learners.tolist()), ordering="sorted")
+        picked = choose_byzantine(scenario.byzantine, len(learners), seed, key, scenario.placement, sub)
+        return np.sort(learners[picked])
+    ids = choose_byzantine(scenario.byzantine, n, seed, key, scenario.placement, g)
+    bad = sorted(set(ids.tolist()) & servers)
+    if bad:
+        raise ValueError(f"{key} = {scenario.byzantine}: {bad} are servers (roles.servers); servers are trusted, "
+                         f"allowed: learner ids")
+    return ids
 
 
 def make_engine(cfg: ExperimentConfig, world: World, scenario: ScenarioConfig, rule_names: list[str]) -> GossipEngine:
@@ -64,8 +92,13 @@ def make_engine(cfg: ExperimentConfig, world: World, scenario: ScenarioConfig, r
     attacks = None
     if world.byzantine.numel():
         attacks = [make_attack(scenario.attack.name, **scenario.attack.params) for _ in rule_names]
+    roles = None
+    if cfg.roles is not None and cfg.roles.servers:
+        from ..engine.roles import ServerRoles
+
+        roles = ServerRoles(cfg.roles, world.edges, world.n, world.byzantine)
     return GossipEngine(pop, world.edges, rules, world.byzantine, attacks,
-                        [s["attack"] for s in world.seeds], world.run_of_node, combines)
+                        [s["attack"] for s in world.seeds], world.run_of_node, combines, roles)
 
 
 def run_experiment(
@@ -168,7 +201,7 @@ def _run_scenarios(cfg: ExperimentConfig, out_dir: Path, progress: bool, positio
             _save_world(rec, scenario.name, world)
             engine = make_engine(cfg, world, scenario, rules)
             rec.summary["group_names"] = engine.pop.group_names
-            normal = ~engine.is_byzantine.numpy()
+            normal = ~(engine.is_byzantine | engine.is_server).numpy()  # servers: not recorded
             blocks = [rec.open_block(scenario.name, r, normal, engine.pop.groups, cfg.runs, world.n) for r in rules]
             if cfg.network is None:
                 _plain_rounds(cfg, rec, engine, blocks, world, bar)
@@ -365,13 +398,15 @@ def _bytes_per_round(world: World, engine: GossipEngine) -> float:
 
 def _weight_stats(engine: GossipEngine, lane: int, world: World) -> dict:
     """Share of each normal agent's weight on honest senders of its own task group, and on
-    Byzantine senders (final weights)."""
+    Byzantine senders (final weights of the lane's rule; servers are neither normal agents nor
+    honest senders of a group)."""
     e, w = world.edges, engine.lane_weights(lane)
     groups = torch.as_tensor(engine.pop.groups)
     byz = engine.is_byzantine
-    same = (groups[e.src] == groups[e.dst]) & ~byz[e.src]
-    in_group = e.segment_sum(torch.where(same, w, torch.zeros_like(w)))[~byz]
-    on_byz = e.segment_sum(torch.where(byz[e.src], w, torch.zeros_like(w)))[~byz]
+    normal = ~(byz | engine.is_server)
+    same = (groups[e.src] == groups[e.dst]) & normal[e.src]
+    in_group = e.segment_sum(torch.where(same, w, torch.zeros_like(w)))[normal]
+    on_byz = e.segment_sum(torch.where(byz[e.src], w, torch.zeros_like(w)))[normal]
     return {
         "weight_in_group": float(in_group.mean()),
         "weight_in_group_min": float(in_group.min()),

@@ -49,6 +49,7 @@ from .aggregators import (
     AGGREGATORS,
     PRE_AGGREGATORS,
     Aggregator,
+    HonestMajority,
     PreAggregator,
     _check_f_below_n,
     _check_stack,
@@ -325,7 +326,7 @@ class SmallestMaxEigenvalueAveraging(_SubsetAverage):
 @_register(
     AGGREGATORS, "meamed", "mean around the median: per coordinate, mean of the n-f values closest to the median"
 )
-class MeanAroundMedian(Aggregator):
+class MeanAroundMedian(HonestMajority, Aggregator):
     """Mean around the median, MeaMed (Xie, Koyejo, Gupta, "Generalized Byzantine-tolerant
     SGD", 2018): per coordinate ``j``,
 
@@ -349,16 +350,6 @@ class MeanAroundMedian(Aggregator):
 
     guarded = True
 
-    def __init__(self, *, f: int) -> None:
-        self.f = _int_param("f", f, minimum=0)
-
-    def _max_f(self, n: int) -> int:
-        return (n - 1) // 2
-
-    def _check_n(self, n: int) -> None:
-        f = self._fit_f(n)
-        if n <= 2 * f:
-            raise ValueError(f"meamed: needs n > 2f, got n = {n} and f = {f}")
 
     def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
         n, d = x.shape

@@ -682,8 +682,24 @@ class CoordinateMedian(Aggregator):
         return coordinatewise_median(x)
 
 
+class HonestMajority:
+    """The ``f`` of a rule that needs an honest majority: keyword-only ``f`` >= 0 assumed
+    Byzantine inputs, and ``n > 2f`` checked at call time (mixed into an aggregator class)."""
+
+    def __init__(self, *, f: int) -> None:
+        self.f = _int_param("f", f, minimum=0)
+
+    def _max_f(self, n: int) -> int:
+        return (n - 1) // 2
+
+    def _check_n(self, n: int) -> None:
+        f = self._fit_f(n)  # type: ignore[attr-defined]
+        if n <= 2 * f:
+            raise ValueError(f"{self.name}: needs n > 2f, got n = {n} and f = {f}")  # type: ignore[attr-defined]
+
+
 @_register(AGGREGATORS, "trimmed_mean", "coordinate-wise trimmed mean: drop the f largest and f smallest")
-class TrimmedMean(Aggregator):
+class TrimmedMean(HonestMajority, Aggregator):
     """Coordinate-wise trimmed mean (Yin et al., ICML 2018): per coordinate, drop the ``f``
     largest and ``f`` smallest values and average the remaining ``n - 2f``. Requires
     ``n > 2f``; ``f`` (keyword-only, required) is the number of values trimmed at each end.
@@ -698,16 +714,6 @@ class TrimmedMean(Aggregator):
 
     guarded = True
 
-    def __init__(self, *, f: int) -> None:
-        self.f = _int_param("f", f, minimum=0)
-
-    def _max_f(self, n: int) -> int:
-        return (n - 1) // 2
-
-    def _check_n(self, n: int) -> None:
-        f = self._fit_f(n)
-        if n <= 2 * f:
-            raise ValueError(f"trimmed_mean: needs n > 2f, got n = {n} and f = {f}")
 
     def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
         n, d = x.shape

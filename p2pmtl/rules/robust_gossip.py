@@ -182,9 +182,34 @@ def _differences(ctx: CombineContext):
 # --------------------------------------------------------------------------- combine steps
 
 
+class _RadiusClipping(CombineStep):
+    """Self-centred clipping x_k <- psi_k + sum_l w_lk clip(psi_l - psi_k, tau_k) with a radius
+    tau_k computed per receiver from the weighted distances (subclasses define ``_radius``)."""
+
+    def __init__(self, who: str, b: int) -> None:
+        self.b = _count(who, "b", b)
+        self._slots = _Slots()
+
+    def radius(self, ctx: CombineContext) -> torch.Tensor:
+        """tau_k ``[N]`` of every receiver."""
+        e = ctx.edges
+        slots = self._slots.of(e)
+        present, w, _, norm = _differences(ctx)
+        return self._radius(e, slots, present, w, norm)
+
+    def _radius(self, e, slots, present, w, norm) -> torch.Tensor:
+        raise NotImplementedError
+
+    def combine(self, ctx: CombineContext) -> torch.Tensor:
+        e = ctx.edges
+        slots = self._slots.of(e)
+        present, w, diff, norm = _differences(ctx)
+        return _clip_combine(ctx, w, diff, norm, self._radius(e, slots, present, w, norm))
+
+
 @COMBINES.register("clipped_adaptive", "self-centred clipping, tau_k^2 = (1/delta_k) sum of w d^2 "
                                       "over all but the farthest (He et al. 2022)")
-class AdaptiveClipping(CombineStep):
+class AdaptiveClipping(_RadiusClipping):
     """Self-centred clipping with the adaptive radius of He, Karimireddy and Jaggi (2022):
 
         x_k <- psi_k + sum_l w_lk clip(psi_l - psi_k, tau_k),   clip(z, t) = z min(1, t / ||z||),
@@ -212,15 +237,7 @@ class AdaptiveClipping(CombineStep):
     """
 
     def __init__(self, *, b: int = 1) -> None:
-        self.b = _count("clipped_adaptive", "b", b)
-        self._slots = _Slots()
-
-    def radius(self, ctx: CombineContext) -> torch.Tensor:
-        """tau_k ``[N]`` of every receiver."""
-        e = ctx.edges
-        slots = self._slots.of(e)
-        present, w, _, norm = _differences(ctx)
-        return self._radius(e, slots, present, w, norm)
+        super().__init__("clipped_adaptive", b)
 
     def _radius(self, e, slots, present, w, norm):
         delta = _byzantine_weight(e, slots, w, present, self.b)
@@ -229,15 +246,10 @@ class AdaptiveClipping(CombineStep):
         tau2 = e.segment_sum(torch.where(kept, w * norm * norm, 0.0)) / delta.clamp_min(torch.finfo(w.dtype).tiny)
         return torch.where(delta > 0, tau2.sqrt(), float("inf"))
 
-    def combine(self, ctx: CombineContext) -> torch.Tensor:
-        e = ctx.edges
-        slots = self._slots.of(e)
-        present, w, diff, norm = _differences(ctx)
-        return _clip_combine(ctx, w, diff, norm, self._radius(e, slots, present, w, norm))
 
 
 @COMBINES.register("cs_plus", "CS+ (Gaucher et al. 2025): self-centred clipping at the weight quantile 2 delta_k")
-class CSPlusStep(CombineStep):
+class CSPlusStep(_RadiusClipping):
     """CS+ (Gaucher, Dieuleveut and Hendrikx 2025, the robust summand of CS+-RG): self-centred
     clipping whose radius is a weight quantile of the distances,
 
@@ -258,15 +270,7 @@ class CSPlusStep(CombineStep):
     """
 
     def __init__(self, *, b: int = 1) -> None:
-        self.b = _count("cs_plus", "b", b)
-        self._slots = _Slots()
-
-    def radius(self, ctx: CombineContext) -> torch.Tensor:
-        """tau_k ``[N]`` of every receiver."""
-        e = ctx.edges
-        slots = self._slots.of(e)
-        present, w, _, norm = _differences(ctx)
-        return self._radius(e, slots, present, w, norm)
+        super().__init__("cs_plus", b)
 
     def _radius(self, e, slots, present, w, norm):
         delta = _byzantine_weight(e, slots, w, present, self.b)
@@ -276,11 +280,6 @@ class CSPlusStep(CombineStep):
         tau = tau.scatter_reduce(0, e.dst, torch.where(ok, norm, float("-inf")), "amax")
         return tau.clamp_min(0.0)
 
-    def combine(self, ctx: CombineContext) -> torch.Tensor:
-        e = ctx.edges
-        slots = self._slots.of(e)
-        present, w, diff, norm = _differences(ctx)
-        return _clip_combine(ctx, w, diff, norm, self._radius(e, slots, present, w, norm))
 
 
 @COMBINES.register("ios", "IOS (Wu, Chen, Ling 2023): b times drop the neighbour farthest from the weighted "

@@ -366,8 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000, 100000],
                    help="agent counts for the scaling part")
     b.add_argument("--scale-iterations", type=int, default=100, help="iterations per scaling size")
-    b.add_argument("--only", nargs="*", choices=["linear", "scale", "digits", "server", "aggregators", "network", "resam"],
+    b.add_argument("--only", nargs="*", choices=["linear", "scale", "digits", "server", "aggregators", "network", "resam",
+                                                   "process"],
                    help="run only these parts (default: all)")
+    b.add_argument("--process-repeats", type=_positive_int, default=5,
+                   help="process: alternated runs of `p2pmtl run target_localization` and a bare torch import")
     b.add_argument("--agg-n", type=int, default=1000, help="aggregators: number of client vectors")
     b.add_argument("--agg-dim", type=int, default=1_000_000,
                    help="aggregators: vector dimension (the default 1000 x 1M needs ~10 GB of memory)")

@@ -163,9 +163,30 @@ def server_round(rounds: int = 3) -> list[dict]:
     return rows
 
 
+def process_time(repeats: int = 5, config: str = "target_localization") -> dict:
+    """Whole-process wall time of ``p2pmtl run CONFIG --no-figures -q`` against a bare
+    ``python -c "import torch"``, the two alternated ``repeats`` times (so a change of load on
+    the machine hits both alike): the medians and their ratio."""
+    import statistics
+    import tempfile
+
+    bare = [sys.executable, "-c", "import torch"]
+    times: dict[str, list[float]] = {"import torch": [], "p2pmtl run": []}
+    with tempfile.TemporaryDirectory(prefix="p2pmtl-bench-") as tmp:
+        run = [sys.executable, "-m", "p2pmtl", "run", config, "--no-figures", "-q", "--out", str(Path(tmp) / "run"),
+               "--overwrite"]
+        for _ in range(repeats):
+            for key, cmd in (("import torch", bare), ("p2pmtl run", run)):
+                t = time.perf_counter()
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+                times[key].append(time.perf_counter() - t)
+    torch_s, run_s = statistics.median(times["import torch"]), statistics.median(times["p2pmtl run"])
+    return {"config": config, "repeats": repeats, "torch_s": torch_s, "run_s": run_s, "ratio": run_s / torch_s}
+
+
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
-    parts = set(args.only or ["linear", "scale", "digits", "server", "aggregators", "network", "resam"])
+    parts = set(args.only or ["linear", "scale", "digits", "server", "aggregators", "network", "resam", "process"])
     if "linear" in parts:
         print(f"torch {torch.__version__}, 1 thread; target localization, 100 agents, 20 Byzantine")
         print(f"{'rule':<48} {'reference ms/it':>15} {'batched ms/it':>14} {'speed-up':>9}")
@@ -196,6 +217,13 @@ def main(args: argparse.Namespace) -> int:
         from .resam import main as resam_main
 
         resam_main()
+    if "process" in parts:
+        r = process_time(getattr(args, "process_repeats", 5))
+        print(f"\nprocess: `p2pmtl run {r['config']} --no-figures -q` against a bare `python -c \"import torch\"`, "
+              f"alternated {r['repeats']} times (medians)")
+        print(f"  import torch: {r['torch_s']:.2f} s")
+        print(f"  p2pmtl run:   {r['run_s']:.2f} s")
+        print(f"  ratio:        {r['ratio']:.2f}x")
     if "scale" in parts and args.sizes:
         print(f"\nscaling: random geometric (density of Li2020, cap 9), 20% Byzantine, loss rule, "
               f"{args.scale_iterations} iterations")

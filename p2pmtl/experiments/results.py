@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where a table is built: `import p2pmtl.api` stays quick
+    import pandas as pd
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
     if not path.is_file():
         return pd.DataFrame()
     # a run killed mid-write may leave a truncated last line: skip rows that do not parse
@@ -71,6 +74,8 @@ class RunResults:
     def table(self, metric: Optional[str] = None) -> pd.DataFrame:
         """Scenario x rule (or server method) table of the last-window mean of ``metric`` over
         normal agents (default: the task's first metric)."""
+        import pandas as pd
+
         rows = []
         for scenario, by_rule in self.summary.get("results", {}).items():
             for rule, res in by_rule.items():
@@ -147,10 +152,14 @@ class SweepResults:
 
     @property
     def worst_case(self) -> pd.DataFrame:
+        import pandas as pd
+
         return pd.DataFrame(self.info.get("worst_case", []))
 
     @classmethod
     def load(cls, sweep_dir: str | Path) -> "SweepResults":
+        import pandas as pd
+
         from .sweep import collect, write_matrix
 
         d = Path(sweep_dir)
@@ -172,6 +181,8 @@ class StudyResults:
 
     @classmethod
     def load(cls, study_dir: str | Path) -> "StudyResults":
+        import pandas as pd
+
         d = Path(study_dir)
         info = json.loads((d / "study.json").read_text())
         table = pd.DataFrame.from_dict(info.get("variants", {}), orient="index")

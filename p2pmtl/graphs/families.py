@@ -16,7 +16,6 @@ from typing import Annotated, Any, Callable, Optional
 import networkx as nx
 import numpy as np
 from pydantic import Field
-from scipy.spatial import cKDTree
 
 from ..registry import Registry
 from ..resources import bundled_dir
@@ -71,6 +70,8 @@ def random_geometric(
     of k when ||x_l - x_k|| <= radius; each agent keeps at most ``max_neighbors`` of them chosen
     at random (the reference code: 9 plus itself), which makes the graph directed.
     Positions are stored in the node attribute ``pos``."""
+    from scipy.spatial import cKDTree  # here, not at the top: scipy.spatial alone takes a good part of start-up
+
     rng = np.random.default_rng(seed)
     pos = rng.uniform(0.0, box, size=(n, 2))
     pairs = cKDTree(pos).query_pairs(radius, output_type="ndarray").astype(np.int64)

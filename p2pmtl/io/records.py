@@ -28,8 +28,10 @@ class RunRecorder:
         self._curves = open(self.out / "curves.csv", "w", newline="")
         self._metrics.write(",".join(METRICS_HEADER) + "\n")
         self._curves.write(",".join(CURVES_HEADER) + "\n")
-        self._mbuf: list[str] = []
-        self._cbuf: list[str] = []
+        self._mbuf: list[str] = []  # blocks of metrics.csv rows, each ending in a line break
+        self._cbuf: list[str] = []  # the same for curves.csv
+        self._pending: list[tuple] = []  # (block, mid, [(metric, series index)]) not yet in curves.csv
+        self._rows = 0  # rows buffered (written or pending)
         self.summary: dict = {"status": "running", "finished": False, "interrupted": False, "results": {}}
         self._flushed = time.monotonic()
 
@@ -50,29 +52,60 @@ class RunRecorder:
     def _record(self, block: "Block", step: int, now: float, nbytes: float, metrics: dict[str, torch.Tensor]) -> None:
         block.steps.append(step)
         mid = f"{step},{now:.6g},{nbytes:.6g}"
+        items = []
         for name, values in metrics.items():
             v = values.detach().cpu().numpy()[block.normal_idx].astype(np.float64)
-            block.series.setdefault(name, []).append(v)
-            name_f = csv_field(name)
-            if self.per_agent:
-                self._mbuf.extend(
-                    f"{h},{mid},{t},{name_f},{x:.8g}" for h, t, x in zip(block.heads, block.tails, v.tolist())
-                )
-            for gname, sel in block.group_selectors:
-                w = v[sel]
-                self._cbuf.append(
-                    f"{block.key},{gname},{name_f},{mid},{w.mean():.8g},{w.min():.8g},{w.max():.8g}"
-                )
-        if len(self._mbuf) + len(self._cbuf) > 200_000 or time.monotonic() - self._flushed > 5.0:
+            rows = block.series.setdefault(name, [])
+            rows.append(v)
+            items.append((name, len(rows) - 1))
+            if self.per_agent:  # one %-format over the block's row template: a C loop, not one f-string per value
+                args = [mid] * (2 * v.size)
+                args[1::2] = v.tolist()
+                self._mbuf.append(block.agent_template(name) % tuple(args))
+                self._rows += v.size
+            self._rows += len(block.group_selectors)
+        self._pending.append((block, mid, items))  # curves.csv rows: formatted in batches by flush()
+        if self._rows > 200_000 or time.monotonic() - self._flushed > 5.0:
             self.flush()
 
+    def _format_curves(self) -> None:
+        """The curves.csv rows of the pending records, in the order they were recorded: mean,
+        min and max of each group over a whole batch of records at once (row-wise reductions
+        over C-contiguous rows, bit-identical to those of each record's own vector)."""
+        pending, self._pending = self._pending, []
+        batches: dict[tuple[int, str], list] = {}
+        for block, mid, items in pending:
+            for name, i in items:
+                batches.setdefault((id(block), name), [block, name, [], []])
+                b = batches[(id(block), name)]
+                b[2].append(i)
+                b[3].append(mid)
+        texts: dict[tuple[int, str], Iterator[str]] = {}
+        with np.errstate(over="ignore", invalid="ignore"):
+            for key, (block, name, idx, mids) in batches.items():
+                series = block.series[name]
+                arr = np.stack([series[i] for i in idx])  # [records, normal agents]
+                cells = np.empty((len(idx), len(block.group_selectors), 4), dtype=object)
+                cells[:, :, 0] = np.array(mids, dtype=object)[:, None]
+                for g, (_, sel) in enumerate(block.group_selectors):
+                    w = np.ascontiguousarray(arr[:, sel])
+                    cells[:, g, 1], cells[:, g, 2], cells[:, g, 3] = w.mean(axis=1), w.min(axis=1), w.max(axis=1)
+                template = block.curve_template(name)
+                texts[key] = iter([template % tuple(row) for row in cells.reshape(len(idx), -1).tolist()])
+        for block, _, items in pending:
+            for name, _ in items:
+                self._cbuf.append(next(texts[(id(block), name)]))
+
     def flush(self) -> None:
+        if self._pending:
+            self._format_curves()
         if self._mbuf:
-            self._metrics.write("\n".join(self._mbuf) + "\n")
+            self._metrics.write("".join(self._mbuf))
             self._mbuf.clear()
         if self._cbuf:
-            self._curves.write("\n".join(self._cbuf) + "\n")
+            self._curves.write("".join(self._cbuf))
             self._cbuf.clear()
+        self._rows = 0
         self._metrics.flush()
         self._curves.flush()
         self._flushed = time.monotonic()
@@ -232,6 +265,32 @@ class Block:
             self.group_selectors += [(str(int(g)), group_of == g) for g in np.unique(group_of)]
         self.series: dict[str, list[np.ndarray]] = {}
         self.steps: list[int] = []
+        self._templates: dict[tuple[str, str], str] = {}
+
+    def agent_template(self, metric: str) -> str:
+        """The metrics.csv rows of one record of ``metric`` as a %-format: for each normal agent
+        ``%s`` (step, time, bytes) then ``%.8g`` (its value)."""
+        key = ("agent", metric)
+        if key not in self._templates:
+            name = _percent(csv_field(metric))
+            self._templates[key] = "".join(f"{_percent(h)},%s,{_percent(t)},{name},%.8g\n"
+                                           for h, t in zip(self.heads, self.tails))
+        return self._templates[key]
+
+    def curve_template(self, metric: str) -> str:
+        """The curves.csv rows of one record of ``metric`` as a %-format: for each group ``%s``
+        (step, time, bytes) then mean, min and max as ``%.8g``."""
+        key = ("curve", metric)
+        if key not in self._templates:
+            head, name = _percent(self.key), _percent(csv_field(metric))
+            self._templates[key] = "".join(f"{head},{_percent(g)},{name},%s,%.8g,%.8g,%.8g\n"
+                                           for g, _ in self.group_selectors)
+        return self._templates[key]
+
+
+def _percent(text: str) -> str:
+    """``text`` as literal text of a %-format."""
+    return text.replace("%", "%%")
 
 
 def read_curves(run_dir: Path, problems: Optional[list[str]] = None) -> list[dict]:

@@ -192,13 +192,25 @@ def coordinatewise_median(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty(d, dtype=x.dtype, device=x.device)
     for sl in _column_slices(d):
         c = x[:, sl]
-        lower = c.median(dim=0).values
         if n % 2:
-            out[sl] = lower
+            out[sl] = c.median(dim=0).values
+        elif n <= _ONE_SELECTION_MAX_N and not bool(((c == 0) | c.isnan()).any()):
+            # one selection gives both middle values (faster up to a few hundred rows). Among
+            # equal values it may pick another element than two medians would, which shows only
+            # in the sign of a zero or a NaN's payload: chunks holding either take two medians
+            mid = c.topk(n // 2 + 1, dim=0, largest=False).values[-2:]
+            out[sl] = 0.5 * mid[0] + 0.5 * mid[1]
         else:  # the upper middle value is minus the lower median of -c
+            lower = c.median(dim=0).values
             upper = c.neg().median(dim=0).values.neg_()
             out[sl] = 0.5 * lower + 0.5 * upper
     return out
+
+
+_ONE_SELECTION_MAX_N = 256
+"""Even stacks up to this many rows: :func:`coordinatewise_median` takes both middle values from
+one ``topk`` (float32 on one CPU thread: 0.55x the time of two medians at 10 rows, 0.7x at 20-26,
+0.93x at 50-100, 0.97x at 200; 1.4x at 1,000 rows, hence the bound)."""
 
 
 def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:

@@ -358,7 +358,7 @@ def test_fixed_tau_clipped_gossip_is_the_clipped_combine_step_bit_for_bit():
     assert torch.equal(rule.scores(ctx), w0)
     assert torch.equal(rule.combine_step().combine(CombineContext(edges, msgs, valid, w, own)),
                        SelfCentredClipping(tau=0.7).combine(CombineContext(edges, msgs, valid, w, own)))
-    from p2pmtl.rules.weights import ClippedGossip  # still importable from its former module
+    from p2pmtl.rules.robust_gossip import ClippedGossip
 
     assert ClippedGossip is RULES.get("clipped_gossip")
 

@@ -265,11 +265,3 @@ def make_rule(name: str, *, nu: float = 0.1, init_score: float = 10.0, **params:
     kwargs = {k: v for k, v in (("nu", nu), ("init_score", init_score)) if k in sig or takes_any}
     return cls(**kwargs, **params)
 
-
-def __getattr__(name: str) -> Any:
-    """``ClippedGossip`` moved to :mod:`p2pmtl.rules.robust_gossip` (still importable from here)."""
-    if name == "ClippedGossip":
-        from .robust_gossip import ClippedGossip
-
-        return ClippedGossip
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -50,6 +50,7 @@ from .aggregators import (
     PRE_AGGREGATORS,
     Aggregator,
     HonestMajority,
+    HonestMinority,
     PreAggregator,
     _check_f_below_n,
     _check_stack,
@@ -668,7 +669,7 @@ class Bucketing(PreAggregator):
     PRE_AGGREGATORS, "arc",
     "adaptive robust clipping: the floor(2f(n-f)/n) largest-norm inputs clipped to the next largest norm",
 )
-class AdaptiveRobustClipping(PreAggregator):
+class AdaptiveRobustClipping(HonestMinority, PreAggregator):
     """Adaptive robust clipping, ARC (Allouah, Guerraoui, Gupta, Jellouli, Rizk, Stephan,
     "Boosting Robustness by Clipping Gradients in Distributed Learning", arXiv:2405.14432,
     2024):
@@ -694,14 +695,6 @@ class AdaptiveRobustClipping(PreAggregator):
 
     guarded = True
 
-    def __init__(self, *, f: int) -> None:
-        self.f = _int_param("f", f, minimum=0)
-
-    def _max_f(self, n: int) -> int:
-        return n - 1
-
-    def _check_n(self, n: int) -> None:
-        _check_f_below_n("arc", n, self._fit_f(n))
 
     def clipped_count(self, n: int) -> int:
         """``k = floor(2 f (n - f) / n)``, the number of inputs clipped among ``n``."""

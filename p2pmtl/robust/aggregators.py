@@ -694,6 +694,20 @@ class CoordinateMedian(Aggregator):
         return coordinatewise_median(x)
 
 
+class HonestMinority:
+    """The ``f`` of a step that only needs one honest input: keyword-only ``f`` >= 0 assumed
+    Byzantine inputs, and ``n > f`` checked at call time (mixed into a component class)."""
+
+    def __init__(self, *, f: int) -> None:
+        self.f = _int_param("f", f, minimum=0)
+
+    def _max_f(self, n: int) -> int:
+        return n - 1
+
+    def _check_n(self, n: int) -> None:
+        _check_f_below_n(self.name, n, self._fit_f(n))  # type: ignore[attr-defined]
+
+
 class HonestMajority:
     """The ``f`` of a rule that needs an honest majority: keyword-only ``f`` >= 0 assumed
     Byzantine inputs, and ``n > 2f`` checked at call time (mixed into an aggregator class)."""
@@ -819,7 +833,7 @@ class CenteredClipping(Aggregator):
 @_register(
     PRE_AGGREGATORS, "nnm", "nearest-neighbour mixing: x_i <- mean of its n-f nearest inputs (itself included)"
 )
-class NearestNeighborMixing(PreAggregator):
+class NearestNeighborMixing(HonestMinority, PreAggregator):
     """Nearest-neighbour mixing (Allouah, Farhadkhani, Guerraoui, Gupta, Pinot, Stephan,
     "Fixing by Mixing", AISTATS 2023): ``x_i <- mean of the n - f inputs nearest to x_i``
     (Euclidean; ``x_i`` itself always included; distance ties go to the lower index).
@@ -838,14 +852,6 @@ class NearestNeighborMixing(PreAggregator):
 
     guarded = True
 
-    def __init__(self, *, f: int) -> None:
-        self.f = _int_param("f", f, minimum=0)
-
-    def _max_f(self, n: int) -> int:
-        return n - 1
-
-    def _check_n(self, n: int) -> None:
-        _check_f_below_n("nnm", n, self._fit_f(n))
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
         n, d = x.shape

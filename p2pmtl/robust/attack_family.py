@@ -157,9 +157,10 @@ class _FactorSearch(Attack):
     factor_name: ClassVar[str] = "factor"
     factor_low: ClassVar[float] = -math.inf  # smallest allowed entry of ``factors``
 
-    def __init__(self, *, factors: Optional[Sequence[float]], low: float, high: float, num: int,
-                 baseline: bool, scope: str, aggregator: Optional[str], f: Optional[int],
-                 pre: Optional[Sequence[str]], aggregator_params: Optional[dict]) -> None:
+    def __init__(self, *, factors: Optional[Sequence[float]] = None, low: float = 0.1, high: float = 100.0,
+                 num: int = 12, baseline: bool = True, scope: str = "neighbours", aggregator: Optional[str] = None,
+                 f: Optional[int] = None, pre: Optional[Sequence[str]] = None,
+                 aggregator_params: Optional[dict] = None) -> None:
         name = self.attack_name
         pre = [] if pre is None else pre
         self.scope = _choice(name, "scope", scope, SCOPES)
@@ -324,13 +325,6 @@ class OptimisedALIE(_FactorSearch):
     attack_name = "alie_opt"
     factor_name = "z"
 
-    def __init__(self, *, factors: Optional[list[float]] = None, low: float = 0.1, high: float = 100.0,
-                 num: int = 12, baseline: bool = True, scope: str = "neighbours",
-                 aggregator: Optional[str] = None, f: Optional[int] = None, pre: Optional[list[str]] = None,
-                 aggregator_params: Optional[dict] = None) -> None:
-        super().__init__(factors=factors, low=low, high=high, num=num, baseline=baseline, scope=scope,
-                         aggregator=aggregator, f=f, pre=pre, aggregator_params=aggregator_params)
-
     def _family(self, ctx, group, members, sizes):
         mu, sigma, count = honest_stats(ctx, self.scope, ctx.honest)
         z = ALittleIsEnoughAttack.paper_z(sizes, sizes - count.to(sizes.dtype))
@@ -355,13 +349,6 @@ class OptimisedIPM(_FactorSearch):
     attack_name = "ipm_opt"
     factor_name = "eps"
     factor_low = 0.0
-
-    def __init__(self, *, factors: Optional[list[float]] = None, low: float = 0.1, high: float = 100.0,
-                 num: int = 12, baseline: bool = True, scope: str = "neighbours",
-                 aggregator: Optional[str] = None, f: Optional[int] = None, pre: Optional[list[str]] = None,
-                 aggregator_params: Optional[dict] = None) -> None:
-        super().__init__(factors=factors, low=low, high=high, num=num, baseline=baseline, scope=scope,
-                         aggregator=aggregator, f=f, pre=pre, aggregator_params=aggregator_params)
 
     def _family(self, ctx, group, members, sizes):
         b = ctx.byzantine.numel()

@@ -333,7 +333,6 @@ class InnerProductManipulationAttack(Attack):
         self.scope = _choice("ipm", "scope", scope, SCOPES)
 
     def forge(self, ctx: AttackContext) -> torch.Tensor:
-        b = ctx.byzantine.numel()
         prev = ctx.previous if ctx.previous is not None else torch.zeros_like(ctx.honest)
         mean_psi, _, count = honest_stats(ctx, self.scope, ctx.honest)
         mean_prev, _, _ = honest_stats(ctx, self.scope, prev)

@@ -202,3 +202,99 @@ def test_a_run_records_learners_only():
                                                           "aggregator": "geometric_median"}, iterations=5))
     m = res.metrics
     assert set(m["agent"].unique()) == set(range(5, 37))
+
+
+# ----------------------------------------------------------------- one server on a star == server mode
+
+
+class _StarView(p2pmtl.Population if hasattr(p2pmtl, "Population") else object):
+    """The population of a server-mode run (``LinearServer.pop``: n clients, one lane) seen as
+    a star of n + 1 nodes whose node 0 is the server: clients 1..n are the server's clients
+    0..n-1 and draw exactly its data; node 0 holds a model and no data."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        n = inner.world_nodes
+        self.lanes, self.world_nodes, self.runs, self.dtype = 1, n + 1, 1, inner.dtype
+        self.groups = __import__("numpy").r_[-1, inner.groups]
+        self.group_names, self.metric_names = inner.group_names, inner.metric_names
+        self.theta = torch.cat([inner.theta[:1], inner.theta])
+
+    def sample(self, step, active=None):
+        self.inner.sample(step)
+
+    def adapt(self, active=None):
+        self.inner.theta = self.theta[1:].clone()
+        psi = self.inner.adapt()
+        out = self.theta.clone()
+        if active is None:
+            out[1:] = psi
+        else:
+            out[1:] = torch.where(active[1:].unsqueeze(1), psi, self.theta[1:])
+        return out
+
+    def edge_losses(self, msgs, lane):
+        raise AssertionError("not used by the averaging rule")
+
+    def edge_sq_dists(self, msgs, lane):
+        raise AssertionError("not used by the averaging rule")
+
+    def combine(self, msgs, weights):
+        self.theta = msgs.edges.segment_sum(weights.unsqueeze(1) * msgs.per_edge())
+
+    def metrics(self):
+        return {}
+
+    @property
+    def message_bytes(self):
+        return self.inner.message_bytes
+
+
+@pytest.mark.parametrize("method,aggregator,params,byzantine", [
+    ("fedavg", "mean", {}, 0),
+    ("fedavg+geometric_median", "geometric_median", {}, 2),
+    ("fedavg+krum", "krum", {"f": 2}, 2),
+    ("fedavg+trimmed_mean", "trimmed_mean", {"f": 2}, 2),
+])
+def test_one_server_star_equals_server_mode(method, aggregator, params, byzantine):
+    """A star whose hub is a [roles] server, run by the gossip engine, takes the same steps as
+    mode = "server" (FedAvg with one local step, every client every round): on the same data,
+    the same Byzantine uploads (U[15, 16] from the same seed) and the same aggregator, the
+    server's model and every client's model agree with the server-mode harness at every round
+    (float64; the rows reach the aggregator in the same order)."""
+    from p2pmtl.core.edges import EdgeIndex
+    from p2pmtl.engine.gossip import GossipEngine
+    from p2pmtl.engine.roles import RolesConfig, ServerRoles
+    from p2pmtl.engine.world import run_seeds
+    from p2pmtl.robust.attacks import make_attack
+    from p2pmtl.rules.weights import Average
+    from p2pmtl.server.linear import LinearServer
+    import networkx as nx
+
+    n = 9
+    sc = {"name": "s", "byzantine": byzantine}
+    if byzantine:
+        sc["attack"] = {"name": "uniform", "low": 15.0, "high": 16.0}
+    d = {"name": "star_eq", "mode": "server", "iterations": 30, "graph": {"family": "star", "n": n + 1},
+         "task": {"targets": [[1.0, 1.0]], "mu": 0.2},
+         "server": {"alpha": 1.0, "f": 2, "methods": [method]}, "output": {"window": 1}, "scenarios": [sc]}
+    cfg = load_config(data=d)
+    seeds = run_seeds(cfg.seed)
+    reference = LinearServer(cfg, cfg.scenarios[0], [method], seeds)  # today's server mode
+    source = LinearServer(cfg, cfg.scenarios[0], [method], seeds)  # the same data, for the star
+    pop = _StarView(source.pop)
+    star = nx.star_graph(n)
+    edges = EdgeIndex.from_graph(star)
+    byz = torch.as_tensor(reference.byzantine + 1, dtype=torch.long)  # client i is star node i + 1
+    roles = ServerRoles(RolesConfig(servers=[0], aggregator=aggregator, aggregator_params=params), edges, n + 1,
+                        byz)
+    attacks = [make_attack("uniform", low=15.0, high=16.0)] if byzantine else None
+    engine = GossipEngine(pop, edges, [Average()], byz, attacks, [seeds["attack"]], roles=roles)
+    assert roles.child_edges[0].numel() == n
+    for t in range(cfg.iterations):
+        reference.round(t)
+        engine.step(t)
+        torch.testing.assert_close(pop.theta[0], reference.pop.theta[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(pop.theta[1:], reference.pop.theta, rtol=1e-12, atol=1e-12)
+    if byzantine:  # the robust server held against the far uploads (a mean would sit near 4.4)
+        assert float((reference.pop.theta[0] - torch.tensor([1.0, 1.0], dtype=torch.float64)).norm()) < 1.0

@@ -54,6 +54,7 @@ import math
 from numbers import Integral, Real
 from typing import Any, Callable, ClassVar, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 
 from ..registry import Registry
@@ -193,7 +194,7 @@ def coordinatewise_median(x: torch.Tensor) -> torch.Tensor:
     for sl in _column_slices(d):
         c = x[:, sl]
         if n % 2:
-            out[sl] = c.median(dim=0).values
+            out[sl] = _lower_median(c) if not bool(((c == 0) | c.isnan()).any()) else c.median(dim=0).values
         elif n <= _ONE_SELECTION_MAX_N and not bool(((c == 0) | c.isnan()).any()):
             # one selection gives both middle values (faster up to a few hundred rows). Among
             # equal values it may pick another element than two medians would, which shows only
@@ -208,6 +209,20 @@ def coordinatewise_median(x: torch.Tensor) -> torch.Tensor:
 
 
 _ONE_SELECTION_MAX_N = 256
+
+
+def _lower_median(c: torch.Tensor) -> torch.Tensor:
+    """Per-column lower median of a ``[n, k]`` chunk without NaN (the value ``torch.median``
+    returns), by one introselect per column (numpy's ``partition`` on a column-major copy) for
+    CPU float32/float64 chunks: 3x faster than ``torch.median`` at 13 rows, float32 on one
+    thread (``p2pmtl bench --only aggregators``). Equal values may come from another row than
+    ``torch.median`` picks, which shows only in the sign of a zero: callers that return the
+    value pass chunks without zeros. Other devices and dtypes use ``torch.median``."""
+    if c.device.type != "cpu" or c.dtype not in (torch.float32, torch.float64):
+        return c.median(dim=0).values
+    k = (c.shape[0] - 1) // 2
+    cols = np.ascontiguousarray(c.detach().numpy().T)
+    return torch.from_numpy(np.partition(cols, k, axis=1)[:, k])
 """Even stacks up to this many rows: :func:`coordinatewise_median` takes both middle values from
 one ``topk`` (float32 on one CPU thread: 0.55x the time of two medians at 10 rows, 0.7x at 20-26,
 0.93x at 50-100, 0.97x at 200; 1.4x at 1,000 rows, hence the bound)."""
@@ -238,7 +253,10 @@ def _gram_sq_distances(x: torch.Tensor) -> torch.Tensor:
     gram = torch.zeros((n, n), dtype=torch.float64, device=x.device)
     for sl in _column_slices(d):
         c = x[:, sl].to(cdt)
-        center = c.nanmedian(dim=0).values.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        if bool(torch.isfinite(c).all()):  # the usual case: one selection per column
+            center = _lower_median(c)
+        else:
+            center = c.nanmedian(dim=0).values.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         c = c - center
         gram += (c @ c.T).to(torch.float64)
     gram = 0.5 * (gram + gram.T)

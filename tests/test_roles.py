@@ -298,3 +298,65 @@ def test_one_server_star_equals_server_mode(method, aggregator, params, byzantin
         torch.testing.assert_close(pop.theta[1:], reference.pop.theta, rtol=1e-12, atol=1e-12)
     if byzantine:  # the robust server held against the far uploads (a mean would sit near 4.4)
         assert float((reference.pop.theta[0] - torch.tensor([1.0, 1.0], dtype=torch.float64)).norm()) < 1.0
+
+
+# ----------------------------------------------------------------- servers on the network model
+
+
+def _curve(res, metric="msd"):
+    c = res.curves
+    return c[(c.group == "all") & (c.metric == metric)].reset_index(drop=True)
+
+
+def test_roles_on_a_perfect_network_give_the_same_models_and_charge_every_hop():
+    """[network] with no realism (constant latency, no loss) changes nothing but the clock:
+    the same msd as the plain clock, and both charge compute + latency per hop of the round
+    (learners -> edge servers -> cloud -> edge servers -> clients: 4 hops)."""
+    d = _cfg({"topology": "hierarchical"}, {"servers": [0, 1, 2, 3, 4], "aggregator": "geometric_median"},
+             byzantine=2, attack={"name": "uniform", "low": 15.0, "high": 16.0}, iterations=12)
+    d["clock"] = {"compute_time": 1.0, "latency": 0.25}
+    plain = _curve(p2pmtl.run(d))
+    net = _curve(p2pmtl.run({**d, "network": {"latency": 0.25}}))
+    assert list(plain["mean"]) == list(net["mean"])
+    assert list(plain["time"]) == pytest.approx([2.0 * (i + 1) for i in range(12)])
+    assert list(net["time"]) == pytest.approx(list(plain["time"]))
+    # bytes: one model per directed edge of the tree (2 x 36), one more per server out-edge
+    # (cloud -> 4 edge servers, each edge server -> cloud and -> 8 clients: 40)
+    assert list(plain["bytes"]) == pytest.approx([(72 + 40) * 16 * (i + 1) for i in range(12)])
+
+
+def test_a_lost_down_message_leaves_the_client_with_its_own_combination():
+    """roles.hop_ok (set each round by the network protocol): a client whose server's message
+    did not arrive keeps what its rule combined; the other clients take the server's model."""
+    n = 5
+    d = _cfg({"family": "star", "n": n}, {"servers": [0], "aggregator": "mean"}, iterations=1)
+    cfg, engine, world = _engine(d)
+    roles = engine.roles
+    ok = torch.ones(world.edges.num_edges, dtype=torch.bool)
+    lost = int(roles.down_eids[0])  # server 0 -> its first client
+    ok[lost] = False
+    roles.hop_ok = ok
+    client = int(world.edges.dst[lost])
+    engine.step(0)
+    theta = engine.pop.theta
+    others = [k for k in range(1, n) if k != client]
+    for k in others:
+        assert torch.equal(theta[k], theta[0])
+    assert not torch.allclose(theta[client], theta[0])
+    # what it kept is the averaging rule's combination of its own and the server's messages
+    psi = engine.sent
+    assert torch.allclose(theta[client], 0.5 * (psi[client] + psi[0]))
+
+
+def test_lossy_network_with_servers_runs_and_counts_the_server_hops():
+    d = _cfg({"topology": "hierarchical"}, {"servers": [0, 1, 2, 3, 4], "aggregator": "geometric_median"},
+             iterations=20)
+    res = p2pmtl.run({**d, "network": {"latency": 0.1, "loss": 0.3}})
+    c = _curve(res)
+    assert c["mean"].notna().all() and float(c["mean"].iloc[-1]) < float(c["mean"].iloc[0])
+    assert float(c["time"].iloc[-1]) >= 20 * (1.0 + 4 * 0.1) - 1e-9  # every round waits for its hops
+
+
+def test_roles_refuse_asynchronous_gossip():
+    with pytest.raises(ConfigError, match=r"network.protocol = 'async' is not allowed with \[roles\]"):
+        load_config(data={**_cfg({"family": "star", "n": 5}, {"servers": [0]}), "network": {"protocol": "async"}})

@@ -31,6 +31,13 @@ One synchronous round with servers (every lane, every run):
    server (a *client*) takes the mean of the final models of all its in-neighbour servers.
    Learners with no in-neighbour server keep their rule's combination.
 
+Time: a round with servers is several hops in sequence (:attr:`ServerRoles.hops`; the plain
+clock charges a latency per hop); on a synchronous network model
+(:class:`p2pmtl.network.protocols.SyncGossip`) every hop is a message on its link, and
+``hop_ok`` (set each round) says which server-phase messages arrived: a child, peer or parent
+whose message is missing is left out, a client whose server's model is missing keeps its rule's
+combination, an offline server keeps its model.
+
 Cost: the up phase loops over servers (one aggregator call per server, lane and round) and the
 down phase is one scatter over the server-to-learner edges; there is no loop over learners or
 edges. Servers are meant to be few (tens); a thousand servers cost about a thousand aggregator
@@ -168,16 +175,20 @@ class ServerRoles:
                                  f"server-server edges; add them to roles.roots")
         self.level = level
         self.depth = max(level.values(), default=-1)
-        # per server: child learner edges, child servers, same-level peers, parents (world ids)
+        # per server: child learner edges; child servers, same-level peers and parents with the
+        # world id of the edge they send on (world ids)
         self.child_edges: dict[int, torch.Tensor] = {}
         self.child_servers: dict[int, list[int]] = {}
         self.peers: dict[int, list[int]] = {}
         self.parents: dict[int, list[int]] = {}
+        self.in_edge: dict[tuple[int, int], int] = {}  # (sender server, server) -> world edge id
         for s in level:
             eids = np.arange(world_edges.offsets[s].item(), world_edges.offsets[s + 1].item())
             eids = eids[src[eids] != s]
             senders = src[eids]
             self.child_edges[s] = torch.as_tensor(eids[~srv[senders]], dtype=torch.long)
+            for p, e in zip(senders[srv[senders]].tolist(), eids[srv[senders]].tolist()):
+                self.in_edge[(p, s)] = e
             srv_senders = senders[srv[senders]].tolist()
             self.child_servers[s] = [p for p in srv_senders if level[p] == level[s] + 1]
             self.peers[s] = [p for p in srv_senders if level[p] == level[s]]
@@ -196,11 +207,19 @@ class ServerRoles:
                                  f"few: {e} (roles.aggregator_params = {cfg.aggregator_params})") from None
         # down to clients: server -> learner edges
         down = non_self & srv[src] & ~srv[dst]
+        self.down_eids = np.flatnonzero(down)
         self.down_src = torch.as_tensor(src[down], dtype=torch.long)
         self.down_dst = torch.as_tensor(dst[down], dtype=torch.long)
         self.clients = torch.unique(self.down_dst)
         counts = torch.bincount(self.down_dst, minlength=self.n0)[self.clients]
         self.client_counts = counts
+        # one round's message hops in sequence: learners -> servers, up the levels, between peers,
+        # down the levels, servers -> clients (the plain clock charges each one link latency)
+        has_peers = any(self.peers[s] for s in level)
+        self.hops = 1 + max(self.depth, 0) + int(has_peers) + max(self.depth, 0) + 1 if level else 1
+        # server-sourced non-self edges each carry one more message per round (up, peers, down)
+        self.extra_messages_per_run = int((non_self & srv[src]).sum()) // max(runs, 1)
+        self.hop_ok: Optional[torch.Tensor] = None  # [E0] set each round by a network protocol
         self.refused = 0
         self._warned = False
 
@@ -236,6 +255,19 @@ class ServerRoles:
             override_row = torch.full((msgs.edges.num_edges,), -1, dtype=torch.long)
             override_row[msgs.override_edges] = torch.arange(msgs.override_edges.numel())
         refused = 0
+        ok = self.hop_ok  # the server-phase messages delivered this round (None: all)
+        active = msgs.receivers  # [N0] world agents that take part this round (None: all)
+
+        def hop(sender: int, server: int) -> bool:
+            return ok is None or bool(ok[self.in_edge[(sender, server)]])
+
+        if ok is None:
+            down_src, down_dst, clients, counts = self.down_src, self.down_dst, self.clients, self.client_counts
+        else:
+            sel = ok[torch.from_numpy(self.down_eids)]
+            down_src, down_dst = self.down_src[sel], self.down_dst[sel]
+            clients = torch.unique(down_dst)
+            counts = torch.bincount(down_dst, minlength=n0)[clients]
         for j in range(engine.lanes):
             sent = msgs.sent[j * n0:(j + 1) * n0]
             old = theta[j * n0:(j + 1) * n0, :d]
@@ -254,7 +286,10 @@ class ServerRoles:
                             vals[hit] = msgs.override_values[ov[hit]].to(vals.dtype)
                     if msgs.valid is not None and eids.numel():
                         vals = vals[msgs.valid[eids + j * e0]]
-                    stack = torch.cat([vals] + [final[c].unsqueeze(0) for c in self.child_servers[s]])
+                    if active is not None and not bool(active[s]):  # an offline server keeps its model
+                        new[s] = old[s]
+                        continue
+                    stack = torch.cat([vals] + [final[c].unsqueeze(0) for c in self.child_servers[s] if hop(c, s)])
                     stack = stack[torch.isfinite(stack).all(1)]  # non-finite rows never reach the aggregator
                     if stack.shape[0] == 0:
                         new[s] = sent[s]
@@ -265,17 +300,20 @@ class ServerRoles:
                         refused += 1
                         new[s] = sent[s]
                 for s in self.by_level[lv]:
-                    peers = self.peers[s]
+                    peers = [p for p in self.peers[s] if hop(p, s)]
                     final[s] = (torch.stack([new[s]] + [new[p] for p in peers]).mean(0) if peers else new[s])
             for lv in range(1, self.depth + 1):
                 for s in self.by_level[lv]:
-                    if self.parents[s]:
-                        final[s] = torch.stack([final[p] for p in self.parents[s]]).mean(0)
+                    parents = [p for p in self.parents[s] if hop(p, s)]
+                    if parents:
+                        final[s] = torch.stack([final[p] for p in parents]).mean(0)
             for s, x in final.items():
                 rows[s] = x
-            if self.clients.numel():
-                acc = torch.zeros_like(rows).index_add_(0, self.down_dst, rows[self.down_src])
-                rows[self.clients] = acc[self.clients] / self.client_counts.unsqueeze(1).to(rows.dtype)
+            if clients.numel():
+                acc = torch.zeros_like(rows).index_add_(0, down_dst, rows[down_src])
+                rows[clients] = acc[clients] / counts.unsqueeze(1).to(rows.dtype)
+            if active is not None:  # offline agents keep their models
+                rows = torch.where(active.unsqueeze(1), rows, old)
             pop.set_lane_models(j, rows)
         self.refused = refused
         if refused and not self._warned:

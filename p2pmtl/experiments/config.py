@@ -320,7 +320,7 @@ class ExperimentConfig(Strict):
 
     @model_validator(mode="after")
     def _roles_fit(self) -> "ExperimentConfig":
-        """``[roles]``: gossip mode on the perfect synchronous network; server ids in the graph
+        """``[roles]``: gossip mode, synchronous rounds (any ``[network]`` with protocol sync); server ids in the graph
         (when its size is known), at least one learner, Byzantine agents among the learners."""
         roles = self.roles
         if roles is None or not roles.servers:
@@ -328,9 +328,9 @@ class ExperimentConfig(Strict):
         if self.mode == "server":
             raise ValueError("roles: works in mode = 'gossip' only (mode = 'server' has its own server, node 0); "
                              "remove [roles] or set mode = 'gossip'")
-        if self.network is not None:
-            raise ValueError("roles: servers run on the perfect synchronous network only; remove [network] or "
-                             "[roles]")
+        if self.network is not None and self.network.protocol != "sync":
+            raise ValueError(f"roles: servers need synchronous rounds; network.protocol = "
+                             f"{self.network.protocol!r} is not allowed with [roles] (allowed: 'sync')")
         n = family_nodes(self.graph.family, self.graph.params)
         if n is None:
             return self

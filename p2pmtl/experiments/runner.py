@@ -214,8 +214,10 @@ def _run_scenarios(cfg: ExperimentConfig, out_dir: Path, progress: bool, positio
 
 
 def _plain_rounds(cfg: ExperimentConfig, rec: RunRecorder, engine: GossipEngine, blocks: list, world: World, bar) -> None:
-    """The plain synchronous clock: every round takes compute_time + latency."""
+    """The plain synchronous clock: every round takes compute_time + latency (one hop; with
+    servers, one latency per hop of the server phases)."""
     per_round_bytes = _bytes_per_round(world, engine)
+    roles = engine.roles
     every = cfg.output.record_every
 
     def on_round(i: int, now: float) -> None:
@@ -227,7 +229,7 @@ def _plain_rounds(cfg: ExperimentConfig, rec: RunRecorder, engine: GossipEngine,
                            {k: engine.lane_values(v, j) for k, v in metrics.items()})
         bar.update(len(blocks))
 
-    SynchronousRounds(cfg.clock, cfg.iterations, on_round).run()
+    SynchronousRounds(cfg.clock, cfg.iterations, on_round, roles.hops if roles is not None else 1).run()
 
 
 def make_network(cfg: ExperimentConfig, world: World, engine: GossipEngine):
@@ -391,8 +393,11 @@ def merge_parts(out_dir: Path, parts: list[Path], names: Optional[list[str]] = N
 
 
 def _bytes_per_round(world: World, engine: GossipEngine) -> float:
-    """Bytes sent per round per run: one model over every non-self edge."""
+    """Bytes sent per round per run: one model over every non-self edge (servers: one more over
+    each of their out-edges, for the up, peer and down phases)."""
     non_self = int((world.edges.src != world.edges.dst).sum())
+    if engine.roles is not None:
+        non_self += engine.roles.extra_messages_per_run * len(world.setups)
     return non_self * engine.pop.message_bytes / len(world.setups)
 
 

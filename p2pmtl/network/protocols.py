@@ -115,6 +115,9 @@ class SyncGossip:
             self.sent_per_round = self.bytes * np.bincount(self.o_src, minlength=e.num_nodes)
             self.received_per_round = self.bytes * np.bincount(self.o_dst, minlength=e.num_nodes)
             self._waits = np.empty(len(self.src))
+        self.roles = getattr(engine, "roles", None)
+        if self.roles is not None:  # the server phases time every hop: the general path
+            self.static = False
         self.env = simpy.Environment()
         self.env.process(self._rounds())
 
@@ -155,6 +158,9 @@ class SyncGossip:
             missing = np.add.reduceat((expected & ~delivered).astype(np.int64), self.offsets[:-1]) > 0
             done = np.where(missing, start + D, done)
         done = np.where(online, done, ready)  # an offline agent idles one step's time
+        extra = None
+        if self.roles is not None:
+            done, extra = self._server_phases(start, arrival, delivered, done, online, present)
         learn_all = bool(online.all()) and bool(delivered[self.others].all())
         self.engine.step(
             r,
@@ -166,6 +172,9 @@ class SyncGossip:
         acc, b = self.acc, self.bytes
         acc.sent += b * np.bincount(src[eids], minlength=len(start))
         acc.received += b * np.bincount(dst[delivered], minlength=len(start))
+        if extra is not None:
+            acc.sent += extra[0]
+            acc.received += extra[1]
         delay = np.where(sending & np.isfinite(arrival), arrival - ready[src], 0.0)
         own_send = _segment_max(delay[self.by_src], self.src_offsets)
         busy = np.where(online, np.where(finished, c, done - start), 0.0)
@@ -176,6 +185,74 @@ class SyncGossip:
         acc.now = done
         self.start = done
         return done
+
+    def _server_phases(self, start, arrival, delivered, done, online, present):
+        """Timing of the ``[roles]`` server phases after the exchange (module
+        :mod:`p2pmtl.engine.roles`): each server aggregates once its children's messages are in
+        (the learners' from the exchange, the child servers' sent when those finished), then
+        same-level peers exchange, then models go down level by level and to the clients. Every
+        hop is a message on its link (bandwidth, latency, loss) that counts only if it arrives
+        by the receiver's deadline with the receiver online; an offline server neither
+        aggregates nor sends. Sets ``roles.hop_ok`` for the engine and returns the new done
+        times and the extra (sent, received) bytes per node."""
+        roles, net, src, dst, b = self.roles, self.net, self.src, self.dst, self.bytes
+        n0 = len(start)
+        limit = np.full(n0, np.inf) if self.deadline is None else start + self.deadline
+        ok = np.zeros(len(src), dtype=bool)
+        sent, received = np.zeros(n0), np.zeros(n0)
+
+        def send(times, eids):
+            eids = np.asarray(eids, dtype=np.int64)
+            arr, lost = net.send(np.asarray(times, dtype=np.float64), eids)
+            good = ~lost & online[dst[eids]] & (arr <= limit[dst[eids]])
+            if present is not None:
+                good &= present[eids]
+            ok[eids] = good
+            np.add.at(sent, src[eids], b)
+            np.add.at(received, dst[eids[good]], b)
+            return arr, good
+
+        up, final, down = {}, {}, {}
+        for lv in range(roles.depth, -1, -1):
+            for s in roles.by_level[lv]:
+                t = float(start[s])
+                ce = roles.child_edges[s].numpy()
+                heard = ce[delivered[ce]]
+                if len(heard):
+                    t = max(t, float(arrival[heard].max()))
+                for c in roles.child_servers[s]:
+                    if online[c]:
+                        arr, good = send([final[c]], [roles.in_edge[(c, s)]])
+                        if good[0]:
+                            t = max(t, float(arr[0]))
+                up[s] = t
+            for s in roles.by_level[lv]:
+                t = up[s]
+                for p in roles.peers[s]:
+                    if online[p]:
+                        arr, good = send([up[p]], [roles.in_edge[(p, s)]])
+                        if good[0]:
+                            t = max(t, float(arr[0]))
+                final[s] = t
+        for lv in range(roles.depth + 1):
+            for s in roles.by_level[lv]:
+                t = final[s]
+                for p in roles.parents[s]:
+                    if online[p]:
+                        arr, good = send([down[p]], [roles.in_edge[(p, s)]])
+                        if good[0]:
+                            t = max(t, float(arr[0]))
+                down[s] = t
+        done = done.copy()
+        eids = roles.down_eids[online[src[roles.down_eids]]]
+        if len(eids):
+            arr, good = send([down[int(s)] for s in src[eids]], eids)
+            np.maximum.at(done, dst[eids[good]], arr[good])
+        for s, t in down.items():
+            if online[s]:
+                done[s] = max(done[s], t)
+        roles.hop_ok = torch.from_numpy(ok)
+        return done, (sent, received)
 
     @property
     def acc(self) -> _Accounts:

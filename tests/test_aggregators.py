@@ -430,3 +430,32 @@ def test_error_unknown_names_and_parameters():
         make_aggregator("krum")
     with pytest.raises(ValueError, match="'centered_clipping' needs parameter.*tau"):
         make_aggregator("centered_clipping", iters=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_coordinate_median_selection_equals_two_torch_medians(dtype):
+    """The introselect path (CPU float32/64) returns exactly the midpoint of torch's lower and
+    upper medians, ties and zero columns included, for odd and even n."""
+    from p2pmtl.robust.aggregators import coordinatewise_median
+
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 3, 4, 10, 13, 26, 100, 257):
+        x = torch.randn(n, 300, generator=g, dtype=dtype)
+        x[:, :20] = torch.randint(-1, 2, (n, 20), generator=g).to(dtype)  # ties and zeros
+        lower, upper = x.median(0).values, x.neg().median(0).values.neg()
+        want = lower if n % 2 else 0.5 * lower + 0.5 * upper
+        assert torch.equal(coordinatewise_median(x), want), n
+
+
+def test_aggregator_bench_reports_bounds_and_byzfl_when_installed():
+    """`p2pmtl bench --only aggregators` rows carry their bound (and ByzFL's time when the
+    optional byzfl package is importable); tiny sizes, figures are never asserted."""
+    from p2pmtl.bench.aggregators import benchmark_aggregators, byzfl_specs, format_table
+
+    rows = benchmark_aggregators(n=12, dim=2000, f=2)
+    by = {r["aggregator"]: r for r in rows}
+    assert by["krum"]["bound"] == "gram" and by["krum"]["bound_seconds"] > 0
+    assert by["geometric_median, 3 it"]["bound"] == "read x3"
+    if byzfl_specs(2):
+        assert by["coordinate_median"]["byzfl_seconds"] > 0
+    assert "ByzFL/ours" in format_table(rows)

@@ -7,6 +7,14 @@ printed, never asserted. ``peak_rss_mb`` is the process's maximum resident set s
 (``getrusage``), so it only grows down the table: read each row as "peak up to and including
 this aggregator" (the input itself takes ``4 n dim`` bytes).
 
+Beside each aggregator: its *bound* measured in the same run on the same input (``read``: one
+pass over the stack, ``x.sum(0)``, times the passes the rule needs at least: 1 for the
+coordinate-wise rules, one per Weiszfeld iteration for the geometric median; ``gram``: the
+Gram matrix ``x @ x.T`` for the distance-based rules, Krum, Multi-Krum, NNM) and, when the
+optional ``byzfl`` package is installed (``pip install byzfl``), ByzFL's implementation of the
+same rule at the same iteration budget (the geometric median: 3 smoothed-Weiszfeld iterations
+from zero, ByzFL's default, against ours with ``max_iter = 3, tol = 0``).
+
 The default size (1000 x 1,000,000, 4 GB of input) needs ~10 GB of memory in all.
 """
 from __future__ import annotations
@@ -36,12 +44,17 @@ def bench_input(n: int, dim: int, outlier_fraction: float = 0.2, seed: int = 0) 
     return x
 
 
+GM_ITERATIONS = 3
+"""Weiszfeld iterations of the geometric-median row (ByzFL's default ``T``)."""
+
+
 def bench_specs(n: int, dim: int, f: int) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
     """(label, aggregator) in table order. Centered clipping uses ``tau = sqrt(dim)`` (about the
     norm of an honest row's deviation from the honest center) and one step from the median."""
     return [
         ("mean", make_aggregator("mean")),
         ("geometric_median", make_aggregator("geometric_median")),
+        (f"geometric_median, {GM_ITERATIONS} it", make_aggregator("geometric_median", max_iter=GM_ITERATIONS, tol=0.0)),
         ("krum", make_aggregator("krum", f=f)),
         ("multi_krum", make_aggregator("multi_krum", f=f, m=n - f)),
         ("coordinate_median", make_aggregator("coordinate_median")),
@@ -49,6 +62,40 @@ def bench_specs(n: int, dim: int, f: int) -> list[tuple[str, Callable[[torch.Ten
         ("centered_clipping", make_aggregator("centered_clipping", tau=float(dim) ** 0.5, iters=1)),
         ("nnm+mean", make_aggregator("mean", pre=["nnm"], f=f)),
     ]
+
+
+BOUNDS = {"mean": ("read", 1), "geometric_median, 3 it": ("read", GM_ITERATIONS), "krum": ("gram", 1),
+          "multi_krum": ("gram", 1), "coordinate_median": ("read", 1), "trimmed_mean": ("read", 1),
+          "centered_clipping": ("read", 1), "nnm+mean": ("gram", 1)}
+"""The bound each row is held to: (kind, passes)."""
+
+
+def byzfl_specs(f: int) -> dict[str, Callable]:
+    """ByzFL's implementation of each row's rule, keyed by row label (empty without byzfl)."""
+    try:
+        import byzfl
+    except ImportError:
+        return {}
+    nnm, avg = byzfl.NNM(f=f), byzfl.Average()
+    return {
+        "mean": byzfl.Average(),
+        f"geometric_median, {GM_ITERATIONS} it": byzfl.GeometricMedian(nu=0.1, T=GM_ITERATIONS),
+        "krum": byzfl.Krum(f=f),
+        "multi_krum": byzfl.MultiKrum(f=f),
+        "coordinate_median": byzfl.Median(),
+        "trimmed_mean": byzfl.TrMean(f=f),
+        "nnm+mean": lambda x: avg(nnm(x)),
+    }
+
+
+def _best(fn: Callable, x: torch.Tensor, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn(x)
+        best = min(best, time.perf_counter() - t0)
+        del out
+    return best
 
 
 def benchmark_aggregators(
@@ -64,23 +111,41 @@ def benchmark_aggregators(
     torch.set_num_threads(threads)
     try:
         x = bench_input(n, dim)
+        bound = {"read": _best(lambda v: v.sum(dim=0), x, max(repeats, 3)),
+                 "gram": _best(lambda v: v @ v.T, x, max(repeats, 3))}
+        theirs = byzfl_specs(f)
         rows = []
         for label, agg in bench_specs(n, dim, f):
-            best = float("inf")
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                out = agg(x)
-                best = min(best, time.perf_counter() - t0)
-                del out
-            rows.append({"aggregator": label, "seconds": best, "peak_rss_mb": _peak_rss_mb()})
+            row = {"aggregator": label, "seconds": _best(agg, x, repeats), "peak_rss_mb": _peak_rss_mb()}
+            if label in BOUNDS:
+                kind, passes = BOUNDS[label]
+                row["bound"] = f"{kind} x{passes}" if passes > 1 else kind
+                row["bound_seconds"] = bound[kind] * passes
+            if label in theirs:
+                try:
+                    row["byzfl_seconds"] = _best(theirs[label], x, repeats)
+                except (MemoryError, RuntimeError) as e:  # e.g. ByzFL's NNM builds [n, n - f, d]
+                    if "alloc" not in str(e).lower() and not isinstance(e, MemoryError):
+                        raise
+                    row["byzfl_seconds"] = None
+                    row["byzfl_note"] = "out of memory"
+            rows.append(row)
         return rows
     finally:
         torch.set_num_threads(old_threads)
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'aggregator':<20} {'seconds':>10} {'peak_rss_mb':>12}"]
-    lines += [f"{r['aggregator']:<20} {r['seconds']:>10.3f} {r['peak_rss_mb']:>12.0f}" for r in rows]
+    """Seconds per call, the bound and our time over it, ByzFL's time over ours (> 1: we are
+    faster), peak RSS."""
+    lines = [f"{'aggregator':<24} {'seconds':>9} {'bound':>8} {'bound s':>9} {'/bound':>7} {'ByzFL s':>9} "
+             f"{'ByzFL/ours':>10} {'peak_rss_mb':>12}"]
+    for r in rows:
+        ours, b, z = r["seconds"], r.get("bound_seconds"), r.get("byzfl_seconds")
+        over = f"{ours / b:.2f}x" if b else "-"
+        vs = f"{z / ours:.2f}x" if z else r.get("byzfl_note", "-")
+        lines.append(f"{r['aggregator']:<24} {ours:>9.3f} {r.get('bound', '-'):>8} {(f'{b:.3f}' if b else '-'):>9} "
+                     f"{over:>7} {(f'{z:.3f}' if z else '-'):>9} {vs:>10} {r['peak_rss_mb']:>12.0f}")
     return "\n".join(lines)
 
 

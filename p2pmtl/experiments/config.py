@@ -178,9 +178,22 @@ class OutputConfig(Strict):
     window: int = Field(100, ge=1, description="summary: mean over the last `window` iterations")
     record_every: int = Field(1, ge=1, description="write metrics every k iterations")
     per_agent: bool = Field(True, description="write one metrics.csv row per agent (else means only)")
+    records: Literal["csv", "parquet"] = Field(
+        "csv", description="format of the per-agent table: csv (metrics.csv) or parquet (metrics.parquet/, a folder "
+                           "of Parquet parts with exact float64 values; needs pyarrow: pip install p2pmtl[parquet])")
     figures: bool = Field(True, description="draw the run's figures when it ends (`p2pmtl plot` redraws them)")
     formats: list[Literal["png", "pdf", "svg"]] = Field(
         ["png"], min_length=1, description="file formats of every figure, e.g. ['png', 'pdf']")
+
+    @field_validator("records")
+    @classmethod
+    def _records(cls, v: str) -> str:
+        import importlib.util
+
+        if v == "parquet" and importlib.util.find_spec("pyarrow") is None:
+            raise ValueError("output.records = 'parquet' needs the pyarrow package, which is not installed; "
+                             "pip install p2pmtl[parquet] (or pyarrow), or use records = 'csv'")
+        return v
 
 
 class ExperimentConfig(Strict):

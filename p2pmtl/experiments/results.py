@@ -29,6 +29,26 @@ def _read_csv(path: Path) -> pd.DataFrame:
                        dtype={"scenario": str, "rule": str, "group": str, "metric": str})
 
 
+def _read_metrics(d: Path) -> pd.DataFrame:
+    """``metrics.csv``, or the ``metrics.parquet/`` folder of a run with ``output.records =
+    "parquet"``, with the dtypes the CSV reader gives (names and groups as strings)."""
+    from ..io.records import METRICS_PARQUET
+
+    folder = d / METRICS_PARQUET
+    if not folder.is_dir():
+        return _read_csv(d / "metrics.csv")
+    import pandas as pd
+
+    files = sorted(folder.glob("part-*.parquet"))
+    if not files:
+        return pd.DataFrame()
+    df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    for col in ("scenario", "rule", "metric"):
+        df[col] = df[col].astype(str)
+    df["group"] = df["group"].astype(str)
+    return df
+
+
 @dataclass
 class RunResults:
     """One run: ``summary`` (dict), ``curves`` and ``metrics`` (long-format DataFrames), the
@@ -69,7 +89,7 @@ class RunResults:
                     config = load_config(d / "config.toml")
             except ConfigError:
                 config = None
-        return cls(summary, _read_csv(d / "curves.csv"), _read_csv(d / "metrics.csv"), d, config)
+        return cls(summary, _read_csv(d / "curves.csv"), _read_metrics(d), d, config)
 
     def table(self, metric: Optional[str] = None) -> pd.DataFrame:
         """Scenario x rule (or server method) table of the last-window mean of ``metric`` over

@@ -191,7 +191,7 @@ def _run_scenarios(cfg: ExperimentConfig, out_dir: Path, progress: bool, positio
         return run_server_scenarios(cfg, out_dir, progress, position)
     torch.set_num_threads(cfg.threads)
     worlds = {s.name: build_world(cfg, s) for s in cfg.scenarios}  # all errors before any work
-    rec = RunRecorder(out_dir, per_agent=cfg.output.per_agent)
+    rec = RunRecorder(out_dir, per_agent=cfg.output.per_agent, records=cfg.output.records)
     rules = cfg.rules.names
     bar = tqdm(total=len(cfg.scenarios) * len(rules) * cfg.iterations, disable=not progress,
                desc=cfg.name, unit="rule-it", position=position)
@@ -351,12 +351,15 @@ def merge_parts(out_dir: Path, parts: list[Path], names: Optional[list[str]] = N
     """Concatenate the part directories of parallel scenarios into ``out_dir`` (long-format
     CSVs, summaries, arrays) and remove them. ``summary["jobs"]`` gives each part's status
     (``not started`` when its worker never began)."""
-    from ..io.records import run_status
+    from ..io.records import METRICS_PARQUET, run_status
 
     summary: dict = {"status": "finished", "results": {}, "jobs": {}}
     statuses = []
     (out_dir / "arrays").mkdir(exist_ok=True)
     for name in ("metrics.csv", "curves.csv"):
+        if name == "metrics.csv" and any((p / METRICS_PARQUET).is_dir() for p in parts):
+            _merge_parquet_parts(out_dir, parts)
+            continue
         with open(out_dir / name, "w") as out:
             for i, part in enumerate(p for p in parts if (p / name).is_file()):
                 with open(part / name) as f:
@@ -390,6 +393,20 @@ def merge_parts(out_dir: Path, parts: list[Path], names: Optional[list[str]] = N
     from ..io.records import set_status
 
     return set_status(summary, status)
+
+
+def _merge_parquet_parts(out_dir: Path, parts: list[Path]) -> None:
+    """Move the Parquet parts of every job's ``metrics.parquet/`` into ``out_dir``'s, renumbered
+    in job order (so the folder reads as the jobs' rows one after another)."""
+    from ..io.records import METRICS_PARQUET
+
+    dest = out_dir / METRICS_PARQUET
+    dest.mkdir(exist_ok=True)
+    k = 0
+    for part in parts:
+        for f in sorted((part / METRICS_PARQUET).glob("part-*.parquet")) if (part / METRICS_PARQUET).is_dir() else []:
+            f.replace(dest / f"part-{k:05d}.parquet")
+            k += 1
 
 
 def _bytes_per_round(world: World, engine: GossipEngine) -> float:

@@ -19,16 +19,26 @@ from pathlib import Path
 import numpy as np
 
 
+def _metric_rows(run_dir: Path):
+    """The per-agent rows of a run (``metrics.csv`` or the ``metrics.parquet/`` folder) as dicts."""
+    if (run_dir / "metrics.parquet").is_dir():  # output.records = "parquet"
+        from .results import _read_metrics
+
+        yield from _read_metrics(run_dir).to_dict("records")
+        return
+    with open(run_dir / "metrics.csv") as f:
+        yield from csv.DictReader(f)
+
+
 def agent_means(run_dir: Path, window: int) -> dict:
     """{(scenario, rule, run, agent, metric): mean over the last ``window`` iterations}."""
     rows: dict = defaultdict(list)
     last: dict = defaultdict(int)
-    with open(Path(run_dir) / "metrics.csv") as f:
-        for r in csv.DictReader(f):
-            key = (r["scenario"], r["rule"], int(r["run"]), int(r["agent"]), r["metric"])
-            step = int(r["step"])
-            rows[key].append((step, float(r["value"])))
-            last[(r["scenario"], r["rule"])] = max(last[(r["scenario"], r["rule"])], step)
+    for r in _metric_rows(Path(run_dir)):
+        key = (r["scenario"], r["rule"], int(r["run"]), int(r["agent"]), r["metric"])
+        step = int(r["step"])
+        rows[key].append((step, float(r["value"])))
+        last[(r["scenario"], r["rule"])] = max(last[(r["scenario"], r["rule"])], step)
     out = {}
     for key, vals in rows.items():
         end = last[key[:2]]

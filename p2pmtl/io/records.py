@@ -1,7 +1,13 @@
 """Run directory writer. Everything is written as it comes, so an interrupted run leaves usable
 files: ``metrics.csv`` (long format, one row per step, agent and metric), ``curves.csv`` (mean,
 min and max over normal agents, per group), ``summary.json`` (last-window means, rewritten after
-every finished run), and per-run arrays for figures (``arrays/``)."""
+every finished run), and per-run arrays for figures (``arrays/``).
+
+With ``output.records = "parquet"`` the per-agent table is ``metrics.parquet/``, a folder of
+Parquet files (``part-00000.parquet``, ... one per flush, each complete when written, so a
+killed run keeps every part written before; ``pandas.read_parquet`` reads the folder as one
+table) with the columns of ``metrics.csv`` and exact float64 values; the rest is unchanged.
+It needs ``pyarrow`` (``pip install p2pmtl[parquet]``)."""
 from __future__ import annotations
 
 import csv
@@ -16,17 +22,28 @@ import numpy as np
 import torch
 
 METRICS_HEADER = ["scenario", "rule", "run", "step", "time", "bytes", "agent", "group", "metric", "value"]
+METRICS_PARQUET = "metrics.parquet"
+RECORD_FORMATS = ("csv", "parquet")
 CURVES_HEADER = ["scenario", "rule", "group", "metric", "step", "time", "bytes", "mean", "min", "max"]
 
 
 class RunRecorder:
-    def __init__(self, out_dir: Path, per_agent: bool = True) -> None:
+    def __init__(self, out_dir: Path, per_agent: bool = True, records: str = "csv") -> None:
+        if records not in RECORD_FORMATS:
+            raise ValueError(f"output.records = {records!r}: allowed: {', '.join(RECORD_FORMATS)}")
         self.out = Path(out_dir)
         (self.out / "arrays").mkdir(parents=True, exist_ok=True)
         self.per_agent = per_agent
-        self._metrics = open(self.out / "metrics.csv", "w", newline="")
+        self.parquet = records == "parquet"
+        if self.parquet:
+            self._metrics = None
+            (self.out / METRICS_PARQUET).mkdir(exist_ok=True)
+            self._pbuf: list[tuple] = []  # (block, step, now, nbytes, metric, values) not yet written
+            self._parts = 0
+        else:
+            self._metrics = open(self.out / "metrics.csv", "w", newline="")
+            self._metrics.write(",".join(METRICS_HEADER) + "\n")
         self._curves = open(self.out / "curves.csv", "w", newline="")
-        self._metrics.write(",".join(METRICS_HEADER) + "\n")
         self._curves.write(",".join(CURVES_HEADER) + "\n")
         self._mbuf: list[str] = []  # blocks of metrics.csv rows, each ending in a line break
         self._cbuf: list[str] = []  # the same for curves.csv
@@ -58,7 +75,10 @@ class RunRecorder:
             rows = block.series.setdefault(name, [])
             rows.append(v)
             items.append((name, len(rows) - 1))
-            if self.per_agent:  # one %-format over the block's row template: a C loop, not one f-string per value
+            if self.per_agent and self.parquet:
+                self._pbuf.append((block, step, now, nbytes, name, v))
+                self._rows += v.size
+            elif self.per_agent:  # one %-format over the block's row template: a C loop, not one f-string per value
                 args = [mid] * (2 * v.size)
                 args[1::2] = v.tolist()
                 self._mbuf.append(block.agent_template(name) % tuple(args))
@@ -102,13 +122,49 @@ class RunRecorder:
         if self._mbuf:
             self._metrics.write("".join(self._mbuf))
             self._mbuf.clear()
+        if self.parquet and self._pbuf:
+            self._write_parquet_part()
         if self._cbuf:
             self._curves.write("".join(self._cbuf))
             self._cbuf.clear()
         self._rows = 0
-        self._metrics.flush()
+        if self._metrics is not None:
+            self._metrics.flush()
         self._curves.flush()
         self._flushed = time.monotonic()
+
+    def _write_parquet_part(self) -> None:
+        """The buffered per-agent rows as one Parquet file, built from arrays (no per-value
+        Python objects but the repeated names): written to a temporary name, then renamed, so
+        every ``part-*.parquet`` is complete."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        buf, self._pbuf = self._pbuf, []
+        sizes = [len(v) for *_, v in buf]
+
+        def names(values: list[str]) -> "pa.Array":  # one name per buffered record, dictionary-encoded
+            uniq, inv = np.unique(np.array(values, dtype=object), return_inverse=True)
+            return pa.DictionaryArray.from_arrays(pa.array(np.repeat(inv.astype(np.int32), sizes)),
+                                                  pa.array(uniq.tolist(), pa.string()))
+
+        table = pa.table({
+            "scenario": names([b.scenario for b, *_ in buf]),
+            "rule": names([b.rule for b, *_ in buf]),
+            "run": np.concatenate([b.run_of for b, *_ in buf]).astype(np.int64),
+            "step": np.repeat(np.array([t for _, t, *_ in buf], dtype=np.int64), sizes),
+            "time": np.repeat(np.array([now for _, _, now, *_ in buf], dtype=np.float64), sizes),
+            "bytes": np.repeat(np.array([nb for *_, nb, _, _ in buf], dtype=np.float64), sizes),
+            "agent": np.concatenate([b.agent_of for b, *_ in buf]).astype(np.int64),
+            "group": np.concatenate([b.group_of for b, *_ in buf]).astype(np.int64),
+            "metric": names([m for *_, m, _ in buf]),
+            "value": np.concatenate([v for *_, v in buf]),
+        })
+        final = self.out / METRICS_PARQUET / f"part-{self._parts:05d}.parquet"
+        tmp = final.with_suffix(".tmp")
+        pq.write_table(table, tmp)
+        tmp.replace(final)
+        self._parts += 1
 
     def end_block(self, block: "Block", window: int, extra: Optional[dict] = None) -> dict:
         """Summarise a finished block: for each metric, the mean over normal agents of the last
@@ -166,7 +222,8 @@ class RunRecorder:
             try:
                 self.write_summary()
             finally:
-                self._metrics.close()
+                if self._metrics is not None:
+                    self._metrics.close()
                 self._curves.close()
 
 
@@ -257,6 +314,7 @@ class Block:
         self.run_of = self.normal_idx // n
         agent_of = self.normal_idx % n
         group_of = groups[self.normal_idx]
+        self.agent_of, self.group_of = agent_of, np.asarray(group_of)
         self.key = f"{csv_field(scenario)},{csv_field(rule)}"
         self.heads = [f"{self.key},{r}" for r in self.run_of.tolist()]
         self.tails = [f"{a},{g}" for a, g in zip(agent_of.tolist(), group_of.tolist())]
@@ -318,6 +376,8 @@ def inspect_run(run_dir: Path) -> list[str]:
     run_dir = Path(run_dir)
     problems: list[str] = []
     for name in ("config.toml", "metrics.csv", "curves.csv", "summary.json"):
+        if name == "metrics.csv" and (run_dir / METRICS_PARQUET).is_dir():
+            continue
         if not (run_dir / name).is_file():
             problems.append(f"{name}: missing")
     if (run_dir / "summary.json").is_file():

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-RUN_MARKERS = ("summary.json", "metrics.csv", "curves.csv", "config.toml", "cells.json", "study.toml")
+RUN_MARKERS = ("summary.json", "metrics.csv", "metrics.parquet", "curves.csv", "config.toml", "cells.json",
+               "study.toml")
 LOCK = ".p2pmtl.lock"
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,99}$")
 SAFE_NAME_RULE = "1-100 characters from A-Z a-z 0-9 . _ + = -, starting with a letter or digit"

@@ -155,7 +155,7 @@ def run_linear_server(cfg: "ExperimentConfig", out_dir: Path, progress: bool, po
     seeds = run_seeds(cfg.seed)
     plans = [(s, s.methods or cfg.server.methods) for s in cfg.scenarios]
     servers = {s.name: LinearServer(cfg, s, m, seeds) for s, m in plans}  # errors before work
-    rec = RunRecorder(out_dir, per_agent=cfg.output.per_agent)
+    rec = RunRecorder(out_dir, per_agent=cfg.output.per_agent, records=cfg.output.records)
     rec.summary["mode"] = "server"
     bar = tqdm(total=len(plans) * cfg.iterations, disable=not progress, desc=cfg.name, unit="round",
                position=position)

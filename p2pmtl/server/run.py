@@ -48,7 +48,7 @@ def run_server_scenarios(cfg: "ExperimentConfig", out_dir: Path, progress: bool,
     seeds = run_seeds(cfg.seed)
     worlds = {s.name: server_world(cfg, s, seeds) for s in cfg.scenarios}  # errors before work
     plans = [(s, s.methods or cfg.server.methods) for s in cfg.scenarios]
-    rec = RunRecorder(out_dir, per_agent=cfg.output.per_agent)
+    rec = RunRecorder(out_dir, per_agent=cfg.output.per_agent, records=cfg.output.records)
     rec.summary["group_names"] = ["clients"]
     rec.summary["mode"] = "server"
     bar = tqdm(total=sum(len(m) for _, m in plans) * cfg.iterations, disable=not progress,

@@ -93,3 +93,19 @@ def test_byzantine_placement_on_highest_degree_nodes():
     assert list(choose_byzantine(1, 6, 0, placement="degree", graph=g)) == [0]
     picks = {tuple(choose_byzantine(2, 6, s, placement="degree", graph=g)) for s in range(20)}
     assert picks == {(0, 1), (0, 2)}  # the tie between nodes 1 and 2 is broken at random
+
+
+def test_cap_in_neighbours_keeps_lexsort_order():
+    """The two stable argsorts give np.lexsort's permutation (ties in the keys included), so
+    capped graphs are the ones earlier versions built."""
+    import numpy as np
+    from p2pmtl.graphs.families import cap_in_neighbours
+
+    rng = np.random.default_rng(3)
+    src, dst = rng.integers(0, 50, 2000), rng.integers(0, 50, 2000)
+    keys = np.random.default_rng(7).random(2000)
+    order = np.lexsort((keys, dst))
+    s, d = src[order], dst[order]
+    rank = np.arange(d.size) - np.searchsorted(d, d, side="left")
+    got = cap_in_neighbours(src, dst, 9, np.random.default_rng(7))
+    assert np.array_equal(got[0], s[rank < 9]) and np.array_equal(got[1], d[rank < 9])

@@ -39,8 +39,12 @@ def cap_in_neighbours(
     src: np.ndarray, dst: np.ndarray, cap: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Keep at most ``cap`` in-neighbours per receiver, chosen uniformly at random (vectorized:
-    random keys, sort by receiver then key, keep the first ``cap`` of each receiver)."""
-    order = np.lexsort((rng.random(src.size), dst))
+    random keys, sort by receiver then key, keep the first ``cap`` of each receiver). The order
+    is ``np.lexsort((keys, dst))`` computed as two stable argsorts (the same permutation, ties
+    included; 1.2x faster at 2M edges)."""
+    keys = rng.random(src.size)
+    by_key = np.argsort(keys, kind="stable")
+    order = by_key[np.argsort(dst[by_key], kind="stable")]
     src, dst = src[order], dst[order]
     starts = np.searchsorted(dst, dst, side="left")
     rank = np.arange(dst.size) - starts

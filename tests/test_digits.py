@@ -14,7 +14,7 @@ from p2pmtl.engine.reference import naive_cnn_losses
 from p2pmtl.tasks.digits import ImageClassification
 
 
-def tiny_population(lanes=1, n=4, channels_last=True, share="model"):
+def tiny_population(lanes=1, n=4, channels_last=True, share="model", init="per_agent"):
     gen = torch.Generator().manual_seed(0)
 
     def data(m):
@@ -24,7 +24,7 @@ def tiny_population(lanes=1, n=4, channels_last=True, share="model"):
                             test=[data(6) for _ in range(n)], image_shape=(1, 28, 28), num_classes=10)
     cfg = load_config(data={"graph": {"family": "complete", "n": n},
                             "task": {"name": "digits", "batch_size": 8, "score_batch": 5, "score_chunk": 3,
-                                     "channels_last": channels_last, "share": share}}).task
+                                     "channels_last": channels_last, "share": share, "init": init}}).task
     import networkx as nx
 
     edges = EdgeIndex.from_graph(nx.complete_graph(n))
@@ -176,3 +176,13 @@ def test_representation_mode_scores_with_the_receivers_head_and_keeps_heads_pers
     assert torch.allclose(pop.theta[:, :p_rep], sent.mean(0).expand(4, -1))  # representations mixed
     assert torch.equal(pop.theta[:, p_rep:], psi[:, p_rep:])  # heads untouched
     assert pop.message_bytes == p_rep * 8
+
+
+def test_shared_init_starts_every_agent_from_one_model():
+    """task.init = "shared": every agent (and lane) starts from the same parameters; the
+    default gives each agent its own (Li2020)."""
+    own, _ = tiny_population(lanes=2)
+    shared, _ = tiny_population(lanes=2, init="shared")
+    assert not torch.equal(own.theta[0], own.theta[1])
+    assert all(torch.equal(shared.theta[0], row) for row in shared.theta)
+    assert torch.equal(shared.theta[0], own.theta[0])  # agent 0 keeps its draw

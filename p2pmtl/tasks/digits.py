@@ -66,6 +66,10 @@ class DigitsConfig(Strict):
     batch_size: int = Field(64, ge=1, description="images per mini-batch of a local step")
     score_batch: int = Field(64, ge=1, description="images of a receiver's batch used to score each neighbour")
     score_chunk: int = Field(64, ge=1, description="images per forward pass when scoring (cache-friendly)")
+    init: Literal["per_agent", "shared"] = Field(
+        "per_agent", description="initial models: per_agent (each agent its own random init, as in Li2020) or "
+                                 "shared (every agent of a run starts from the same model, as consensus methods "
+                                 "such as ClippedGossip and BRIDGE assume)")
     skip_prob: list[Probability] = Field(
         default_factory=list, description="agent k skips its local step w.p. skip_prob[k % len] (uneven data)")
     channels_last: bool = Field(True, description="hold images and conv weights in channels_last memory "
@@ -193,7 +197,7 @@ class ImageClassification(Population):
         for r, n in enumerate(sizes):
             for k in range(n):
                 with torch.random.fork_rng():
-                    torch.manual_seed(init_seeds[r] + k)
+                    torch.manual_seed(init_seeds[r] + (0 if getattr(cfg, "init", "per_agent") == "shared" else k))
                     world_models.append(MODELS.get(cfg.model)(
                         in_channels=shape[0], num_classes=classes, image_size=shape[1]).to(dtype))
         modules = [copy.deepcopy(m) for _ in range(lanes) for m in world_models]

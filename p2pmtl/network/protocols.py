@@ -14,7 +14,8 @@ and which messages are held, never what the learning maths is.
   one SimPy event per round, at the time the last agent finishes. No per-message objects.
   A local step still running at the deadline is abandoned: that agent sends nothing and, at
   s_k + deadline, combines its previous model with what it received (so a straggler never
-  holds its neighbours back by more than the deadline).
+  holds its neighbours back by more than the deadline). With ``[roles]`` servers, the server
+  phases follow the exchange, each hop a message on its link (:meth:`SyncGossip._server_phases`).
 - :class:`AsyncGossip`: every agent at its own pace. When agent k finishes a local step it
   sends psi_k on its out-links that are free (a link still transmitting an earlier model skips
   this one: the freshest model goes out next time) and combines its psi_k with the freshest model it holds from each

@@ -213,37 +213,28 @@ class SyncGossip:
             np.add.at(received, dst[eids[good]], b)
             return arr, good
 
+        def latest(t: float, receiver: int, senders: list[int], sent_at: dict) -> float:
+            """``t``, or the latest arrival at ``receiver`` of the messages that its online
+            ``senders`` send at ``sent_at[p]`` and that count."""
+            for p in senders:
+                if online[p]:
+                    arr, good = send([sent_at[p]], [roles.in_edge[(p, receiver)]])
+                    if good[0]:
+                        t = max(t, float(arr[0]))
+            return t
+
         up, final, down = {}, {}, {}
         for lv in range(roles.depth, -1, -1):
             for s in roles.by_level[lv]:
-                t = float(start[s])
                 ce = roles.child_edges[s].numpy()
                 heard = ce[delivered[ce]]
-                if len(heard):
-                    t = max(t, float(arrival[heard].max()))
-                for c in roles.child_servers[s]:
-                    if online[c]:
-                        arr, good = send([final[c]], [roles.in_edge[(c, s)]])
-                        if good[0]:
-                            t = max(t, float(arr[0]))
-                up[s] = t
+                t = max(float(start[s]), float(arrival[heard].max())) if len(heard) else float(start[s])
+                up[s] = latest(t, s, roles.child_servers[s], final)
             for s in roles.by_level[lv]:
-                t = up[s]
-                for p in roles.peers[s]:
-                    if online[p]:
-                        arr, good = send([up[p]], [roles.in_edge[(p, s)]])
-                        if good[0]:
-                            t = max(t, float(arr[0]))
-                final[s] = t
+                final[s] = latest(up[s], s, roles.peers[s], up)
         for lv in range(roles.depth + 1):
             for s in roles.by_level[lv]:
-                t = final[s]
-                for p in roles.parents[s]:
-                    if online[p]:
-                        arr, good = send([down[p]], [roles.in_edge[(p, s)]])
-                        if good[0]:
-                            t = max(t, float(arr[0]))
-                down[s] = t
+                down[s] = latest(final[s], s, roles.parents[s], down)
         done = done.copy()
         eids = roles.down_eids[online[src[roles.down_eids]]]
         if len(eids):

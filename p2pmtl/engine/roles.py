@@ -215,8 +215,8 @@ class ServerRoles:
         self.client_counts = counts
         # one round's message hops in sequence: learners -> servers, up the levels, between peers,
         # down the levels, servers -> clients (the plain clock charges each one link latency)
-        has_peers = any(self.peers[s] for s in level)
-        self.hops = 1 + max(self.depth, 0) + int(has_peers) + max(self.depth, 0) + 1 if level else 1
+        peer_levels = sum(1 for servers_at in self.by_level if any(self.peers[s] for s in servers_at))
+        self.hops = 1 + max(self.depth, 0) + peer_levels + max(self.depth, 0) + 1 if level else 1
         # server-sourced non-self edges each carry one more message per round (up, peers, down)
         self.extra_messages_per_run = int((non_self & srv[src]).sum()) // max(runs, 1)
         self.hop_ok: Optional[torch.Tensor] = None  # [E0] set each round by a network protocol

@@ -46,6 +46,7 @@ def bench_input(n: int, dim: int, outlier_fraction: float = 0.2, seed: int = 0) 
 
 GM_ITERATIONS = 3
 """Weiszfeld iterations of the geometric-median row (ByzFL's default ``T``)."""
+GM_LABEL = f"geometric_median, {GM_ITERATIONS} it"
 
 
 def bench_specs(n: int, dim: int, f: int) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
@@ -54,7 +55,7 @@ def bench_specs(n: int, dim: int, f: int) -> list[tuple[str, Callable[[torch.Ten
     return [
         ("mean", make_aggregator("mean")),
         ("geometric_median", make_aggregator("geometric_median")),
-        (f"geometric_median, {GM_ITERATIONS} it", make_aggregator("geometric_median", max_iter=GM_ITERATIONS, tol=0.0)),
+        (GM_LABEL, make_aggregator("geometric_median", max_iter=GM_ITERATIONS, tol=0.0)),
         ("krum", make_aggregator("krum", f=f)),
         ("multi_krum", make_aggregator("multi_krum", f=f, m=n - f)),
         ("coordinate_median", make_aggregator("coordinate_median")),
@@ -64,7 +65,7 @@ def bench_specs(n: int, dim: int, f: int) -> list[tuple[str, Callable[[torch.Ten
     ]
 
 
-BOUNDS = {"mean": ("read", 1), "geometric_median, 3 it": ("read", GM_ITERATIONS), "krum": ("gram", 1),
+BOUNDS = {"mean": ("read", 1), GM_LABEL: ("read", GM_ITERATIONS), "krum": ("gram", 1),
           "multi_krum": ("gram", 1), "coordinate_median": ("read", 1), "trimmed_mean": ("read", 1),
           "centered_clipping": ("read", 1), "nnm+mean": ("gram", 1)}
 """The bound each row is held to: (kind, passes)."""
@@ -79,7 +80,7 @@ def byzfl_specs(f: int) -> dict[str, Callable]:
     nnm, avg = byzfl.NNM(f=f), byzfl.Average()
     return {
         "mean": byzfl.Average(),
-        f"geometric_median, {GM_ITERATIONS} it": byzfl.GeometricMedian(nu=0.1, T=GM_ITERATIONS),
+        GM_LABEL: byzfl.GeometricMedian(nu=0.1, T=GM_ITERATIONS),
         "krum": byzfl.Krum(f=f),
         "multi_krum": byzfl.MultiKrum(f=f),
         "coordinate_median": byzfl.Median(),

@@ -21,7 +21,9 @@ import numpy as np
 
 def _metric_rows(run_dir: Path):
     """The per-agent rows of a run (``metrics.csv`` or the ``metrics.parquet/`` folder) as dicts."""
-    if (run_dir / "metrics.parquet").is_dir():  # output.records = "parquet"
+    from ..io.records import METRICS_PARQUET
+
+    if (run_dir / METRICS_PARQUET).is_dir():  # output.records = "parquet"
         from .results import _read_metrics
 
         yield from _read_metrics(run_dir).to_dict("records")

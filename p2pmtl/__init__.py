@@ -51,6 +51,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "SplitModel": ("p2pmtl.tasks.models", "SplitModel"),
     "ArrayDataset": ("p2pmtl.data", "ArrayDataset"),
     "EdgeIndex": ("p2pmtl.core.edges", "EdgeIndex"),
+    "EdgeListGraph": ("p2pmtl.graphs.edge_list", "EdgeListGraph"),
     "Messages": ("p2pmtl.core.messages", "Messages"),
     # registries
     "RULES": ("p2pmtl.rules.weights", "RULES"),

@@ -5,19 +5,23 @@ import pytest
 import torch
 
 from p2pmtl.core.edges import EdgeIndex
+from p2pmtl.graphs.edge_list import EdgeListGraph, is_connected, node_degrees
 from p2pmtl.graphs.families import GRAPHS, build_graph, load_topology, named_topologies, positions
 
 
 def test_paper_graph_caps_in_neighbours_and_keeps_positions():
     g = build_graph("random_geometric", {"n": 100, "radius": 1.0, "box": 3.0, "max_neighbors": 9}, seed=3)
     assert g.is_directed() and g.number_of_nodes() == 100
-    assert max(d for _, d in g.in_degree()) <= 9
+    assert np.bincount(g.dst, minlength=100).max() <= 9
     pos = positions(g)
     assert pos.shape == (100, 2) and (pos >= 0).all() and (pos <= 3).all()
-    for l, k in g.edges():
-        assert np.linalg.norm(pos[l] - pos[k]) <= 1.0 + 1e-12
+    assert (np.linalg.norm(pos[g.src] - pos[g.dst], axis=1) <= 1.0 + 1e-12).all()
     full = build_graph("random_geometric", {"n": 100, "radius": 1.0, "box": 3.0}, seed=3)
-    assert max(d for _, d in full.in_degree()) > 9  # the cap is what bounds it
+    assert np.bincount(full.dst, minlength=100).max() > 9  # the cap is what bounds it
+    # every pair within the radius is an edge of the uncapped graph (both ways: directed)
+    d = np.linalg.norm(pos[:, None] - pos[None], axis=2)
+    near = {(int(a), int(b)) for a, b in zip(*np.nonzero((d <= 1.0) & ~np.eye(100, dtype=bool)))}
+    assert set(zip(full.src.tolist(), full.dst.tolist())) == near
 
 
 @pytest.mark.parametrize("family,params,n", [
@@ -27,7 +31,61 @@ def test_paper_graph_caps_in_neighbours_and_keeps_positions():
 ])
 def test_families(family, params, n):
     g = build_graph(family, params, seed=0)
-    assert g.number_of_nodes() == n and sorted(g.nodes) == list(range(n))
+    assert g.number_of_nodes() == n and EdgeIndex.from_graph(g).num_nodes == n
+    assert sorted(g.to_networkx().nodes if isinstance(g, EdgeListGraph) else g.nodes) == list(range(n))
+
+
+def _edge_set(g) -> set:
+    e = EdgeIndex.from_graph(g)
+    return set(zip(e.src.tolist(), e.dst.tolist()))
+
+
+@pytest.mark.parametrize("family,params,reference", [
+    ("ring", {"n": 1}, lambda: nx.cycle_graph(1)), ("ring", {"n": 2}, lambda: nx.cycle_graph(2)),
+    ("ring", {"n": 3}, lambda: nx.cycle_graph(3)), ("ring", {"n": 11}, lambda: nx.cycle_graph(11)),
+    ("grid_2d", {"rows": 1, "cols": 5}, lambda: nx.grid_2d_graph(1, 5)),
+    ("grid_2d", {"rows": 4, "cols": 6}, lambda: nx.grid_2d_graph(4, 6)),
+    ("grid_2d", {"rows": 3, "cols": 3, "periodic": True}, lambda: nx.grid_2d_graph(3, 3, periodic=True)),
+    ("grid_2d", {"rows": 5, "cols": 4, "periodic": True}, lambda: nx.grid_2d_graph(5, 4, periodic=True)),
+])
+def test_array_families_are_networkx_graphs(family, params, reference):
+    """Ring and grid are built as edge arrays; their edges (and node numbering) are those of
+    networkx's generators, so configs give the graphs they gave before."""
+    ref = nx.convert_node_labels_to_integers(reference())
+    assert _edge_set(build_graph(family, params, seed=0)) == _edge_set(ref)
+
+
+def test_edge_list_graph_helpers_match_networkx():
+    """Degrees, connectivity and the networkx view of an array graph."""
+    rng = np.random.default_rng(0)
+    for directed in (True, False):
+        for m in (5, 40):  # sparse (disconnected) and dense
+            src, dst = rng.integers(0, 30, m), rng.integers(0, 30, m)
+            keep = src != dst
+            g = EdgeListGraph(30, src[keep], dst[keep], directed=directed)
+            ref = g.to_networkx()
+            assert ref.is_directed() == directed and ref.number_of_nodes() == 30
+            assert np.array_equal(node_degrees(g), node_degrees(ref))
+            connected = nx.is_weakly_connected(ref) if directed else nx.is_connected(ref)
+            assert is_connected(g) == connected
+            assert _edge_set(g) == _edge_set(ref)
+    with pytest.raises(ValueError, match="node ids 0..2"):
+        EdgeListGraph(3, np.array([0]), np.array([3]))
+
+
+def test_disconnected_array_graph_warns():
+    from p2pmtl.graphs.families import check_graph
+
+    with pytest.warns(UserWarning, match="not connected"):
+        check_graph(EdgeListGraph(4, np.array([0]), np.array([1]), directed=False))
+
+
+def test_from_arrays_drops_duplicates_and_sorts_by_receiver():
+    rng = np.random.default_rng(1)
+    src, dst = rng.integers(0, 20, 500), rng.integers(0, 20, 500)
+    e = EdgeIndex.from_arrays(src, dst, 20)
+    key = np.unique(np.concatenate([dst, np.arange(20)]) * 20 + np.concatenate([src, np.arange(20)]))
+    assert np.array_equal(e.dst.numpy() * 20 + e.src.numpy(), key)
 
 
 def test_star_hub_is_node_zero():
@@ -96,8 +154,8 @@ def test_byzantine_placement_on_highest_degree_nodes():
 
 
 def test_cap_in_neighbours_keeps_lexsort_order():
-    """The two stable argsorts give np.lexsort's permutation (ties in the keys included), so
-    capped graphs are the ones earlier versions built."""
+    """The sorts give np.lexsort's permutation, so capped graphs are the ones earlier versions
+    built."""
     import numpy as np
     from p2pmtl.graphs.families import cap_in_neighbours
 
@@ -109,3 +167,32 @@ def test_cap_in_neighbours_keeps_lexsort_order():
     rank = np.arange(d.size) - np.searchsorted(d, d, side="left")
     got = cap_in_neighbours(src, dst, 9, np.random.default_rng(7))
     assert np.array_equal(got[0], s[rank < 9]) and np.array_equal(got[1], d[rank < 9])
+
+
+def test_cap_in_neighbours_breaks_key_ties_by_edge_order():
+    """Tied keys (forced here: 4 distinct values) keep np.lexsort's order, ties by edge index."""
+    from p2pmtl.graphs.families import cap_in_neighbours
+
+    class CoarseKeys:
+        def random(self, size):
+            return np.random.default_rng(2).integers(0, 4, size) / 4.0
+
+    rng = np.random.default_rng(3)
+    src, dst = rng.integers(0, 30, 3000), rng.integers(0, 30, 3000)
+    keys = CoarseKeys().random(3000)
+    order = np.lexsort((keys, dst))
+    s, d = src[order], dst[order]
+    rank = np.arange(d.size) - np.searchsorted(d, d, side="left")
+    got = cap_in_neighbours(src, dst, 5, CoarseKeys())
+    assert np.array_equal(got[0], s[rank < 5]) and np.array_equal(got[1], d[rank < 5])
+
+
+@pytest.mark.parametrize("levels", [4, 2 ** 20, 2 ** 40])
+def test_packed_key_argsort_is_the_stable_argsort(levels):
+    """Keys sharing their top bits (forced: only 23 key bits kept beside 40 position bits) are
+    put back in (key, position) order: the result is numpy's stable argsort."""
+    from p2pmtl.graphs.families import _argsort_keys
+
+    keys = np.random.default_rng(0).integers(0, levels, 20000) / levels
+    assert np.array_equal(_argsort_keys(keys, 40), np.argsort(keys, kind="stable"))
+    assert np.array_equal(_argsort_keys(keys, 15), np.argsort(keys, kind="stable"))

@@ -46,7 +46,9 @@ def choose_byzantine(spec, n: int, seed: int, field: str = "byzantine", placemen
             raise ValueError(f"{field} = {spec}: more Byzantine agents than the {n} agents")
         rng = np.random.default_rng(seed)
         if placement == "degree":
-            deg = np.array([graph.degree(k) - 2 * graph.has_edge(k, k) for k in range(n)], dtype=np.float64)
+            from ..graphs.edge_list import node_degrees
+
+            deg = node_degrees(graph)
             return np.sort(np.lexsort((rng.random(n), -deg))[:spec])
         return np.sort(rng.choice(n, size=spec, replace=False))
     ids = np.asarray(spec, dtype=np.int64)

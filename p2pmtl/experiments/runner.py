@@ -18,6 +18,7 @@ from ..network.clock import SynchronousRounds
 from .config import ExperimentConfig, ScenarioConfig, dump_config
 from ..core.edges import EdgeIndex
 from ..engine.gossip import GossipEngine
+from ..graphs.edge_list import EdgeListGraph
 from ..graphs.families import build_graph, positions
 from ..io.records import RunRecorder, interruptible, json_safe
 from ..rules.combine import make_combine
@@ -70,7 +71,8 @@ def _learner_byzantine(cfg: ExperimentConfig, scenario: ScenarioConfig, g, seed:
                              f"learners may be Byzantine (servers are trusted)")
         import networkx as nx
 
-        sub = nx.convert_node_labels_to_integers(g.subgraph(learners.tolist()), ordering="sorted")
+        nxg = g.to_networkx() if isinstance(g, EdgeListGraph) else g
+        sub = nx.convert_node_labels_to_integers(nxg.subgraph(learners.tolist()), ordering="sorted")
         picked = choose_byzantine(scenario.byzantine, len(learners), seed, key, scenario.placement, sub)
         return np.sort(learners[picked])
     ids = choose_byzantine(scenario.byzantine, n, seed, key, scenario.placement, g)
@@ -448,8 +450,10 @@ def _save_world(rec: RunRecorder, scenario: str, world: World) -> None:
 
     g = world.graphs[0]
     pos = positions(g)
-    if pos is None:
-        pos = nx.spring_layout(g, seed=0) if g.number_of_nodes() <= 2000 else nx.random_layout(g, seed=0)
+    if pos is None and g.number_of_nodes() <= 2000:
+        pos = nx.spring_layout(g.to_networkx() if isinstance(g, EdgeListGraph) else g, seed=0)
+    elif pos is None:  # too many nodes for a spring layout: uniform in the unit square
+        pos = np.random.default_rng(0).random((g.number_of_nodes(), 2))
     byz = world.byzantine[world.byzantine < world.n].numpy()
     rec.save_world(scenario, g, pos, world.setups[0].group, byz)
 

@@ -1,7 +1,8 @@
-"""Graph families (networkx) and named topology specs from ``topologies/``.
+"""Graph families and named topology specs from ``topologies/``.
 
-Every generator is a function with keyword parameters returning a networkx graph on nodes
-0..n-1. Directed edge ``l -> k`` means agent k receives from l. Every agent is its own
+Every generator is a function with keyword parameters returning a graph on nodes 0..n-1: a
+networkx graph, or for the families that scale to millions of agents (random geometric, ring,
+grid) an :class:`~p2pmtl.graphs.edge_list.EdgeListGraph` built straight into edge arrays. Directed edge ``l -> k`` means agent k receives from l. Every agent is its own
 neighbour (self loops are added by :class:`~p2pmtl.core.edges.EdgeIndex`, not stored here).
 """
 from __future__ import annotations
@@ -20,8 +21,9 @@ from pydantic import Field
 from ..registry import Registry
 from ..resources import bundled_dir
 from ..validation import plain
+from .edge_list import AnyGraph, EdgeListGraph, is_connected
 
-GRAPHS: Registry[Callable[..., nx.Graph]] = Registry("graph family")
+GRAPHS: Registry[Callable[..., AnyGraph]] = Registry("graph family")
 """Graph families. A family declares the range of each parameter in its signature
 (``Annotated[int, Field(ge=1)]``), checked where the config is loaded; relations between
 parameters (``k < n``) go in a ``check`` function given to ``register``, and the number of nodes
@@ -39,17 +41,54 @@ def cap_in_neighbours(
     src: np.ndarray, dst: np.ndarray, cap: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Keep at most ``cap`` in-neighbours per receiver, chosen uniformly at random (vectorized:
-    random keys, sort by receiver then key, keep the first ``cap`` of each receiver). The order
-    is ``np.lexsort((keys, dst))`` computed as two stable argsorts (the same permutation, ties
-    included; 1.2x faster at 2M edges)."""
-    keys = rng.random(src.size)
-    by_key = np.argsort(keys, kind="stable")
-    order = by_key[np.argsort(dst[by_key], kind="stable")]
-    src, dst = src[order], dst[order]
-    starts = np.searchsorted(dst, dst, side="left")
-    rank = np.arange(dst.size) - starts
+    random keys, sort by receiver then key, keep the first ``cap`` of each receiver).
+
+    The order is exactly ``np.lexsort((keys, dst))`` (ties in the keys broken by edge index),
+    so every seeded graph is the one earlier versions built; it is computed with value sorts
+    of packed 64-bit integers (key, then receiver, each beside an edge position in the low
+    bits), which numpy sorts far faster than ``argsort`` (1,000,000 agents, 35M candidate
+    edges: 15.4 -> 3 s measured)."""
+    e = int(src.size)
+    keys = rng.random(e)
+    if e == 0:
+        return src[:0], dst[:0]
+    bits = max((e - 1).bit_length(), 1)  # an edge position fits in `bits` bits
+    by_key = _argsort_keys(keys, bits)
+    packed = (dst[by_key].astype(np.int64) << bits) | np.arange(e, dtype=np.int64)
+    packed.sort()  # by receiver, then by position in key order: all values distinct
+    dst_sorted = packed >> bits
+    src_sorted = src[by_key[packed & ((1 << bits) - 1)]]
+    first = np.empty(e, dtype=bool)  # first edge of each receiver's run
+    first[0] = True
+    np.not_equal(dst_sorted[1:], dst_sorted[:-1], out=first[1:])
+    position = np.arange(e, dtype=np.int64)
+    rank = position - np.maximum.accumulate(np.where(first, position, 0))
     keep = rank < cap
-    return src[keep], dst[keep]
+    return src_sorted[keep], dst_sorted[keep]
+
+
+def _argsort_keys(keys: np.ndarray, bits: int) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` for keys in [0, 1): the top ``63 - bits`` bits of
+    each key's 53-bit fraction packed above its position and value-sorted; the few runs of keys
+    that share those top bits (about E^2 / 2^(64 - bits) of them) are then put in (full key,
+    position) order by a lexsort of just their members."""
+    e = keys.size
+    key_bits = min(53, 63 - bits)
+    top = (keys * float(2 ** 53)).astype(np.int64) >> (53 - key_bits)
+    packed = (top << bits) | np.arange(e, dtype=np.int64)
+    packed.sort()
+    order = packed & ((1 << bits) - 1)
+    top = packed >> bits
+    same = top[1:] == top[:-1]
+    if same.any():
+        member = np.zeros(e, dtype=bool)
+        member[1:] |= same
+        member[:-1] |= same
+        at = np.flatnonzero(member)  # sorted positions inside a run (runs are contiguous)
+        run = np.cumsum(np.r_[True, ~same])[at]
+        sub = order[at]
+        order[at] = sub[np.lexsort((sub, keys[sub], run))]
+    return order
 
 
 def _need(cond: bool, key: str, params: dict, rule: str) -> None:
@@ -69,25 +108,24 @@ def random_geometric(
     max_neighbors: Optional[Annotated[int, Field(ge=1)]] = None,
     directed: bool = True,
     seed: Seed = 0,
-) -> nx.Graph:
+) -> EdgeListGraph:
     """Li2020's target-localization network: n agents uniform in [0, box]^2; l is a neighbour
     of k when ||x_l - x_k|| <= radius; each agent keeps at most ``max_neighbors`` of them chosen
     at random (the reference code: 9 plus itself), which makes the graph directed.
-    Positions are stored in the node attribute ``pos``."""
+    Built straight into edge arrays (an :class:`~p2pmtl.graphs.edge_list.EdgeListGraph` with
+    the positions, no networkx objects): 1,000,000 agents in seconds."""
     from scipy.spatial import cKDTree  # here, not at the top: scipy.spatial alone takes a good part of start-up
 
     rng = np.random.default_rng(seed)
     pos = rng.uniform(0.0, box, size=(n, 2))
-    pairs = cKDTree(pos).query_pairs(radius, output_type="ndarray").astype(np.int64)
+    pairs = cKDTree(pos).query_pairs(radius, output_type="ndarray").astype(np.int64, copy=False)
     src = np.concatenate([pairs[:, 0], pairs[:, 1]])
     dst = np.concatenate([pairs[:, 1], pairs[:, 0]])
     if max_neighbors is not None:
         src, dst = cap_in_neighbours(src, dst, max_neighbors, rng)
-    g: nx.Graph = nx.DiGraph() if (directed or max_neighbors is not None) else nx.Graph()
-    g.add_nodes_from(range(n))
-    g.add_edges_from(zip(src.tolist(), dst.tolist()))
-    nx.set_node_attributes(g, {k: (float(p[0]), float(p[1])) for k, p in enumerate(pos)}, "pos")
-    return g
+    if not directed and max_neighbors is None:  # each pair once
+        return EdgeListGraph(n, pairs[:, 0], pairs[:, 1], directed=False, pos=pos)
+    return EdgeListGraph(n, src, dst, directed=True, pos=pos)
 
 
 @GRAPHS.register("complete", "every agent linked to every other")
@@ -96,8 +134,12 @@ def complete(*, n: Nodes) -> nx.Graph:
 
 
 @GRAPHS.register("ring", "cycle: every agent linked to its two neighbours")
-def ring(*, n: Nodes) -> nx.Graph:
-    return nx.cycle_graph(n)
+def ring(*, n: Nodes) -> AnyGraph:
+    """Edges k - (k + 1) mod n, as arrays (networkx's ``cycle_graph`` below 3 nodes)."""
+    if n < 3:
+        return nx.cycle_graph(n)
+    k = np.arange(n, dtype=np.int64)
+    return EdgeListGraph(n, k, (k + 1) % n, directed=False)
 
 
 def _star_check(p: dict) -> None:
@@ -117,8 +159,15 @@ def _grid_check(p: dict) -> None:
 
 @GRAPHS.register("grid_2d", "rows x cols lattice (n = rows * cols), 4-neighbourhood", check=_grid_check,
                  nodes=lambda p: p["rows"] * p["cols"])
-def grid_2d(*, rows: Side, cols: Side, periodic: bool = False) -> nx.Graph:
-    return nx.convert_node_labels_to_integers(nx.grid_2d_graph(rows, cols, periodic=periodic))
+def grid_2d(*, rows: Side, cols: Side, periodic: bool = False) -> EdgeListGraph:
+    """Node ``i * cols + j`` at row i, column j (networkx's ``grid_2d_graph`` numbering), linked
+    to its right and lower neighbours (wrapping around when periodic), as arrays."""
+    idx = np.arange(rows * cols, dtype=np.int64).reshape(rows, cols)
+    right = (idx, np.roll(idx, -1, axis=1)) if periodic else (idx[:, :-1], idx[:, 1:])
+    down = (idx, np.roll(idx, -1, axis=0)) if periodic else (idx[:-1, :], idx[1:, :])
+    src = np.concatenate([right[0].ravel(), down[0].ravel()])
+    dst = np.concatenate([right[1].ravel(), down[1].ravel()])
+    return EdgeListGraph(rows * cols, src, dst, directed=False)
 
 
 @GRAPHS.register("erdos_renyi", "G(n, p): each pair linked with probability p")
@@ -226,7 +275,7 @@ def family_nodes(family: str, params: dict[str, Any]) -> Optional[int]:
     return int(n) if isinstance(n, int) else None
 
 
-def build_graph(family: str, params: dict[str, Any], seed: int) -> nx.Graph:
+def build_graph(family: str, params: dict[str, Any], seed: int) -> AnyGraph:
     """Build a graph; ``seed`` is used where the family takes one and ``params`` sets none."""
     allowed = family_parameters(family)
     kwargs = dict(params)
@@ -237,12 +286,11 @@ def build_graph(family: str, params: dict[str, Any], seed: int) -> nx.Graph:
     return g
 
 
-def check_graph(g: nx.Graph) -> None:
+def check_graph(g: AnyGraph) -> None:
     """An empty graph is an error; a disconnected one a warning."""
     if g.number_of_nodes() == 0:
         raise ValueError("graph has no nodes")
-    connected = nx.is_weakly_connected(g) if g.is_directed() else nx.is_connected(g)
-    if not connected:
+    if not is_connected(g):
         warnings.warn(
             f"graph with {g.number_of_nodes()} nodes is not connected: some agents never hear "
             "from others",
@@ -270,8 +318,11 @@ def load_topology(name: str, extra_dirs: tuple[Path, ...] = ()) -> dict[str, Any
     return spec
 
 
-def positions(g: nx.Graph) -> Optional[np.ndarray]:
-    """Node positions ``[n, 2]`` if every node has a ``pos`` attribute, else None."""
+def positions(g: AnyGraph) -> Optional[np.ndarray]:
+    """Node positions ``[n, 2]`` if every node has a ``pos`` attribute (an array graph: its
+    ``pos``), else None."""
+    if isinstance(g, EdgeListGraph):
+        return None if g.pos is None else np.asarray(g.pos, dtype=np.float64)
     pos = nx.get_node_attributes(g, "pos")
     if len(pos) != g.number_of_nodes():
         return None

@@ -299,10 +299,21 @@ def _distances_to(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     cdt = _compute_dtype(x.dtype)
     sq = torch.zeros(n, dtype=torch.float64, device=x.device)
     zc = z.to(cdt)
-    for sl in _column_slices(d):
-        part = torch.cdist(x[:, sl].to(cdt), zc[None, sl], compute_mode="donot_use_mm_for_euclid_dist")
-        sq += part[:, 0].to(torch.float64).square()
+    k = max(1, min(d, _cache_columns(n, cdt)))
+    buf = torch.empty((n, k), dtype=cdt, device=x.device)  # x_i - z of one chunk, reused
+    for sl in _column_slices(d, k):
+        diff = buf[:, : sl.stop - sl.start]
+        torch.sub(x[:, sl], zc[sl], out=diff)
+        sq += torch.linalg.vector_norm(diff, dim=1).to(torch.float64).square_()
     return sq.sqrt_()
+
+
+def _cache_columns(n: int, dtype: torch.dtype) -> int:
+    """Columns per chunk so that an ``[n, k]`` chunk is about 4 MiB (cache-sized: measured on
+    this CPU at n = 13, 100 and 1000, the distance pass costs 1.1-1.8 reads of the stack against
+    1.6-2.3 reads at 256 KiB or 16 MiB chunks and 3.6 reads with ``torch.cdist``)."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return max(1024, (4 << 20) // (max(n, 1) * itemsize))
 
 
 def _weighted_sum(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

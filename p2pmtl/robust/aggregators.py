@@ -257,19 +257,25 @@ def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
     return dist if s == 1.0 else dist.mul_(s).mul_(s)
 
 
-def _gram_sq_distances(x: torch.Tensor) -> torch.Tensor:
-    """The kernel of :func:`pairwise_sq_distances`, without the overflow guard."""
+def _gram_sq_distances(x: torch.Tensor, finite: Optional[bool] = None) -> torch.Tensor:
+    """The kernel of :func:`pairwise_sq_distances`, without the overflow guard. ``finite``:
+    whether every entry is known finite (the aggregators pass True: they dropped non-finite
+    rows already); None checks it once (one ``aminmax`` pass, no temporary)."""
     n, d = x.shape
     cdt = _compute_dtype(x.dtype)
+    if finite is None:
+        lo, hi = x.aminmax() if d else (x.new_zeros(()), x.new_zeros(()))
+        finite = math.isfinite(float(lo)) and math.isfinite(float(hi))
     gram = torch.zeros((n, n), dtype=torch.float64, device=x.device)
+    buf = torch.empty((n, min(d, CHUNK_COLUMNS)), dtype=cdt, device=x.device)  # centred chunk, reused
     for sl in _column_slices(d):
-        c = x[:, sl].to(cdt)
-        if bool(torch.isfinite(c).all()):  # the usual case: one selection per column
-            center = _lower_median(c)
+        c = x[:, sl]
+        if finite:  # the usual case: one selection per column
+            center = _lower_median(c if c.dtype == cdt else c.to(cdt))
         else:
-            center = c.nanmedian(dim=0).values.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-        c = c - center
-        gram += (c @ c.T).to(torch.float64)
+            center = c.to(cdt).nanmedian(dim=0).values.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        centred = torch.sub(c, center, out=buf[:, : sl.stop - sl.start])
+        gram += (centred @ centred.T).to(torch.float64)
     gram = 0.5 * (gram + gram.T)
     sq = gram.diagonal().clone()
     dist = (sq[:, None] + sq[None, :]).sub_(gram, alpha=2.0).clamp_min_(0.0)
@@ -674,7 +680,7 @@ class Krum(Aggregator):
         _check_krum_n("krum", n, self._fit_f(n))
 
     def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
-        scores = _krum_scores(_gram_sq_distances(x), self._fit_f(x.shape[0]))
+        scores = _krum_scores(_gram_sq_distances(x, finite=True), self._fit_f(x.shape[0]))
         return x[int(torch.argmin(scores))].clone()
 
 
@@ -720,7 +726,7 @@ class MultiKrum(Aggregator):
         m = n - f if self.m is None else self.m
         if self._known_bad:
             m = min(m, n - f)
-        scores = _krum_scores(_gram_sq_distances(x), f)
+        scores = _krum_scores(_gram_sq_distances(x, finite=True), f)
         keep = torch.sort(scores, stable=True).indices[:m]
         out = torch.empty(d, dtype=x.dtype, device=x.device)
         for sl in _column_slices(d):
@@ -920,7 +926,7 @@ class NearestNeighborMixing(HonestMinority, PreAggregator):
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
         n, d = x.shape
         k = n - self._fit_f(n)
-        d2 = _gram_sq_distances(x)
+        d2 = _gram_sq_distances(x, finite=True)
         d2.fill_diagonal_(-1.0)  # itself first
         nearest = torch.sort(d2, dim=1, stable=True).indices[:, :k]
         cdt = _compute_dtype(x.dtype)

@@ -31,7 +31,6 @@ computing, sending (until its last message of the round arrived) and waiting.
 """
 from __future__ import annotations
 
-import heapq
 from typing import Callable, Optional
 
 import numpy as np
@@ -321,9 +320,9 @@ class AsyncGossip:
         self.n0, self.e0, self.m = e.num_nodes, e.num_edges, engine.lanes
         self.src, self.dst = e.src.numpy(), e.dst.numpy()
         self.is_self = self.src == self.dst
-        order = np.argsort(self.src, kind="stable")
-        counts = np.bincount(self.src, minlength=self.n0)
-        self.out_edges = np.split(order, np.cumsum(counts)[:-1])  # edge ids by sender (self included)
+        self.out_order = np.argsort(self.src, kind="stable")  # edge ids by sender (self included)
+        self.out_counts = np.bincount(self.src, minlength=self.n0)
+        self.out_starts = np.concatenate([[0], np.cumsum(self.out_counts)[:-1]])
         self.in_offsets = e.offsets.numpy()
         self.has = np.zeros(self.e0, dtype=bool)
         self.held_iter = np.zeros(self.e0)
@@ -334,9 +333,8 @@ class AsyncGossip:
         self.lookahead = net.min_delay()
         self._present: dict[int, Optional[np.ndarray]] = {}
         self.acc = _Accounts(self.n0)
-        self.pending: list = []  # heap of (arrival, seq, record id, positions)
-        self.records: dict[int, list] = {}  # id -> [edge ids, values, sender steps, live heap entries]
-        self._seq = 0
+        self.flight = _InFlight()  # messages on their links
+        self.sends = 0  # batched send calls so far (a message's call orders equal arrivals)
         self.events = 0  # agent steps simulated
         self.batches = 0  # batched calls (distinct instants)
         self.env = simpy.Environment()
@@ -412,7 +410,9 @@ class AsyncGossip:
     def _send(self, fire: np.ndarray, at: np.ndarray, sent: torch.Tensor, overrides) -> None:
         """psi (or forgeries) of the firing agents onto their out-links (present in the topology
         block of the sending time), in flight until arrival. ``at``: per node send time."""
-        eids = np.concatenate([self.out_edges[k] for k in fire.tolist()])
+        counts = self.out_counts[fire]
+        first = np.repeat(self.out_starts[fire] - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+        eids = self.out_order[first + np.arange(int(counts.sum()))]  # the firing agents' out-edges
         eids = eids[~self.is_self[eids]]
         eids = eids[self.net.link_free[eids] <= at[self.src[eids]]]  # a busy link skips this model
         if self.net.present_blocks is not None:
@@ -436,52 +436,90 @@ class AsyncGossip:
         values = sent[rows]
         if overrides[0] is not None:  # per-edge forgeries of Byzantine senders
             lane_eids = (eids[None, :] + self.e0 * lanes).ravel()
-            pos = {int(x): i for i, x in enumerate(lane_eids)}
-            for oe, ov in zip(overrides[0].tolist(), overrides[1]):
-                if oe in pos:
-                    values[pos[oe]] = ov
-        rid = self._seq
-        self.records[rid] = [eids, values, self.iters[self.src[eids]].astype(np.float64), 0]
-        for a in np.unique(arrival):
-            heapq.heappush(self.pending, (float(a), self._seq, rid, np.flatnonzero(arrival == a)))
-            self._seq += 1
-            self.records[rid][3] += 1
+            forged = overrides[0].numpy()
+            hit = np.isin(forged, lane_eids)
+            if hit.any():  # the rows of those lane edges (each lane edge occurs once in lane_eids)
+                order = np.argsort(lane_eids, kind="stable")
+                at_row = order[np.searchsorted(lane_eids, forged[hit], sorter=order)]
+                values[torch.from_numpy(at_row)] = overrides[1][torch.from_numpy(np.flatnonzero(hit))]
+        self.flight.add(self.sends, eids, arrival, self.iters[self.src[eids]].astype(np.float64), values)
+        self.sends += 1
 
     def _deliver(self, t: float, cutoff: np.ndarray) -> None:
         """Every message that arrived by ``t`` replaces what its receiver held on that link
         (FIFO links: a later arrival is a newer model); arrivals at offline agents are lost.
         A receiver that fires in this batch gets only what arrived by its ``cutoff`` time; the
-        rest stays in flight."""
-        later = []
-        while self.pending and self.pending[0][0] <= t:
-            a, seq, rid, pos = heapq.heappop(self.pending)
-            rec = self.records[rid]
-            eids = rec[0][pos]
-            wait = a > cutoff[self.dst[eids]]
-            if wait.any():
-                later.append((a, seq, rid, pos[wait]))
-                pos, eids = pos[~wait], eids[~wait]
-                if not len(pos):
-                    continue
-                rec[3] += 1  # the entry stays alive for its remaining messages
-            ok = a >= self.rejoined[self.dst[eids]]
-            if ok.any():
-                pos, eids = pos[ok], eids[ok]
+        rest stays in flight. Vectorized over the messages in flight: of the messages arriving
+        on one link, the last in (arrival, send call) order is the one held, as if each had
+        replaced the one before."""
+        fl = self.flight
+        if not fl.size:
+            return
+        dst = self.dst[fl.edge]
+        due = (fl.arrival <= t) & (fl.arrival <= cutoff[dst])
+        if not due.any():
+            return
+        idx = np.flatnonzero(due)
+        idx = idx[fl.arrival[idx] >= self.rejoined[dst[idx]]]  # arrived while online
+        if len(idx):
+            idx = idx[np.lexsort((fl.call[idx], fl.arrival[idx]))]  # delivery order
+            self.acc.received += self.net.message_bytes * np.bincount(dst[idx], minlength=self.n0)
+            rev = idx[::-1]
+            _, last = np.unique(fl.edge[rev], return_index=True)
+            win = rev[last]  # per link, the last message delivered
+            eids = fl.edge[win]
+            self.has[eids] = True
+            self.held_iter[eids] = fl.sender_step[win]
+            lanes = np.arange(self.m)[:, None]
+            for call in np.unique(fl.call[win]).tolist():
+                sel = win[fl.call[win] == call]
+                values, k = fl.values[call], fl.sizes[call]
                 if self.inbox is None:
-                    self.inbox = torch.zeros(self.m * self.e0, rec[1].shape[1], dtype=rec[1].dtype)
-                k = len(rec[0])
-                lanes = np.arange(self.m)[:, None]
-                src_rows = torch.from_numpy((pos[None, :] + k * lanes).ravel())
-                dst_rows = torch.from_numpy((eids[None, :] + self.e0 * lanes).ravel())
-                self.inbox[dst_rows] = rec[1][src_rows]
-                self.has[eids] = True
-                self.held_iter[eids] = rec[2][pos]
-                self.acc.received += self.net.message_bytes * np.bincount(self.dst[eids], minlength=self.n0)
-            rec[3] -= 1
-            if rec[3] == 0:
-                del self.records[rid]
-        for entry in later:
-            heapq.heappush(self.pending, entry)
+                    self.inbox = torch.zeros(self.m * self.e0, values.shape[1], dtype=values.dtype)
+                src_rows = torch.from_numpy((fl.pos[sel][None, :] + k * lanes).ravel())
+                dst_rows = torch.from_numpy((fl.edge[sel][None, :] + self.e0 * lanes).ravel())
+                self.inbox[dst_rows] = values[src_rows]
+        fl.keep(~due)
+
+
+class _InFlight:
+    """Messages on their links, as arrays: arrival time, edge id, the sender's step count, the
+    send call that made it and its position in that call's values (``values[call]``: ``[M*k,
+    D]``, lane-major rows of the call's k messages). A call's values are freed once none of its
+    messages is in flight."""
+
+    def __init__(self) -> None:
+        self.arrival = np.empty(0)
+        self.edge = np.empty(0, dtype=np.int64)
+        self.sender_step = np.empty(0)
+        self.call = np.empty(0, dtype=np.int64)
+        self.pos = np.empty(0, dtype=np.int64)
+        self.values: dict[int, torch.Tensor] = {}
+        self.sizes: dict[int, int] = {}
+
+    @property
+    def size(self) -> int:
+        return int(self.arrival.size)
+
+    def add(self, call: int, edges: np.ndarray, arrival: np.ndarray, sender_step: np.ndarray,
+            values: torch.Tensor) -> None:
+        k = len(edges)
+        self.arrival = np.concatenate([self.arrival, arrival])
+        self.edge = np.concatenate([self.edge, edges])
+        self.sender_step = np.concatenate([self.sender_step, sender_step])
+        self.call = np.concatenate([self.call, np.full(k, call, dtype=np.int64)])
+        self.pos = np.concatenate([self.pos, np.arange(k, dtype=np.int64)])
+        self.values[call], self.sizes[call] = values, k
+
+    def keep(self, mask: np.ndarray) -> None:
+        """Keep the messages where ``mask`` holds (the others were delivered or lost)."""
+        if mask.all():
+            return
+        self.arrival, self.edge, self.sender_step = self.arrival[mask], self.edge[mask], self.sender_step[mask]
+        self.call, self.pos = self.call[mask], self.pos[mask]
+        live = set(np.unique(self.call).tolist())
+        for call in [c for c in self.values if c not in live]:
+            del self.values[call], self.sizes[call]
 
 
 class ServerRounds:

@@ -78,21 +78,68 @@ def reference_vs_batched(iters: int) -> list[dict]:
     return rows
 
 
+def memory_floor(edges, rows: torch.Tensor, repeats: int = 5) -> float:
+    """CPU seconds (of this thread: time-slicing on a shared machine does not count) of the
+    memory traffic no synchronous ATC iteration on ``edges`` (the engine's destination-sorted
+    edge list, E edges, N nodes) with models ``rows [N, D]`` can avoid, measured in this
+    process: the best of ``repeats`` runs of exactly three passes, each into a tensor allocated
+    before the timing:
+
+    1. the local step's write of every node's message: ``psi = theta + mu (q - theta)``
+       (``lerp`` of two ``[N, D]`` tensors into a third);
+    2. every message onto its edge: ``index_select`` of ``psi [N, D]`` by the senders into an
+       ``[E, D]`` tensor (:func:`~p2pmtl.core.ops.gather_rows`, the engine's own gather: one
+       16-byte element per row);
+    3. every receiver's sum: the segment reduction of that ``[E, D]`` tensor into the new
+       models ``[N, D]`` (:func:`~p2pmtl.core.ops.segment_sum_into`, as the engine does).
+
+    Nothing else: no weights or edge losses (the per-edge ``[E]`` work of Li2020 eqs. 4, 9-10),
+    no streaming data and no noise draws, which the measured iteration does on top."""
+    from ..core.ops import gather_rows, segment_sum_into
+
+    theta, target = torch.rand_like(rows), torch.rand_like(rows)
+    psi, new = torch.empty_like(rows), torch.empty_like(rows)
+    per_edge = torch.empty((edges.num_edges, rows.shape[1]), dtype=rows.dtype)
+
+    def once() -> None:
+        torch.lerp(theta, target, 0.1, out=psi)
+        gather_rows(psi, edges.src, out=per_edge)
+        segment_sum_into(per_edge, edges.offsets, out=new)
+
+    once()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.thread_time()
+        once()
+        best = min(best, time.thread_time() - t)
+    return best
+
+
 def scale_child(n: int, iters: int) -> dict:
-    """One size in this process: build time, loss-rule time per iteration, peak RSS."""
+    """One size in this process: build time; loss-rule time per iteration, the mean over
+    ``iters`` iterations (noise draws included), as wall time and as CPU time of this thread;
+    minor page faults per iteration after the first; the memory floor of one iteration on the same edge list
+    (:func:`memory_floor`, the better of one measurement before and one after the iterations)
+    and the ratio of the CPU time per iteration to it; peak RSS."""
     torch.set_num_threads(1)
     t = time.perf_counter()
     cfg = bench_config(n, n // 5)
     world = build_world(cfg, cfg.scenarios[0])
     eng = make_engine(cfg, world, cfg.scenarios[0], ["loss"])
     build = time.perf_counter() - t
-    t = time.perf_counter()
-    for i in range(iters):
+    floor = memory_floor(eng.edges, eng.pop.theta)
+    t, cpu = time.perf_counter(), time.thread_time()
+    eng.step(0)  # the first iteration also faults in the tensors the engine keeps
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for i in range(1, iters):
         eng.step(i)
-    per_it = (time.perf_counter() - t) / iters
+    per_it, cpu_it = (time.perf_counter() - t) / iters, (time.thread_time() - cpu) / iters
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / max(1, iters - 1)
+    floor = min(floor, memory_floor(eng.edges, eng.pop.theta))
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"agents": n, "edges": world.edges.num_edges, "build_s": build, "ms_per_iteration": 1e3 * per_it,
-            "total_s": per_it * iters, "iterations": iters, "peak_rss_mb": rss_mb}
+            "cpu_ms_per_iteration": 1e3 * cpu_it, "floor_ms": 1e3 * floor, "floor_ratio": cpu_it / floor,
+            "faults_per_iteration": faults, "total_s": per_it * iters, "iterations": iters, "peak_rss_mb": rss_mb}
 
 
 def digits_round(repeats: int = 3) -> dict:
@@ -227,13 +274,20 @@ def main(args: argparse.Namespace) -> int:
     if "scale" in parts and args.sizes:
         print(f"\nscaling: random geometric (density of Li2020, cap 9), 20% Byzantine, loss rule, "
               f"{args.scale_iterations} iterations")
-        print(f"{'agents':>8} {'edges':>9} {'build s':>8} {'ms/it':>9} {'total s':>8} {'peak RSS MB':>12}")
+        print("  cpu: CPU time of the process's one thread (other load on the machine does not count);\n"
+              "  floor: CPU time of the memory traffic no implementation avoids (the local step's write, the sent\n"
+              "  rows gathered onto the edges, their segment sum into the new models: bench.main.memory_floor),\n"
+              "  measured in the same process; x floor = cpu ms/it / floor ms; faults/it: minor page faults\n"
+              "  per iteration after the first")
+        print(f"{'agents':>8} {'edges':>9} {'build s':>8} {'ms/it':>9} {'cpu ms/it':>10} {'floor ms':>9} "
+              f"{'x floor':>8} {'faults/it':>10} {'total s':>8} {'peak RSS MB':>12}")
         for n in args.sizes:
             out = subprocess.run([sys.executable, "-m", "p2pmtl.bench.main", "child", str(n), str(args.scale_iterations)],
                                  capture_output=True, text=True, check=True)
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"{r['agents']:>8} {r['edges']:>9} {r['build_s']:>8.2f} {r['ms_per_iteration']:>9.2f} "
-                  f"{r['total_s']:>8.2f} {r['peak_rss_mb']:>12.0f}")
+                  f"{r['cpu_ms_per_iteration']:>10.2f} {r['floor_ms']:>9.2f} {r['floor_ratio']:>8.2f} "
+                  f"{r['faults_per_iteration']:>10.0f} {r['total_s']:>8.2f} {r['peak_rss_mb']:>12.0f}")
     return 0
 
 

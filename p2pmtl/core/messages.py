@@ -1,8 +1,9 @@
 """What every node sends in one round, for every lane (see :mod:`p2pmtl.engine.gossip`).
 
 Messages are broadcast rows ``sent [M*N0, D]`` (one per node) plus optional per-edge forgeries
-of Byzantine senders. Linear populations materialise per-edge copies (cheap for small D);
-model populations (CNNs) evaluate each sender's row once and never copy per edge.
+of Byzantine senders. Linear populations materialise per-edge copies (cheap for small D), in a
+scratch tensor the engine lends and reuses every round; model populations (CNNs) evaluate each
+sender's row once and never copy per edge.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Optional
 import torch
 
 from .edges import EdgeIndex
+from .ops import Workspace, all_finite, gather_rows
 
 
 @dataclass
@@ -25,11 +27,10 @@ class Messages:
     valid: Optional[torch.Tensor] = None  # [M*E0] finite and received (None: every message is)
     delivered: Optional[torch.Tensor] = None  # [M*E0] received this step (None: all); see network model
     receivers: Optional[torch.Tensor] = None  # [N0] world agents that combine this step (None: all)
+    workspace: Optional[Workspace] = field(default=None, repr=False)  # lends per_edge() its [M*E0, D] tensor
     _per_edge: Optional[torch.Tensor] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        from .ops import all_finite
-
         node_ok = None if all_finite(self.sent) else torch.isfinite(self.sent).all(1)
         if node_ok is None and self.override_edges is None and self.delivered is None:
             return
@@ -51,9 +52,15 @@ class Messages:
 
     def per_edge(self) -> torch.Tensor:
         """``[M*E0, D]`` message on every edge: the sender's row, or its per-edge forgery;
-        non-finite neighbour messages zeroed (they get weight 0); an own model passes as it is."""
+        non-finite neighbour messages zeroed (they get weight 0); an own model passes as it is.
+        With a ``workspace``, written into its scratch tensor ``"per_edge"`` (so valid until the
+        next round of the engine that lent it), else a fresh tensor."""
         if self._per_edge is None:
-            m = self.edges.gather(self.sent)
+            if self.workspace is not None:
+                shape = (self.edges.num_edges, *self.sent.shape[1:])
+                m = gather_rows(self.sent, self.edges.src, out=self.workspace.get("per_edge", shape, self.sent.dtype))
+            else:
+                m = self.edges.gather(self.sent)
             if self.override_edges is not None:
                 m[self.override_edges] = self.override_values
             if self.valid is not None:

@@ -11,6 +11,11 @@ slices) and the attacks loop over lanes (M is small).
 
 Fast path (every message finite, no per-edge forgeries): no masks at all. Otherwise non-finite
 neighbour messages are dropped (weight 0). The population combines (:mod:`p2pmtl.core.messages`).
+
+Memory: the engine's per-round tensors (the sent rows, the per-edge messages, the fused rules'
+scratch and weights) live in one :class:`~p2pmtl.core.ops.Workspace` and are rewritten every
+round, so a synchronous round allocates no per-edge tensor: ``sent`` and ``weights`` hold the
+last round's values until the next one (clone them to keep them longer).
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import torch
 from ..robust.attacks import Attack, AttackContext
 from ..core.edges import EdgeIndex
 from ..core.messages import Messages
+from ..core.ops import Workspace
 from ..rules.combine import CombineContext, CombineStep
 from ..rules.weights import Average, RuleContext, RuleSet, WeightRule, normalise_scores
 from ..tasks.base import Population
@@ -84,8 +90,9 @@ class GossipEngine:
         self.general = [j for j, r in enumerate(self.rules) if r.general()]
         fused = [r for r in self.rules if not r.general()]
         placeholder = Average(nu=fused[0].nu, init_score=fused[0].init_score) if fused else Average()
+        self.workspace = Workspace()
         self.rule_set = RuleSet([placeholder if r.general() else r for r in self.rules], world_edges,
-                                dtype=population.dtype, lanes_edges=self.edges)
+                                dtype=population.dtype, lanes_edges=self.edges, workspace=self.workspace)
         for j in self.general:
             self.rules[j].setup(world_edges, population.dtype)
         self.combines = list(combines) if combines is not None else [None] * m
@@ -142,7 +149,8 @@ class GossipEngine:
                 keep = ~torch.isin(overrides[0], oe)
                 oe, ov = torch.cat([overrides[0][keep], oe]), torch.cat([overrides[1][keep], ov])
             overrides = (oe, ov)
-        return Messages(sent, self.edges, self.lanes, self.byz_all, *overrides, delivered=ok, receivers=active)
+        return Messages(sent, self.edges, self.lanes, self.byz_all, *overrides, delivered=ok, receivers=active,
+                        workspace=self.workspace)
 
     def consume(self, msgs: Messages) -> None:
         """Weights (Li2020 eqs. 4, 9-10, or a rule's own) and combination (eq. 3, or the lane's
@@ -208,7 +216,8 @@ class GossipEngine:
             forged.append(attack.forge(ctx))
             if self.world_byz_edges.numel():
                 per_edge.append(attack.forge_edges(ctx, self.world_byz_edges))
-        sent = psi.index_put((self.byz_all,), torch.cat(forged) if self.lanes > 1 else forged[0])
+        sent = self.workspace.get("sent", psi.shape, psi.dtype).copy_(psi)  # psi may be the population's own
+        sent.index_put_((self.byz_all,), torch.cat(forged) if self.lanes > 1 else forged[0])
         if per_edge and all(p is not None for p in per_edge):
             return sent, (self.byz_edges, torch.cat(per_edge))
         return sent, (None, None)

@@ -40,16 +40,23 @@ from typing import Any, Callable, ClassVar, Optional, Sequence
 import torch
 
 from ..core.edges import EdgeIndex
-from ..core.ops import all_finite
+from ..core.ops import Workspace, all_finite, segment_sum_into
 from ..registry import Registry
 
 RULES: Registry[type["WeightRule"]] = Registry("weight rule")
 
 
-def inverse_score(phi: torch.Tensor) -> torch.Tensor:
+def inverse_score(phi: torch.Tensor, keep: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None
+                  ) -> torch.Tensor:
     """1 / phi with phi floored at sqrt(smallest normal float): a zero loss gives a large but
-    finite weight, and sums over any neighbourhood stay finite, so weights never become NaN."""
-    return torch.reciprocal(phi.clamp_min(torch.finfo(phi.dtype).tiny ** 0.5))
+    finite weight, and sums over any neighbourhood stay finite, so weights never become NaN.
+
+    ``keep`` (1.0 or 0.0 per entry): keep / phi instead, the same IEEE quotient for kept entries
+    and +0 for the others, in one pass. ``out``: write there (no allocation)."""
+    floored = torch.clamp_min(phi, torch.finfo(phi.dtype).tiny ** 0.5, out=out)
+    if keep is None:
+        return floored.reciprocal_()
+    return torch.div(keep, floored, out=floored)
 
 
 @dataclass
@@ -185,9 +192,12 @@ class RuleSet:
     ``j*E0 ... (j+1)*E0`` of the lanes' disjoint union. Holds every lane's scores ``[M*E0]``."""
 
     def __init__(self, rules: Sequence[WeightRule], world_edges: EdgeIndex, dtype: torch.dtype = torch.float64,
-                 lanes_edges: Optional[EdgeIndex] = None):
-        """``lanes_edges``: the lanes' disjoint union of ``world_edges``, if the caller has it."""
+                 lanes_edges: Optional[EdgeIndex] = None, workspace: Optional[Workspace] = None):
+        """``lanes_edges``: the lanes' disjoint union of ``world_edges``, if the caller has it.
+        ``workspace``: where the scored path keeps its per-edge scratch tensors and the weights
+        it returns (then overwritten by the next call); None: fresh tensors every call."""
         self.rules = list(rules)
+        self.ws = workspace if workspace is not None else Workspace(reuse=False)
         m, e0 = len(self.rules), world_edges.num_edges
         if lanes_edges is None:
             lanes_edges = EdgeIndex.disjoint_union([world_edges] * m) if m > 1 else world_edges
@@ -197,6 +207,7 @@ class RuleSet:
         # same constant, so smoothing never changes it) and hence uniform inverse scores
         self.phi = per_lane(lambda r: r.init_score if r.needs else 1.0).to(dtype)
         self.unfiltered = ~per_lane(lambda r: r.filtered).bool()
+        self.all_filtered = not bool(self.unfiltered.any())
         self.is_self = self.edges.src == self.edges.dst
         self.self_only = per_lane(lambda r: r.self_only).bool()
         self.any_self_only = bool(self.self_only.any())
@@ -216,22 +227,42 @@ class RuleSet:
                     self._static = self._normalise(self.allowed.to(self.phi.dtype))
                 return self._static
             return self._normalise((self.allowed & (valid | self.is_self)).to(self.phi.dtype))
-        stat = torch.cat([s if s is not None else self._ones for s in stats]) if len(stats) > 1 else stats[0]
+        ws, shape, dtype = self.ws, self.phi.shape, self.phi.dtype
+        if len(stats) > 1:
+            stat = torch.cat([s if s is not None else self._ones for s in stats], out=ws.get("stat", shape, dtype))
+        else:
+            stat = stats[0]
         usable = None
         if valid is not None or not all_finite(stat):
             usable = torch.isfinite(stat) if valid is None else valid & torch.isfinite(stat)
-        new = torch.lerp(self.phi, stat, self.nu)
-        self.phi = new if usable is None else torch.where(usable, new, self.phi)
-        keep = self.unfiltered | (self.phi <= torch.index_select(self.phi, 0, e.self_of_dst))
-        if usable is not None:
-            keep = (keep & usable) | self.is_self
-        if self.any_self_only:
-            keep = keep & self.allowed
-        return self._normalise(inverse_score(self.phi) * keep)
+        if usable is None:
+            self.phi.lerp_(stat, self.nu)  # phi <- (1 - nu) phi + nu stat, in place
+        else:
+            self.phi = torch.where(usable, torch.lerp(self.phi, stat, self.nu), self.phi)
+        # the filter (Li2020 eq. 10), keep phi_lk <= phi_kk, as a float 1.0 / 0.0 (a masked fill
+        # or where() with an unpredictable mask costs several times a float division)
+        own = torch.index_select(self.phi, 0, e.self_of_dst, out=ws.get("own", shape, dtype))
+        keep = ws.get("keep", shape, dtype)
+        if self.all_filtered and usable is None and not self.any_self_only:
+            torch.le(self.phi, own, out=keep)
+        else:
+            kept = torch.le(self.phi, own, out=ws.get("kept", shape, torch.bool)).logical_or_(self.unfiltered)
+            if usable is not None:
+                kept.logical_and_(usable).logical_or_(self.is_self)
+            if self.any_self_only:
+                kept.logical_and_(self.allowed)
+            keep.copy_(kept)
+        raw = inverse_score(self.phi, keep, out=ws.get("weights", shape, dtype))  # s_lk = 1/phi_lk, 0 if dropped
+        return self._normalise(raw, scratch=own)
 
-    def _normalise(self, raw: torch.Tensor) -> torch.Tensor:
-        """a_e = raw_e / sum of raw over the receiver's in-edges (the own edge is always > 0)."""
-        return raw / torch.index_select(self.edges.segment_sum(raw), 0, self.edges.dst)
+    def _normalise(self, raw: torch.Tensor, scratch: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """a_e = raw_e / sum of raw over the receiver's in-edges (the own edge is always > 0).
+        With ``scratch`` (an ``[E]`` tensor free for use), ``raw`` is divided in place."""
+        e = self.edges
+        if scratch is None:
+            return raw / torch.index_select(e.segment_sum(raw), 0, e.dst)
+        total = segment_sum_into(raw, e.offsets, out=self.ws.get("total", (e.num_nodes,), raw.dtype))
+        return raw.div_(torch.index_select(total, 0, e.dst, out=scratch))
 
 
 def normalise_scores(edges: EdgeIndex, scores: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:

@@ -3,6 +3,10 @@
 Agent k at x_k estimates its group's target w_k from streaming data: a noisy unit direction
 u = (w_k - x_k)/||w_k - x_k|| + N(0, s_u^2 I) and a noisy distance d = u^T (w_k - x_k) + N(0, s_d^2).
 Loss l(w; u, d) = (d - u^T (w - x_k))^2.
+
+Memory: the streaming data, the local steps, the per-edge scratch and the models (two tensors
+in turn) live in tensors kept from step to step, and the noise is drawn lazily
+(:class:`NoiseStream`), so a round allocates nothing of the size of the world.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import torch
 
 from ..core.edges import EdgeIndex
 from ..core.messages import Messages
-from ..core.ops import rowdot
+from ..core.ops import Workspace, gather_rows, rowdot, rowdot_into, segment_sum_into
 from .base import TASKS, StackedPopulation
 from pydantic import Field, field_validator
 from typing import Literal
@@ -56,7 +60,68 @@ class TargetLocalizationConfig(Strict):
     def _init(cls, v):
         return ordered_pair("task.init_range", v)
 
-NOISE_CHUNK = 32  # steps of noise drawn at once per run (fixed: part of what a seed means)
+NOISE_CHUNK = 32  # steps of noise per draw of a run's generator (fixed: part of what a seed means)
+DATA_BLOCK_BYTES = 4 << 20  # bytes of streaming data derived at once, a block of steps (see sample)
+
+
+def _ceil16(k: int) -> int:
+    return -(-k // 16) * 16
+
+
+class NoiseStream:
+    """One run's noise: the numbers of ``torch.randn((NOISE_CHUNK, n, 3), generator=g)``,
+    chunk after chunk, with ``steps(i, j)`` giving steps i .. j-1 of the current chunk
+    (``[j - i, n, 3]``, at most ``block`` steps), drawn lazily into a rolling tensor of
+    ``3 n block + 32`` elements instead of a whole chunk at once.
+
+    Why the numbers are the same: for a contiguous tensor torch's ``normal_`` draws one uniform
+    per element, in order, then applies Box-Muller within each block of 16 elements, and a chunk
+    has 96 n elements (a multiple of 16). Drawing the chunk as consecutive pieces whose bounds
+    are multiples of 16 therefore consumes the generator identically and transforms the same
+    blocks. A chunk left early is drawn to its end (:meth:`new_chunk`), as the whole-chunk draw
+    did; going back within a chunk replays it from the generator state at its start."""
+
+    def __init__(self, n: int, generator: torch.Generator, dtype: torch.dtype, block: int = 1) -> None:
+        self.n, self.g = n, generator
+        self.size = NOISE_CHUNK * n * 3  # elements of one chunk (a multiple of 16)
+        self.buf = torch.empty(3 * n * block + 32, dtype=dtype)
+        self.start_state: torch.Tensor | None = None
+        self.lo = self.pos = 0  # buf holds chunk elements [lo, pos); pos = elements drawn
+
+    def new_chunk(self) -> None:
+        """Finish the current chunk (if any) and start the next one."""
+        if self.start_state is not None:
+            self._skip_to(self.size)
+        self.start_state = self.g.get_state()
+        self.lo = self.pos = 0
+
+    def _skip_to(self, k: int) -> None:
+        """Draw (and drop) chunk elements [pos, k), k a multiple of 16, in pieces that fit buf."""
+        piece = self.buf.numel() // 16 * 16
+        while self.pos < k:
+            m = min(piece, k - self.pos)
+            self.buf[:m].normal_(generator=self.g)
+            self.pos += m
+        self.lo = self.pos
+
+    def steps(self, i: int, j: int) -> torch.Tensor:
+        """Noise of steps i .. j-1 of the current chunk, ``[j - i, n, 3]``: a view valid until
+        the next call."""
+        need_lo, need_hi = 3 * self.n * i, 3 * self.n * j
+        if need_lo < self.lo:  # back within the chunk: replay it from its start
+            self.g.set_state(self.start_state)
+            self.lo = self.pos = 0
+        lo = need_lo - need_lo % 16
+        if lo >= self.pos:
+            self._skip_to(lo)
+        elif lo > self.lo:  # keep the drawn elements [lo, pos), moved to the front
+            self.buf[:self.pos - lo] = self.buf[lo - self.lo:self.pos - self.lo].clone()
+            self.lo = lo
+        hi = min(self.size, _ceil16(need_hi))
+        if hi > self.pos:
+            self.buf[self.pos - self.lo:hi - self.lo].normal_(generator=self.g)
+            self.pos = hi
+        return self.buf[need_lo - self.lo:need_hi - self.lo].view(j - i, self.n, 3)
 
 
 class AgentSetup:
@@ -124,42 +189,73 @@ class TargetLocalization(StackedPopulation):
         self.unit = self.diff / self.diff.norm(dim=1, keepdim=True)
         self.theta = cat([s.theta0 for s in setups]).repeat(lanes, 1)  # [M*N0, 2]
         self.generators = [torch.Generator().manual_seed(s) for s in data_seeds]
+        # steps of data derived at once: up to a chunk for small worlds (few ops per step), one
+        # step for large ones (no temporaries beyond [N0, 3]); 11 values per agent and step
+        per_step = 11 * n0 * torch.finfo(dtype).bits // 8
+        self._block = max(1, min(NOISE_CHUNK, DATA_BLOCK_BYTES // per_step))
+        self._noise = [NoiseStream(n, g, dtype, self._block) for n, g in zip(self.sizes, self.generators)]
         self._chunk_start = None
+        self._derived = (0, 0)  # steps [i, j) of the current chunk whose data is derived
+        self._ws = Workspace()
 
     def _lanes(self, t: torch.Tensor) -> torch.Tensor:
         """``[M*N0, D]`` seen as ``[M, N0, D]`` so world data broadcasts over lanes."""
         return t.view(self.lanes, self.world_nodes, -1)
 
-    def _draw_chunk(self) -> None:
-        """Noise for NOISE_CHUNK steps; each run from its own generator, so a run's numbers do
-        not depend on what it is batched with. Derived per-step data are computed here too."""
-        eps = torch.cat([
-            torch.randn((NOISE_CHUNK, n, 3), generator=g, dtype=self.dtype)
-            for n, g in zip(self.sizes, self.generators)
-        ], dim=1)  # [C, N0, 3]
-        u = torch.addcmul(self.unit, self.s_u, eps[..., :2])  # u = unit + s_u eps
-        d = torch.addcmul(rowdot(self.diff, u), self.s_d, eps[..., 2])  # d = u^T (w - x) + s_d eps
-        self._u, self._d = u, d
-        self._q = torch.addcmul(self.x, d.unsqueeze(-1), u)  # pseudo-observation x + d u
-        self._c = d + rowdot(u, self.x)  # d + u^T x, so that l(w) = (c - u^T w)^2
-
     def sample(self, step: int, active=None) -> None:
+        """This step's data: ``u [N0, 2]``, ``d [N0]``, the pseudo-observation ``q [N0, 2]`` and
+        ``c [N0]`` (see :meth:`_derive`), views of tensors rewritten by later calls (clone to
+        keep them). Noise comes in chunks of NOISE_CHUNK steps per run (a chunk starts at the
+        first step, NOISE_CHUNK steps later, or at an earlier step than its start), each run
+        from its own generator, so a run's numbers do not depend on what it is batched with.
+        Data is derived for a block of steps at once, as many as fit in DATA_BLOCK_BYTES."""
         if self._chunk_start is None or step - self._chunk_start >= NOISE_CHUNK or step < self._chunk_start:
-            self._draw_chunk()
-            self._chunk_start = step
+            for stream in self._noise:
+                stream.new_chunk()
+            self._chunk_start, self._derived = step, (0, 0)
         i = step - self._chunk_start
-        self.u, self.d, self.q, self.c = self._u[i], self._d[i], self._q[i], self._c[i]
+        lo, hi = self._derived
+        if not lo <= i < hi:
+            lo, hi = i, min(NOISE_CHUNK, i + self._block)
+            if self.runs == 1:
+                eps = self._noise[0].steps(lo, hi)
+            else:
+                out = self._ws.get("eps", (self._block, self.world_nodes, 3), self.dtype)[:hi - lo]
+                eps = torch.cat([stream.steps(lo, hi) for stream in self._noise], dim=1, out=out)
+            self._derive(eps)
+            self._derived = (lo, hi)
+        j = i - lo
+        self.u, self.d, self.q, self.c = self._u[j], self._d[j], self._q[j], self._c[j]
+
+    def _derive(self, eps: torch.Tensor) -> None:
+        """The streaming data of ``k`` steps from their noise ``eps [k, N0, 3]``, each into its
+        own kept tensor: u = unit + s_u eps, d = u^T (w - x) + s_d eps', q = x + d u,
+        c = d + u^T x (so that l(w) = (c - u^T w)^2)."""
+        ws, k, dt = self._ws, eps.shape[0], self.dtype
+        kept = lambda name, *dims: ws.get(name, (self._block, self.world_nodes, *dims), dt)[:k]  # noqa: E731
+        u = torch.addcmul(self.unit, self.s_u, eps[..., :2], out=kept("u", 2))
+        d = rowdot_into(self.diff, u, out=kept("d"), scratch=kept("q", 2))
+        d = torch.addcmul(d, self.s_d, eps[..., 2], out=d)
+        self._q = torch.addcmul(self.x, d.unsqueeze(-1), u, out=kept("q", 2))
+        self._c = rowdot_into(u, self.x, out=kept("c"), scratch=kept("ux", 2)).add_(d)
+        self._u, self._d = u, d
 
     def adapt(self, active=None) -> torch.Tensor:
         """``pseudo_observation`` (reference code): psi = theta + mu (q - theta), q = x + d u.
-        ``lms``: psi = theta + mu u (d - u^T (theta - x)) = theta + mu u (c - u^T theta), SGD on l/2."""
+        ``lms``: psi = theta + mu u (d - u^T (theta - x)) = theta + mu u (c - u^T theta), SGD on l/2.
+        Without ``active``, psi is written into a tensor rewritten every step."""
         theta = self._lanes(self.theta)
+        ws, shape = self._ws, self.theta.shape
+        psi = ws.get("psi", shape, self.dtype) if active is None else torch.empty(shape, dtype=self.dtype)
+        psi3 = self._lanes(psi)
         if self.cfg.adapt == "pseudo_observation":
-            psi = torch.lerp(theta, self.q, self.mu)
+            torch.lerp(theta, self.q, self.mu, out=psi3)
         else:
-            err = self.c - rowdot(theta, self.u)
-            psi = torch.addcmul(theta, err.unsqueeze(-1), self.u, value=self.mu)
-        return self._hold(psi.view(self.num_nodes, -1), active)
+            err = rowdot_into(theta, self.u, out=ws.get("err", (self.lanes, self.world_nodes), self.dtype),
+                              scratch=psi3)  # u^T theta, then c - u^T theta in place
+            torch.sub(self.c, err, out=err)
+            torch.addcmul(theta, err.unsqueeze(-1), self.u, value=self.mu, out=psi3)
+        return self._hold(psi, active)
 
     def gradients(self, active=None) -> torch.Tensor:
         """The gradient the local step follows, psi = theta - mu g: ``pseudo_observation``
@@ -177,10 +273,28 @@ class TargetLocalization(StackedPopulation):
 
     def edge_losses(self, msgs: Messages, lane: int) -> torch.Tensor:
         """(d_k - u_k^T (psi_l - x_k))^2 = (c_k - u_k^T psi_l)^2 for edge l -> k of one lane:
-        l's model on k's current sample."""
-        e = self.world_edges
-        r = e.gather(self.c, "dst") - rowdot(e.gather(self.u, "dst"), msgs.per_edge()[msgs.lane_edges(lane)])
-        return r * r
+        l's model on k's current sample. Written into a tensor of that lane rewritten every step."""
+        e, ws, dt = self.world_edges, self._ws, self.dtype
+        e0 = e.num_edges
+        u_dst = gather_rows(self.u, e.dst, out=self._edge_rows(msgs)[:e0])
+        r = rowdot_into(u_dst, msgs.per_edge()[msgs.lane_edges(lane)], out=ws.get(("loss", lane), (e0,), dt),
+                        scratch=u_dst)
+        r = torch.sub(torch.index_select(self.c, 0, e.dst, out=ws.get("c_dst", (e0,), dt)), r, out=r)
+        return r.mul_(r)
+
+    def combine(self, msgs: Messages, weights: torch.Tensor) -> None:
+        """theta_k = sum_l a_lk psi_l (Li2020 eq. 3), the weighted messages in kept scratch and
+        the new ``theta`` in the one of two kept tensors that is not the current ``theta`` (so a
+        ``theta`` stays as it was for one more step; clone it to keep it longer)."""
+        weighted = torch.mul(weights.unsqueeze(1), msgs.per_edge(), out=self._edge_rows(msgs))
+        new = self._ws.get("theta", self.theta.shape, self.dtype)
+        if new is self.theta:
+            new = self._ws.get("theta'", self.theta.shape, self.dtype)
+        self.theta = segment_sum_into(weighted, msgs.edges.offsets, out=new)
+
+    def _edge_rows(self, msgs: Messages) -> torch.Tensor:
+        """Scratch ``[M*E0, 2]`` (edge_losses uses a lane's share of it, combine all of it)."""
+        return self._ws.get("edge_rows", (msgs.edges.num_edges, self.theta.shape[1]), self.dtype)
 
     def metrics(self) -> dict[str, torch.Tensor]:
         """loss: instantaneous loss after combining (Li2020 Fig. 1); msd: ||theta_k - w_k||^2."""

@@ -38,6 +38,34 @@ def test_uniform_draws_from_each_runs_generator():
     assert torch.equal(out, expect)
 
 
+def test_uniform_once_keeps_each_clients_vector_under_partial_participation(tmp_path):
+    """Server mode, half the clients per round: the Byzantine rows change from round to round;
+    each Byzantine client sends the vector drawn the first round it was picked (by its id), and
+    a whole run goes through (it failed on a shape mismatch before)."""
+    attack = make_attack("uniform", low=2.0, high=4.0, redraw="once")
+    gen = torch.Generator().manual_seed(3)
+
+    def round_of(ids):
+        rows = torch.arange(len(ids))
+        ctx = AttackContext(0, torch.zeros(len(ids), 2, dtype=torch.float64), rows, torch.zeros(len(ids), dtype=torch.long),
+                            [gen], None, ids=torch.tensor(ids))
+        return {i: v for i, v in zip(ids, attack.forge(ctx))}
+
+    first, second, third = round_of([4, 7]), round_of([7]), round_of([2, 4, 7])
+    assert torch.equal(second[7], first[7]) and torch.equal(third[4], first[4]) and torch.equal(third[7], first[7])
+    expect = 2 + 2 * torch.rand((2, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert torch.equal(torch.stack([first[4], first[7]]), expect)  # the first round: one draw, rows in order
+    assert not torch.equal(third[2], first[4]) and ((third[2] >= 2) & (third[2] < 4)).all()
+
+    import p2pmtl
+
+    res = p2pmtl.run({"name": "partial", "mode": "server", "iterations": 12, "graph": {"family": "star", "n": 21},
+                      "server": {"alpha": 0.5, "methods": ["fedavg", "fedavg+gm"]},
+                      "scenarios": [{"name": "u", "byzantine": 4, "attack": {"name": "uniform", "redraw": "once"}}],
+                      "output": {"figures": False}}, out=tmp_path / "run", progress=False)
+    assert res.summary["status"] == "finished"
+
+
 def test_scaled_gaussian_and_sign_flip_by_hand():
     honest = [[1.0, 2.0], [3.0, -4.0], [5.0, 6.0]]
     ctx = ctx_of(honest, [1])

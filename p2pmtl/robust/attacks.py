@@ -13,7 +13,7 @@ Notation: psi_l is what agent l would send if honest (its model after the local 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Optional
 
 import torch
@@ -42,6 +42,8 @@ class AttackContext:
     population: Any = None  # gossip: the population (adaptive attacks evaluate losses through it)
     lane: int = 0  # gossip: which lane (weight rule) of the population this context belongs to
     aggregator: Any = None  # server: the receiver's aggregator, a callable [n, D] -> [D] (gossip: None)
+    ids: Optional[torch.Tensor] = None  # [B] who the Byzantine rows are (server: client ids, which change
+    # from round to round with partial participation); None: ``byzantine`` itself (gossip)
 
 
 class Attack:
@@ -194,7 +196,11 @@ def _edge_receivers(ctx: AttackContext, byz_edges: torch.Tensor) -> tuple[torch.
 class UniformAttack(Attack):
     """m_b = v_b, v_b,j ~ U[low, high] i.i.d. (Li2020 sec. 7: [15, 16] for target localization,
     [0, 0.1] for digits). ``redraw = "once"`` draws the vector once per attacker (the reference
-    code); ``"every_step"`` draws afresh each iteration (the paper's text). Knows nothing."""
+    code); ``"every_step"`` draws afresh each iteration (the paper's text). Knows nothing.
+
+    In server mode with partial participation the Byzantine rows of a round are whichever
+    Byzantine clients were picked (``ctx.ids``): each keeps the vector drawn the first round it
+    was picked."""
 
     knows = "nothing"
 
@@ -205,11 +211,23 @@ class UniformAttack(Attack):
         self.low, self.high = low, high
         self.redraw = _choice("uniform", "redraw", redraw, ("once", "every_step"))
         self._fixed: Optional[torch.Tensor] = None
+        self._by_id: dict[int, torch.Tensor] = {}  # server mode: each client's vector
 
     def forge(self, ctx: AttackContext) -> torch.Tensor:
-        if self.redraw == "every_step" or self._fixed is None:
-            self._fixed = per_run_uniform(ctx, self.low, self.high, ctx.honest.shape[1])
-        return self._fixed
+        if self.redraw == "every_step":
+            return per_run_uniform(ctx, self.low, self.high, ctx.honest.shape[1])
+        if ctx.ids is None:  # gossip: the same Byzantine agents every step
+            if self._fixed is None:
+                self._fixed = per_run_uniform(ctx, self.low, self.high, ctx.honest.shape[1])
+            return self._fixed
+        ids = ctx.ids.tolist()
+        new = [k for k, i in enumerate(ids) if i not in self._by_id]
+        if new:  # first time picked: drawn in the order of the round's rows
+            drawn = per_run_uniform(replace(ctx, byzantine=ctx.byzantine[new]), self.low, self.high,
+                                    ctx.honest.shape[1])
+            for k, v in zip(new, drawn):
+                self._by_id[ids[k]] = v
+        return torch.stack([self._by_id[i] for i in ids]).to(ctx.honest.dtype)
 
 
 # --------------------------------------------------------------------------- attacks on the own model

@@ -270,7 +270,7 @@ class FederatedRun:
         if byz_rows.numel():
             ctx = AttackContext(t, up, byz_rows, torch.zeros(len(up), dtype=torch.long), [self.attack_gen], None,
                                 previous=self.global_state.to(up.dtype).expand(len(up), -1),
-                                aggregator=self.aggregator)
+                                aggregator=self.aggregator, ids=torch.from_numpy(chosen)[byz_rows])
             up = up.index_put((byz_rows,), self.attack.forge(ctx).to(up.dtype))
         on_time = np.ones(len(chosen), dtype=bool) if arrives is None else arrives(chosen)
         if not on_time.all():

@@ -120,7 +120,7 @@ class LinearServer:
                 self.logged_uploads[j][t] = up[torch.from_numpy(~self.is_byz[chosen])].clone()
             if byz_rows.numel():  # Byzantine clients forge, then the network decides what arrives
                 ctx = AttackContext(t, up, byz_rows, torch.zeros(len(up), dtype=torch.long), [self.attack_gens[j]],
-                                    None, aggregator=self.aggregators[j])
+                                    None, aggregator=self.aggregators[j], ids=rows[byz_rows])
                 up = up.index_put((byz_rows,), self.attacks[j].forge(ctx).to(up.dtype))
             if late:
                 up = up[keep]

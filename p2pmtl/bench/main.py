@@ -231,6 +231,36 @@ def process_time(repeats: int = 5, config: str = "target_localization") -> dict:
     return {"config": config, "repeats": repeats, "torch_s": torch_s, "run_s": run_s, "ratio": run_s / torch_s}
 
 
+def scale_process_time(n: int = 100_000, iterations: int = 500, repeats: int = 3) -> dict:
+    """Whole-process wall time of ``p2pmtl run`` on the scaling world (:func:`bench_config`: n
+    agents, 20% Byzantine, loss rule, ``iterations`` iterations, means-only records every 50
+    iterations, no figures) against a bare ``python -c "import torch"``, alternated ``repeats``
+    times: the medians. The command is returned so that it can be rerun by hand."""
+    import statistics
+    import tempfile
+
+    box = 3.0 * (n / 100) ** 0.5
+    sets = {"graph.family": "random_geometric", "graph.n": n, "graph.radius": 1.0, "graph.box": box,
+            "graph.max_neighbors": 9, "graph.directed": "true", "task.box": box, "iterations": iterations,
+            "rules.names": '["loss"]', "output.per_agent": "false", "output.record_every": 50,
+            "output.window": 50,
+            "scenarios": f'[{{name="attack", byzantine={n // 5}, attack={{name="uniform", low=15.0, high=16.0}}}}]'}
+    args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    times: dict[str, list[float]] = {"import torch": [], "p2pmtl run": []}
+    with tempfile.TemporaryDirectory(prefix="p2pmtl-bench-") as tmp:
+        run = [sys.executable, "-m", "p2pmtl", "run", "target_localization", "--no-figures", "-q",
+               "--out", str(Path(tmp) / "run"), "--overwrite", *args]
+        for _ in range(repeats):
+            for key, cmd in (("import torch", [sys.executable, "-c", "import torch"]), ("p2pmtl run", run)):
+                t = time.perf_counter()
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+                times[key].append(time.perf_counter() - t)
+    return {"agents": n, "iterations": iterations, "torch_s": statistics.median(times["import torch"]),
+            "run_s": statistics.median(times["p2pmtl run"]),
+            "command": "p2pmtl run target_localization --no-figures -q " + " ".join(
+                f"--set '{k}={v}'" for k, v in sets.items())}
+
+
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     parts = set(args.only or ["linear", "scale", "digits", "server", "aggregators", "network", "resam", "process"])
@@ -271,6 +301,13 @@ def main(args: argparse.Namespace) -> int:
         print(f"  import torch: {r['torch_s']:.2f} s")
         print(f"  p2pmtl run:   {r['run_s']:.2f} s")
         print(f"  ratio:        {r['ratio']:.2f}x")
+    if "scale" in parts and getattr(args, "process_agents", 0):
+        reps = min(3, getattr(args, "process_repeats", 3))
+        r = scale_process_time(args.process_agents, args.process_iterations, reps)
+        print(f"\nscaling, whole process: {r['agents']:,} agents x {r['iterations']} iterations of the loss rule "
+              f"(build, run, means-only records), medians of {reps} alternated runs")
+        print(f"  import torch: {r['torch_s']:.2f} s")
+        print(f"  p2pmtl run:   {r['run_s']:.2f} s   ({r['command']})")
     if "scale" in parts and args.sizes:
         print(f"\nscaling: random geometric (density of Li2020, cap 9), 20% Byzantine, loss rule, "
               f"{args.scale_iterations} iterations")

@@ -644,7 +644,7 @@ def plot_worst_case(root: Path, header: dict, worst: list[dict], path: Optional[
         ax.set_title(f"Byzantine fraction {frac:g}")
         ax.grid(axis="y", alpha=0.3)
     if grouped and len(series) > 1:
-        axes[0][-1].legend(fontsize=7, loc="best")
+        axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside, never over a bar
     fig.suptitle(f"{root.name}: worst {metric} of normal agents over the attacks", fontsize=9)
     path = path or root / "worst_case.png"
     save_figure(fig, path, dpi=130)

@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
-import time
 from typing import Callable
 
 import torch
 
 from ..robust.aggregators import make_aggregator
+from .common import best_time
 
 
 def _peak_rss_mb() -> float:
@@ -90,13 +90,8 @@ def byzfl_specs(f: int) -> dict[str, Callable]:
 
 
 def _best(fn: Callable, x: torch.Tensor, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn(x)
-        best = min(best, time.perf_counter() - t0)
-        del out
-    return best
+    """Fastest of ``repeats`` calls ``fn(x)``, no warm-up call (the inputs are large)."""
+    return best_time(lambda: fn(x), repeats, warmup=False)
 
 
 def benchmark_aggregators(

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..experiments.config import load_config
-from .common import bench_config
+from .common import bench_config, best_time
 from ..experiments.runner import build_world, make_engine
 from ..engine.reference import ReferenceDiffusion
 
@@ -106,13 +106,7 @@ def memory_floor(edges, rows: torch.Tensor, repeats: int = 5) -> float:
         gather_rows(psi, edges.src, out=per_edge)
         segment_sum_into(per_edge, edges.offsets, out=new)
 
-    once()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.thread_time()
-        once()
-        best = min(best, time.thread_time() - t)
-    return best
+    return best_time(once, repeats, clock=time.thread_time)
 
 
 def scale_child(n: int, iters: int) -> dict:

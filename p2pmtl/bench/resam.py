@@ -10,8 +10,6 @@ printed, never asserted; the question is whether the round is dominated by the g
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 
@@ -23,18 +21,9 @@ from ..server.aggregation import build_aggregator
 from ..server.dsgd import DSGDRun
 from ..server.federated import Clients, Method
 from ..server.run import server_world
+from .common import best_time
 
 AGGREGATORS = ("trimmed_mean", "coordinate_median", "krum", "geometric_median", "mda", "meamed")
-
-
-def _best(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def resam_round(workers: int = 26, byzantine: int = 5, repeats: int = 3) -> dict:
@@ -51,21 +40,21 @@ def resam_round(workers: int = 26, byzantine: int = 5, repeats: int = 3) -> dict
     chosen = np.arange(run.n)
     rows = torch.from_numpy(chosen)
     out = {"params": run.global_state.numel()}
-    out["gradients (per-worker backward)"] = _best(lambda: run.gradients(chosen), repeats)
+    out["gradients (per-worker backward)"] = best_time(lambda: run.gradients(chosen), repeats)
     run.batched = True
-    out["gradients (vmap, batched)"] = _best(lambda: run.gradients(chosen), repeats)
+    out["gradients (vmap, batched)"] = best_time(lambda: run.gradients(chosen), repeats)
     run.batched = False
     grads = run.gradients(chosen)
-    out["momentum update"] = _best(lambda: run.momentum.uploads(rows, grads), repeats)
+    out["momentum update"] = best_time(lambda: run.momentum.uploads(rows, grads), repeats)
     up = run.momentum.uploads(rows, grads)
     attack = make_attack("alie", scope="all")
     byz_rows = torch.as_tensor(sorted(int(b) for b in byz), dtype=torch.long)
     ctx = AttackContext(0, up, byz_rows, torch.zeros(len(up), dtype=torch.long), [torch.Generator()], None)
-    out["attack (alie)"] = _best(lambda: attack.forge(ctx), repeats)
+    out["attack (alie)"] = best_time(lambda: attack.forge(ctx), repeats)
     for name in AGGREGATORS:
         m = Method.parse(f"dsgd+{name}")
         agg = build_aggregator(m, cfg.server, clients.rep_sizes, clients.all_sizes)
-        out[f"nnm + {name}"] = _best(lambda: agg(up), repeats)
+        out[f"nnm + {name}"] = best_time(lambda: agg(up), repeats)
     return out
 
 

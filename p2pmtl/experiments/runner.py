@@ -455,7 +455,11 @@ def _save_world(rec: RunRecorder, scenario: str, world: World) -> None:
     elif pos is None:  # too many nodes for a spring layout: uniform in the unit square
         pos = np.random.default_rng(0).random((g.number_of_nodes(), 2))
     byz = world.byzantine[world.byzantine < world.n].numpy()
-    rec.save_world(scenario, g, pos, world.setups[0].group, byz)
+    edges = None
+    if world.present is None:  # a static graph: run 0's edges are the world's first (dst-sorted) ones
+        e, stop = world.edges, int(world.edges.offsets[world.n])
+        edges = EdgeIndex(e.src[:stop], e.dst[:stop], e.self_edge[:world.n], world.n)
+    rec.save_world(scenario, g, pos, world.setups[0].group, byz, edges)
 
 
 def _save_weights(rec: RunRecorder, scenario: str, rule: str, weights: torch.Tensor, world: World) -> None:

@@ -192,12 +192,15 @@ class RunRecorder:
             }
         return out
 
-    def save_world(self, scenario: str, g, pos, groups: np.ndarray, byzantine: np.ndarray) -> None:
+    def save_world(self, scenario: str, g, pos, groups: np.ndarray, byzantine: np.ndarray,
+                   edges=None) -> None:
         """``arrays/world__SCENARIO.npz``: the graph's edges, positions ([n, 2] array or a
-        networkx layout dict), groups and Byzantine node ids (for the network figure)."""
+        networkx layout dict), groups and Byzantine node ids (for the network figure).
+        ``edges``: the graph's :class:`~p2pmtl.core.edges.EdgeIndex` when the caller has it
+        (else built from ``g``)."""
         from ..core.edges import EdgeIndex
 
-        e = EdgeIndex.from_graph(g)
+        e = EdgeIndex.from_graph(g) if edges is None else edges
         if isinstance(pos, dict):
             pos = np.array([pos[k] for k in range(g.number_of_nodes())])
         self.save_arrays(f"world__{scenario}", src=e.src.numpy(), dst=e.dst.numpy(), pos=pos,

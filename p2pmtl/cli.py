@@ -381,11 +381,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A stream handler writing to whatever ``sys.stderr`` is at each message (not the stream
+    of the first call: ``main`` may run again with stderr redirected, as in tests or notebooks)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _setup_logging(quiet: bool) -> None:
     """``p2pmtl`` messages on stderr as plain lines; ``--quiet`` keeps warnings and errors."""
     logger = logging.getLogger("p2pmtl")
     if not any(getattr(h, "_p2pmtl", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         handler._p2pmtl = True  # type: ignore[attr-defined]
         logger.addHandler(handler)

@@ -23,13 +23,18 @@ def _config_path(source: str) -> Path:
     return resolve_config(source)
 
 
+def _with_device(args: argparse.Namespace) -> list[str]:
+    """The ``--set`` overrides, with ``--device D`` as one more (``device=D``)."""
+    return list(args.set) + ([f"device={args.device}"] if getattr(args, "device", None) else [])
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .experiments.config import ConfigError, load_config
     from .experiments.runner import run_experiment
     from .io.rundir import unique_default
 
     try:
-        cfg = load_config(_config_path(args.config), args.set, plugins=args.plugin)
+        cfg = load_config(_config_path(args.config), _with_device(args), plugins=args.plugin)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -191,7 +196,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         path = _config_path(args.config)
         cfg, _ = load_sweep(path, args.set, plugins=args.plugin)
         out = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-sweep"
-        matrix = run_sweep(path, out, overrides=args.set, jobs=args.jobs, backend=args.backend,
+        matrix = run_sweep(path, out, overrides=_with_device(args), jobs=args.jobs, backend=args.backend,
                            ray_address=args.ray_address, progress=not (args.no_progress or args.quiet),
                            figures=not args.no_figures, plugins=args.plugin)
     except ConfigError as e:
@@ -311,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set iterations=100 --set scenarios.1.byzantine=5")
     r.add_argument("--jobs", type=_positive_int,
                    help="run scenarios in this many parallel processes (default: config's jobs)")
+    r.add_argument("--device", metavar="DEVICE", help="where neural models train and are scored: auto, cpu, cuda or cuda:N (the config's device)")
     r.add_argument("--overwrite", action="store_true",
                    help="replace the results of an earlier run in --out (refused while a live run holds it)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -329,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value, e.g. --set iterations=100 --set 'sweep.seeds=[0]'")
     sw.add_argument("--jobs", type=_positive_int, help="parallel cells (local backend; default: sweep.jobs or CPU count)")
+    sw.add_argument("--device", metavar="DEVICE", help="where neural models train and are scored: auto, cpu, cuda or cuda:N (the config's device)")
     sw.add_argument("--backend", choices=["local", "ray"], default="local",
                     help="local processes (default) or Ray tasks (pip install 'p2pmtl[ray]')")
     sw.add_argument("--ray-address", help="Ray cluster address (default: start or join a local Ray)")

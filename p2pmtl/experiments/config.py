@@ -13,6 +13,7 @@ from typing import Annotated, Any, Iterable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..core.device import check_device_spec
 from ..engine.roles import RolesConfig
 from ..graphs.config import GraphConfig
 from ..graphs.families import family_nodes
@@ -206,6 +207,13 @@ class ExperimentConfig(Strict):
     dtype: Optional[Literal["float64", "float32"]] = Field(
         None, description="default: the task's (float64 for target localization, float32 for CNNs)")
     threads: int = Field(1, ge=1, description="torch threads per process")
+    device: str = Field("auto", description="where neural models train and are scored: auto (a CUDA GPU when "
+                                            "torch sees one, else the CPU), cpu, cuda or cuda:N")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v):
+        return check_device_spec(v)
     jobs: int = Field(1, ge=1, description="scenarios (server mode: scenario x method) in parallel processes")
     mode: Literal["gossip", "server"] = Field(
         "gossip", description="gossip: decentralized ATC diffusion over the graph; server: federated rounds on a "

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from ..robust.attacks import make_attack
 from ..network.clock import SynchronousRounds
 from .config import ExperimentConfig, ScenarioConfig, dump_config
+from ..core.device import resolve_device
 from ..core.edges import EdgeIndex
 from ..engine.gossip import GossipEngine
 from ..graphs.edge_list import EdgeListGraph
@@ -124,6 +125,7 @@ def run_experiment(
     if in_worker_startup():
         raise SystemExit(f"error: {UNGUARDED}")
     out_dir = Path(out_dir)
+    resolve_device(cfg.device)  # a GPU named but absent: an error before any file
     jobs = min(jobs or cfg.jobs, len(_job_names(cfg)))
     if jobs > 1:
         from .workers import check_importable

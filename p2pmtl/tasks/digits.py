@@ -30,6 +30,8 @@ from ..data import (
 )
 from ..core.edges import EdgeIndex
 from ..core.messages import Messages
+from ..core.device import resolve_device
+from .batched_bank import BatchedModelBank
 from .model_bank import ModelBank, make_optimizer_factory
 from .models import MODELS
 from .base import TASKS, Population
@@ -76,6 +78,12 @@ class DigitsConfig(Strict):
                                                   "format (about 2x faster on CPU)")
     share: Literal["model", "representation"] = Field(
         "model", description="representation: gossip only the representation, heads stay personal")
+    bank: Literal["auto", "modules", "batched"] = Field(
+        "auto", description="how the agents' models are held: modules (one nn.Module and optimizer per agent, "
+                            "the faster layout on a CPU), batched (one stacked tensor trained with torch.func "
+                            "vmap, for GPUs) or auto (batched on a GPU device, modules on the CPU)")
+    bank_chunk: int = Field(64, ge=1, description="bank = batched: agents (or scored edges) per batched "
+                                                  "computation (bounds the memory of one vmap call)")
 
     @field_validator("datasets")
     @classmethod
@@ -163,7 +171,7 @@ class ImageClassification(Population):
     @classmethod
     def for_world(cls, cfg, world, lanes: int, dtype: torch.dtype) -> "ImageClassification":
         return cls(cfg.task, world.setups, [s["data"] for s in world.seeds], [s["setup"] for s in world.seeds],
-                   world.edges, world.byzantine, dtype=dtype, lanes=lanes)
+                   world.edges, world.byzantine, dtype=dtype, lanes=lanes, device=getattr(cfg, "device", "cpu"))
 
     def __init__(
         self,
@@ -175,8 +183,10 @@ class ImageClassification(Population):
         frozen: torch.Tensor,
         dtype: torch.dtype = torch.float32,
         lanes: int = 1,
+        device: str = "cpu",
     ) -> None:
-        """``frozen``: world node ids that never train (Byzantine agents, as in the reference)."""
+        """``frozen``: world node ids that never train (Byzantine agents, as in the reference);
+        ``device``: where the models compute (:func:`p2pmtl.core.device.resolve_device`)."""
         self.cfg, self.dtype, self.lanes, self.runs = cfg, dtype, lanes, len(setups)
         self.world_edges = world_edges
         sizes = [len(s.group) for s in setups]
@@ -201,10 +211,25 @@ class ImageClassification(Population):
                     world_models.append(MODELS.get(cfg.model)(
                         in_channels=shape[0], num_classes=classes, image_size=shape[1]).to(dtype))
         modules = [copy.deepcopy(m) for _ in range(lanes) for m in world_models]
-        self.bank = ModelBank(modules, make_optimizer_factory(cfg.optimizer, cfg.lr, cfg.momentum),
-                              cfg.channels_last)
+        self.device = resolve_device(device)
+        kind = getattr(cfg, "bank", "modules")
+        if kind == "auto":
+            kind = "modules" if self.device.type == "cpu" else "batched"
+        if kind == "batched":
+            self.bank = BatchedModelBank(modules, cfg.optimizer, cfg.lr, cfg.momentum, self.device,
+                                         getattr(cfg, "bank_chunk", 64))
+        elif self.device.type != "cpu":
+            raise ValueError(f"task.bank = 'modules' with device = {device!r}: per-agent modules run on the CPU; "
+                             "use bank = 'batched' (or 'auto') on a GPU")
+        else:
+            self.bank = ModelBank(modules, make_optimizer_factory(cfg.optimizer, cfg.lr, cfg.momentum),
+                                  cfg.channels_last)
+        self.batched = getattr(self.bank, "batched", False)
         self.train_x = [self.bank.prepare(x) for x in self.train_x]
         self.test_x = [self.bank.prepare(x) for x in self.test_x]
+        if self.batched:
+            self.train_y = [y.to(self.device) for y in self.train_y]
+            self.test_y = [y.to(self.device) for y in self.test_y]
         self.theta = self.bank.flat()
         self.shared = self.bank.rep_params if cfg.share == "representation" else self.bank.num_params
         self.generators = [torch.Generator().manual_seed(s) for s in data_seeds]
@@ -245,10 +270,12 @@ class ImageClassification(Population):
     def adapt(self, active=None) -> torch.Tensor:
         """One optimizer step per training agent and lane; rows of agents that skip (or are
         frozen, or not ``active``) stay as they were."""
-        psi = self.theta.clone()
         idle = self.frozen | self.skip
         if active is not None:
             idle = idle | ~active.numpy()
+        if self.batched:
+            return self._adapt_batched(idle)
+        psi = self.theta.clone()
         for j in range(self.lanes):
             for k in range(self.world_nodes):
                 if idle[k]:
@@ -259,9 +286,69 @@ class ImageClassification(Population):
         self.psi = psi
         return psi[:, :self.shared]  # what is gossiped: the whole row, or its representation
 
+    def _adapt_batched(self, idle: np.ndarray) -> torch.Tensor:
+        """:meth:`adapt` on the batched bank: every training (lane, agent) in one vmapped step
+        per group of equal batch sizes (agents whose batch is cut short by a small data set)."""
+        train = np.nonzero(~idle)[0]
+        by_size: dict[int, list[int]] = {}
+        for k in train.tolist():
+            by_size.setdefault(len(self.batch[k][1]), []).append(k)
+        for ks in by_size.values():
+            x = torch.stack([self.batch[k][0] for k in ks])
+            y = torch.stack([self.batch[k][1] for k in ks])
+            nodes = torch.tensor([self._node(j, k) for j in range(self.lanes) for k in ks], dtype=torch.long)
+            lanes = self.lanes
+            self.bank.train_rows(nodes, x.repeat(lanes, *[1] * (x.dim() - 1)), y.repeat(lanes, 1))
+        self.psi = self.bank.flat()
+        return self.psi[:, :self.shared]
+
+    def _scores(self, source: torch.Tensor, index: torch.Tensor, receivers: torch.Tensor,
+                lane: int) -> torch.Tensor:
+        """Batched bank: cross-entropy of the messages ``source[index]`` (``source [*, S]`` on the
+        device) on the scoring batches of world agents ``receivers`` (representation sharing:
+        with each receiver's own head); ``[K]`` on the CPU, ``bank_chunk`` pairs per vmap call."""
+        sb, bank, n0 = self.cfg.score_batch, self.bank, self.world_nodes
+        out = torch.empty(len(index), dtype=self.dtype)
+        for s in range(0, len(index), bank.chunk):
+            rec = receivers[s:s + bank.chunk].tolist()
+            rows = source[index[s:s + bank.chunk].to(source.device)]
+            if self.shared < bank.num_params:  # the receiver's head after its local step
+                heads = bank.rows[torch.tensor([lane * n0 + k for k in rec], device=bank.device), self.shared:]
+                rows = torch.cat([rows, heads], dim=1)
+            sizes = {len(self.batch[k][1][:sb]) for k in rec}
+            if len(sizes) == 1:
+                x = torch.stack([self.batch[k][0][:sb] for k in rec])
+                y = torch.stack([self.batch[k][1][:sb] for k in rec])
+                out[s:s + len(rec)] = bank.losses(rows, x, y)[0].cpu()
+            else:  # scoring batches of unequal sizes: one pair at a time
+                for r, k in enumerate(rec):
+                    x, y = self.batch[k][0][:sb].unsqueeze(0), self.batch[k][1][:sb].unsqueeze(0)
+                    out[s + r] = bank.losses(rows[r:r + 1], x, y)[0].cpu()[0]
+        return out
+
+    def _edge_losses_batched(self, msgs: Messages, lane: int) -> torch.Tensor:
+        e, n0 = self.world_edges, self.world_nodes
+        out = torch.ones(e.num_edges, dtype=self.dtype)
+        keep = torch.from_numpy(~self.frozen[e.dst.numpy()])  # Byzantine scores are unused
+        if msgs.receivers is not None:
+            keep &= msgs.receivers[e.dst]
+        eids = torch.nonzero(keep).flatten()
+        sent = msgs.sent[lane * n0:(lane + 1) * n0].to(self.device)
+        out[eids] = self._scores(sent, e.src[eids], e.dst[eids], lane)
+        over = list(self._lane_overrides(msgs, lane))
+        over = [(eid, v) for eid, v in over if bool(keep[eid])]
+        if over:
+            ids = torch.tensor([eid for eid, _ in over], dtype=torch.long)
+            values = torch.stack([v for _, v in over]).to(self.device)
+            out[ids] = self._scores(values, torch.arange(len(over)), e.dst[ids], lane)
+        return out
+
     def edge_losses(self, msgs: Messages, lane: int) -> torch.Tensor:
         """Cross-entropy of each sender's model on each receiver's scoring batch (the first
-        ``score_batch`` images of its current batch); each sender evaluated once."""
+        ``score_batch`` images of its current batch); each sender evaluated once (batched bank:
+        every scored edge in vmapped chunks)."""
+        if self.batched:
+            return self._edge_losses_batched(msgs, lane)
         sb = self.cfg.score_batch
         e = self.world_edges
         out = torch.ones(e.num_edges, dtype=self.dtype)
@@ -357,6 +444,8 @@ class ImageClassification(Population):
         """Test loss and accuracy of every agent's current model on its own test set."""
         loss = torch.zeros(self.lanes * self.world_nodes, dtype=torch.float64)
         acc = torch.zeros_like(loss)
+        if self.batched:
+            return self._metrics_batched(loss, acc)
         for j in range(self.lanes):
             for k in range(self.world_nodes):
                 if self.frozen[k]:
@@ -367,11 +456,32 @@ class ImageClassification(Population):
                 acc[i] = float((logits.argmax(1) == self.test_y[k]).double().mean())
         return {"test_loss": loss, "test_acc": acc}
 
+    def _metrics_batched(self, loss: torch.Tensor, acc: torch.Tensor) -> dict[str, torch.Tensor]:
+        """:meth:`metrics` on the batched bank: agents with test sets of one size together,
+        ``bank_chunk`` models per vmapped forward pass."""
+        by_size: dict[int, list[int]] = {}
+        for k in np.nonzero(~self.frozen)[0].tolist():
+            by_size.setdefault(len(self.test_y[k]), []).append(k)
+        for ks in by_size.values():
+            nodes = torch.tensor([self._node(j, k) for j in range(self.lanes) for k in ks], dtype=torch.long)
+            world = [k for _ in range(self.lanes) for k in ks]
+            for s in range(0, len(nodes), self.bank.chunk):
+                part = world[s:s + self.bank.chunk]
+                x = torch.stack([self.test_x[k] for k in part])
+                y = torch.stack([self.test_y[k] for k in part])
+                rows = self.bank.rows[nodes[s:s + self.bank.chunk].to(self.device)]
+                ce, hit = self.bank.losses(rows, x, y)
+                loss[nodes[s:s + len(part)]] = ce.double().cpu()
+                acc[nodes[s:s + len(part)]] = hit.double().cpu()
+        return {"test_loss": loss, "test_acc": acc}
+
     # -- for attacks (p2pmtl.robust.attacks) ----------------------------------------------------------
     def losses_of(self, values: torch.Tensor, receivers: torch.Tensor, lane: int = 0) -> torch.Tensor:
         """Cross-entropy of arbitrary messages ``values [K, D]`` on the scoring batches of world
         agents ``receivers [K]`` (as ``edge_losses`` scores a neighbour; representation sharing:
         with the receiver's head). One forward pass per row."""
+        if self.batched:
+            return self._scores(values.to(self.device), torch.arange(len(values)), receivers, lane)
         sb = self.cfg.score_batch
         out = torch.empty(len(receivers), dtype=self.dtype)
         for i, (value, k) in enumerate(zip(values, receivers.tolist())):

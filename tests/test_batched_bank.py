@@ -1,0 +1,164 @@
+"""The batched (torch.func) model bank: the same numbers as the per-agent modules, row
+optimizers with torch.optim's maths, and the device setting (checked early, named in errors)."""
+from types import SimpleNamespace
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import p2pmtl
+from p2pmtl.core.device import resolve_device
+from p2pmtl.core.edges import EdgeIndex
+from p2pmtl.core.messages import Messages
+from p2pmtl.experiments.config import ConfigError, load_config
+from p2pmtl.tasks.batched_bank import BatchedModelBank
+from p2pmtl.tasks.digits import ImageClassification
+from p2pmtl.tasks.row_optim import make_row_optimizer
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd", "momentum"])
+def test_row_optimizers_follow_torch_optim_with_rows_that_skip(name):
+    """Three rows, each with its own torch.optim optimizer; row 1 skips every other step
+    (its step count, and so its bias corrections, lag): the row optimizer matches each."""
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.randn(3, 7, generator=gen, dtype=torch.float64)
+    params = [nn.Parameter(r.clone()) for r in theta]
+    ref = {"adam": lambda p: torch.optim.Adam([p], lr=0.01),
+           "sgd": lambda p: torch.optim.SGD([p], lr=0.01),
+           "momentum": lambda p: torch.optim.SGD([p], lr=0.01, momentum=0.9)}[name]
+    opts = [ref(p) for p in params]
+    rows = make_row_optimizer(name, 3, 7, 0.01, 0.9, torch.float64, torch.device("cpu"))
+    for step in range(6):
+        ids = torch.tensor([0, 2] if step % 2 else [0, 1, 2])
+        g = torch.randn(len(ids), 7, generator=gen, dtype=torch.float64)
+        rows.step(theta, ids, g)
+        for r, i in enumerate(ids.tolist()):
+            params[i].grad = g[r].clone()
+            opts[i].step()
+    assert torch.allclose(theta, torch.stack([p.detach() for p in params]), rtol=1e-12, atol=1e-14)
+
+
+def tiny(bank, share="model", optimizer="adam", lanes=2):
+    gen = torch.Generator().manual_seed(0)
+
+    def data(m):
+        return (torch.rand((m, 1, 28, 28), generator=gen, dtype=torch.float64),
+                torch.randint(0, 10, (m,), generator=gen))
+
+    setup = SimpleNamespace(group=np.array([0, 0, 1, 1]), train=[data(12) for _ in range(4)],
+                            test=[data(6) for _ in range(4)], image_shape=(1, 28, 28), num_classes=10)
+    cfg = load_config(data={"graph": {"family": "complete", "n": 4},
+                            "task": {"name": "digits", "batch_size": 8, "score_batch": 5, "share": share,
+                                     "optimizer": optimizer, "bank": bank, "bank_chunk": 3}}).task
+    edges = EdgeIndex.from_graph(nx.complete_graph(4))
+    pop = ImageClassification(cfg, [setup], [1], [2], edges, torch.tensor([], dtype=torch.long),
+                              dtype=torch.float64, lanes=lanes)
+    return pop, edges
+
+
+@pytest.mark.parametrize("share,optimizer", [("model", "adam"), ("representation", "adam"), ("model", "momentum")])
+def test_batched_bank_gives_the_per_agent_modules_numbers(share, optimizer):
+    """Three rounds (float64, 2 lanes): local steps, the loss of every edge (a forged row and a
+    per-edge forgery among them), the combination and the test metrics agree with the
+    per-agent modules (bank_chunk 3 splits every batched call)."""
+    a, edges = tiny("modules", share, optimizer)
+    b, _ = tiny("batched", share, optimizer)
+    assert not a.batched and b.batched
+    lane_edges = EdgeIndex.disjoint_union([edges, edges])
+    gen = torch.Generator().manual_seed(1)
+    for it in range(3):
+        a.sample(it)
+        b.sample(it)
+        psi_a, psi_b = a.adapt(), b.adapt()
+        assert torch.allclose(psi_a, psi_b, rtol=1e-9, atol=1e-11)
+        sent = psi_a.clone()
+        sent[1] = 0.05 * torch.randn(psi_a.shape[1], generator=gen, dtype=torch.float64)  # forged row, lane 0
+        forged_edge = int(torch.nonzero((lane_edges.src == 6) & (lane_edges.dst == 7))[0])  # lane 1: 2 -> 3
+        msgs = Messages(sent, lane_edges, 2, torch.tensor([1]),
+                        override_edges=torch.tensor([forged_edge]), override_values=sent[1:2] * 2)
+        for lane in (0, 1):
+            assert torch.allclose(a.edge_losses(msgs, lane), b.edge_losses(msgs, lane), rtol=1e-10, atol=1e-12)
+        values, receivers = sent[:3] * 0.5, torch.tensor([3, 0, 2])
+        assert torch.allclose(a.losses_of(values, receivers), b.losses_of(values, receivers), rtol=1e-10)
+        w = torch.rand(lane_edges.num_edges, generator=gen, dtype=torch.float64)
+        a.combine(msgs, w)
+        b.combine(msgs, w)
+        assert torch.allclose(a.theta, b.theta, rtol=1e-9, atol=1e-11)
+        ma, mb = a.metrics(), b.metrics()
+        for k in ma:
+            assert torch.allclose(ma[k], mb[k], rtol=1e-9, atol=1e-11), k
+
+
+RUN = {
+    "name": "bank", "iterations": 4, "dtype": "float64",
+    "graph": {"family": "complete", "n": 4},
+    "task": {"name": "digits", "train_per_agent": 40, "test_per_agent": 16, "batch_size": 8, "score_batch": 6,
+             "skip_prob": [0.5, 0.0]},
+    "rules": {"names": ["loss", "average"], "nu": 0.05, "init_score": 1.0},
+    "output": {"window": 2},
+}
+
+
+@pytest.mark.parametrize("attack", [{"name": "two_faced", "honest_fraction": 0.5}, {"name": "adaptive_loss"},
+                                    {"name": "label_flip"}])
+def test_a_whole_run_is_the_same_with_either_bank(attack):
+    """p2pmtl.run as a user calls it: per-edge forgeries (two_faced), an attack that scores its
+    candidates through the population (adaptive_loss), data poisoning (label_flip), agents
+    that skip steps: every recorded metric agrees between the two banks."""
+    runs = {}
+    for bank in ("modules", "batched"):
+        cfg = load_config(data={**RUN, "task": {**RUN["task"], "bank": bank},
+                                "scenarios": [{"name": "s", "byzantine": [3], "attack": attack}]})
+        runs[bank] = p2pmtl.run(cfg).metrics
+    a, b = runs["modules"], runs["batched"]
+    assert len(a) == len(b) > 0
+    assert np.allclose(a["value"].to_numpy(), b["value"].to_numpy(), rtol=1e-7, atol=1e-9)
+
+
+def test_models_with_buffers_are_refused_by_the_batched_bank():
+    with pytest.raises(ValueError, match="buffers.*bank = 'modules'"):
+        BatchedModelBank([nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3))], "sgd", 0.1, 0.0, torch.device("cpu"))
+
+
+def test_device_setting_is_checked_and_named():
+    with pytest.raises(ConfigError, match=r"device = 'gpu'; allowed: 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+        load_config("experiments/target_localization.toml", ["device=gpu"])
+    assert load_config("experiments/target_localization.toml").device == "auto"
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without a GPU")
+def test_a_gpu_named_on_a_machine_without_one_stops_before_any_file(tmp_path, capsys):
+    from p2pmtl.cli import main
+
+    with pytest.raises(ValueError, match=r"device = 'cuda:1': this machine has no CUDA GPU"):
+        resolve_device("cuda:1")
+    out = tmp_path / "run"
+    assert main(["run", "target_localization", "--device", "cuda", "--out", str(out), "--no-figures"]) == 2
+    assert "device = 'cuda': this machine has no CUDA GPU" in capsys.readouterr().err
+    assert not (out / "metrics.csv").exists()
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_digits_on_the_gpu_match_the_cpu():
+    """The batched bank on the GPU (float64) against the CPU modules: the same metrics."""
+    runs = {}
+    for device, bank in (("cpu", "modules"), ("cuda", "batched")):
+        cfg = load_config(data={**RUN, "device": device, "task": {**RUN["task"], "bank": bank},
+                                "scenarios": [{"name": "s", "byzantine": [3], "attack": {"name": "two_faced"}}]})
+        runs[device] = p2pmtl.run(cfg).metrics
+    assert np.allclose(runs["cpu"]["value"].to_numpy(), runs["cuda"]["value"].to_numpy(), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_modules_bank_on_a_gpu_is_a_clear_error():
+    cfg = load_config(data={**RUN, "device": "cuda", "task": {**RUN["task"], "bank": "modules"}})
+    with pytest.raises(ValueError, match="task.bank = 'modules' with device = 'cuda'"):
+        p2pmtl.run(cfg)

@@ -376,7 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--process-agents", type=int, default=100_000,
                    help="scale: agents of the whole-process run (0: skip it; default 100,000)")
     b.add_argument("--process-iterations", type=int, default=500, help="scale: iterations of the whole-process run")
-    b.add_argument("--only", nargs="*", choices=["linear", "scale", "digits", "server", "aggregators", "network", "resam",
+    b.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help="bank: where the batched bank runs (cpu, cuda, cuda:N or auto); per-agent modules always on the CPU")
+    b.add_argument("--bank-sizes", type=int, nargs="*", metavar="N",
+                   help="bank: agents per timed round (default 10 on the CPU; 10, 100 and 1000 on a GPU)")
+    b.add_argument("--bank-clients", type=int, default=100, metavar="N",
+                   help="bank: clients of the timed BR-MTRL server round on --device")
+    b.add_argument("--only", nargs="*", choices=["linear", "bank", "scale", "digits", "server", "aggregators", "network", "resam",
                                                    "process"],
                    help="run only these parts (default: all)")
     b.add_argument("--process-repeats", type=_positive_int, default=5,

@@ -162,3 +162,36 @@ def test_modules_bank_on_a_gpu_is_a_clear_error():
     cfg = load_config(data={**RUN, "device": "cuda", "task": {**RUN["task"], "bank": "modules"}})
     with pytest.raises(ValueError, match="task.bank = 'modules' with device = 'cuda'"):
         p2pmtl.run(cfg)
+
+
+SERVER = {
+    "mode": "server", "iterations": 2, "dtype": "float64", "graph": {"family": "star", "n": 7},
+    "task": {"name": "federated_images", "datasets": ["synthetic"], "synthetic_images": 300,
+             "train_per_client": 12, "test_per_client": 4, "batch_size": 5},
+    "server": {"methods": ["br-mtrl+gm", "fedavg", "dsgd-worker0.9+trimmed_mean"], "alpha": 1.0, "f": 1,
+               "meta_test": {"clients": 2, "train_per_client": 6, "test_per_client": 4, "epochs": 1}},
+    "output": {"window": 1, "figures": False},
+    "scenarios": [{"name": "s", "byzantine": [1], "attack": {"name": "label_flip"}}],
+}
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_server_clients_on_the_gpu_match_the_cpu():
+    """BR-MTRL, FedAvg and RESAM's dsgd (whose worker gradients are one vmap on a GPU) with
+    clients on the GPU: the recorded metrics and the meta-test of the CPU run."""
+    runs = {d: p2pmtl.run(load_config(data={**SERVER, "device": d})) for d in ("cpu", "cuda")}
+    assert np.allclose(runs["cpu"].metrics["value"].to_numpy(), runs["cuda"].metrics["value"].to_numpy(),
+                       rtol=1e-6, atol=1e-8)
+    meta = [[r.summary["results"]["s"][m]["meta_test_acc"] for m in SERVER["server"]["methods"]]
+            for r in runs.values()]
+    assert meta[0] == pytest.approx(meta[1], rel=1e-6)
+
+
+def test_server_run_with_device_cpu_is_the_default_run():
+    """device = "cpu" spelled out changes nothing (the same numbers as auto on this machine)."""
+    if torch.cuda.is_available():
+        pytest.skip("auto is the GPU here")
+    a = p2pmtl.run(load_config(data={**SERVER, "iterations": 1, "device": "cpu"})).metrics
+    b = p2pmtl.run(load_config(data={**SERVER, "iterations": 1})).metrics
+    assert a["value"].to_numpy().tolist() == b["value"].to_numpy().tolist()

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.device import resolve_device
 from ..experiments.config import load_config
 from .common import bench_config, best_time
 from ..experiments.runner import build_world, make_engine
@@ -175,9 +176,11 @@ def digits_round(repeats: int = 3) -> dict:
     return {"naive_s": t_naive, "ours_s": t_ours, "params": pop.bank.num_params}
 
 
-def server_round(rounds: int = 3) -> list[dict]:
+def server_round(rounds: int = 3, device: str = "cpu",
+                 methods: tuple[str, ...] = ("fedavg", "fedper+krum", "fedrep", "br-mtrl+gm", "br-mtrl+krum"),
+                 clients: int = 100) -> list[dict]:
     """Seconds per round of each scheme at the Table II scale of ``experiments/br_mtrl_table2.toml``
-    (100 clients, alpha 0.2, 20 Byzantine sending phi + N(0, I))."""
+    (100 clients, alpha 0.2, 20 Byzantine sending phi + N(0, I)), clients training on ``device``."""
     from ..robust.attacks import make_attack
     from ..server.federated import Clients, FederatedRun, Method
     from ..server.aggregation import build_aggregator
@@ -187,20 +190,24 @@ def server_round(rounds: int = 3) -> list[dict]:
     path = Path("experiments/br_mtrl_table2.toml")
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the benchmark from the repository root")
-    cfg = load_config(path)
+    cfg = load_config(path, [f"graph.n={clients + 1}"] if clients != 100 else [])
     seeds = run_seeds(cfg.seed)
     scenario = cfg.scenarios[-1]
     _, setup, byz = server_world(cfg, scenario, seeds)
     rows = []
-    for name in ("fedavg", "fedper+krum", "fedrep", "br-mtrl+gm", "br-mtrl+krum"):
+    for name in methods:
         m = Method.parse(name)
-        clients = Clients(cfg.task, setup.clients, setup.num_classes, setup.image_shape, seeds["setup"])
-        run = FederatedRun(m, cfg.server, clients, build_aggregator(m, cfg.server, clients.rep_sizes, clients.all_sizes),
+        c = Clients(cfg.task, setup.clients, setup.num_classes, setup.image_shape, seeds["setup"],
+                    device=resolve_device(device))
+        run = FederatedRun(m, cfg.server, c, build_aggregator(m, cfg.server, c.rep_sizes, c.all_sizes),
                            byz, make_attack(scenario.attack.name, **scenario.attack.params), seeds["data"])
         t = time.perf_counter()
         for r in range(rounds):
             run.round(r)
-        rows.append({"method": name, "seconds_per_round": (time.perf_counter() - t) / rounds})
+        if c.device.type == "cuda":
+            torch.cuda.synchronize(c.device)
+        rows.append({"method": name, "seconds_per_round": (time.perf_counter() - t) / rounds, "clients": len(c.models),
+                     "device": str(c.device)})
     return rows
 
 
@@ -264,6 +271,14 @@ def main(args: argparse.Namespace) -> int:
         for r in reference_vs_batched(args.iterations):
             print(f"{r['rule']:<48} {r['reference_ms']:>15.3f} {r['batched_ms']:>14.4f} "
                   f"{r['reference_ms'] / r['batched_ms']:>8.1f}x")
+    if "bank" in parts:
+        from .bank import main as bank_main
+
+        on_gpu = resolve_device(args.device).type == "cuda"
+        bank_main(args.bank_sizes or ([10, 100, 1000] if on_gpu else [10]), args.device)
+        rs = server_round(2, args.device, ("br-mtrl+gm",), args.bank_clients)
+        print(f"  BR-MTRL (br-mtrl+gm) server round, {rs[0]['clients']} clients (alpha 0.2), clients on "
+              f"{rs[0]['device']}: {rs[0]['seconds_per_round']:.2f} s/round")
     if "digits" in parts:
         r = digits_round()
         print(f"\ndigits: one loss-based round, 10 CNN agents ({r['params']:,} parameters each), batch 64, "

@@ -49,13 +49,15 @@ class DSGDRun(FederatedRun):
             return F.cross_entropy(functional_call(model, params, (x,)), y)
 
         self._grads = vmap(grad(loss), in_dims=(None, 0, 0))
-        self.batched = self.global_state.device.type != "cpu"
+        self.device = clients.device
+        self.batched = self.device.type != "cpu"
 
     def _params(self) -> dict[str, torch.Tensor]:
         out, start = {}, 0
+        state = self.global_state.to(self.device)
         for name, shape in zip(self.names, self.shapes):
             k = shape.numel()
-            out[name] = self.global_state[start:start + k].view(shape)
+            out[name] = state[start:start + k].view(shape)
             start += k
         return out
 
@@ -85,7 +87,7 @@ class DSGDRun(FederatedRun):
     def gradients(self, chosen: np.ndarray) -> torch.Tensor:
         """``[k, D]`` minibatch gradients of the chosen workers at the server's model.
 
-        ``batched`` (default: on a GPU) computes them in one ``vmap`` over workers; otherwise
+        ``batched`` (on a GPU device: ``device = "cuda"``) computes them in one ``vmap`` over workers; otherwise
         one backward pass per worker on the shared module (measured on the 2-core CPU: 26
         workers x 25 images of the digit CNN take about 2x longer through ``vmap``). Both give
         the same gradients (tested)."""
@@ -93,7 +95,7 @@ class DSGDRun(FederatedRun):
         self.model.train()
         if self.batched:
             g = self._grads(self._params(), x, y)
-            flat = torch.cat([g[name].reshape(len(chosen), -1) for name in self.names], dim=1)
+            flat = torch.cat([g[name].reshape(len(chosen), -1) for name in self.names], dim=1).cpu()
         else:
             params = list(self.model.parameters())
             load(params, self.global_state)

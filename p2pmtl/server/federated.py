@@ -102,11 +102,13 @@ class Method:
 
 
 class Clients:
-    """n client models (representation + head), one optimizer each, and their data."""
+    """n client models (representation + head), one optimizer each, and their data, on
+    ``device`` (where local training and evaluation run; uploads and the server's model are
+    CPU rows, as the aggregators and attacks take them)."""
 
     def __init__(self, cfg: FederatedImagesConfig, data: list, num_classes: int, image_shape: tuple,
-                 init_seed: int, dtype: torch.dtype = torch.float32) -> None:
-        self.cfg, self.dtype = cfg, dtype
+                 init_seed: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
+        self.cfg, self.dtype, self.device = cfg, dtype, torch.device(device)
         self.fmt = torch.channels_last if cfg.channels_last and len(image_shape) == 3 else torch.contiguous_format
         with torch.random.fork_rng():
             torch.manual_seed(init_seed)
@@ -114,15 +116,16 @@ class Clients:
         self.models = [self._copy(proto) for _ in data]
         self.make_opt = make_optimizer_factory(cfg.optimizer, cfg.lr, cfg.momentum)
         self.opts = [self.make_opt(list(m.parameters())) for m in self.models]
-        self.train = [(self._prep(x), y) for (x, y), _ in data]
-        self.test = [(self._prep(x), y) for _, (x, y) in data]
+        self.train = [(self._prep(x), y.to(self.device)) for (x, y), _ in data]
+        self.test = [(self._prep(x), y.to(self.device)) for _, (x, y) in data]
         self.rep_sizes = [p.numel() for p in proto.representation.parameters()]
         self.all_sizes = [p.numel() for p in proto.parameters()]
         self.num_classes, self.image_shape = num_classes, image_shape
 
     def new_model(self, num_classes: int, image_shape: tuple) -> nn.Module:
         return MODELS.get(self.cfg.model)(in_channels=image_shape[0], num_classes=num_classes,
-                                          image_size=image_shape[1]).to(self.dtype).to(memory_format=self.fmt)
+                                          image_size=image_shape[1]).to(self.dtype).to(
+            device=self.device, memory_format=self.fmt)
 
     def _copy(self, m: nn.Module) -> nn.Module:
         import copy
@@ -130,12 +133,13 @@ class Clients:
         return copy.deepcopy(m)
 
     def _prep(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.dtype)
+        x = x.to(self.device, self.dtype)
         return x.contiguous(memory_format=self.fmt) if x.dim() == 4 else x
 
 
 def flat(params) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in params])
+    """The parameters as one row, on the CPU (a copy when they live on a GPU)."""
+    return torch.cat([p.detach().reshape(-1) for p in params]).cpu()
 
 
 def load(params, vector: torch.Tensor) -> None:
@@ -314,7 +318,7 @@ class FederatedRun:
         gen = torch.Generator().manual_seed(seed)
         accs, naive = [], []
         for j, ((x, y), (xt, yt)) in enumerate(new_clients):
-            x, xt = self.c._prep(x), self.c._prep(xt)
+            x, xt, y, yt = self.c._prep(x), self.c._prep(xt), y.to(self.c.device), yt.to(self.c.device)
             with torch.random.fork_rng():
                 torch.manual_seed(seed + j)
                 model = self.c.new_model(self.c.num_classes, self.c.image_shape)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..core.device import resolve_device
 from ..graphs.families import build_graph
 from ..io.records import RunRecorder, interruptible
 from ..network.clock import SynchronousRounds
@@ -45,6 +46,7 @@ def run_server_scenarios(cfg: "ExperimentConfig", out_dir: Path, progress: bool,
     if cfg.task.name in LINEAR_TASKS:
         return run_linear_server(cfg, out_dir, progress, position)
     torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
     seeds = run_seeds(cfg.seed)
     worlds = {s.name: server_world(cfg, s, seeds) for s in cfg.scenarios}  # errors before work
     plans = [(s, s.methods or cfg.server.methods) for s in cfg.scenarios]
@@ -62,7 +64,8 @@ def run_server_scenarios(cfg: "ExperimentConfig", out_dir: Path, progress: bool,
             normal[byz] = False
             for name in methods:
                 method = Method.parse(name)
-                clients = Clients(cfg.task, setup.clients, setup.num_classes, setup.image_shape, seeds["setup"])
+                clients = Clients(cfg.task, setup.clients, setup.num_classes, setup.image_shape, seeds["setup"],
+                                  device=device)
                 agg = build_aggregator(method, cfg.server, clients.rep_sizes, clients.all_sizes)
                 attack = make_attack(scenario.attack.name, **scenario.attack.params) if len(byz) else None
                 kind = DSGDRun if method.scheme == "dsgd" else FederatedRun

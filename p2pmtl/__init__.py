@@ -37,6 +37,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "ConfigError": ("p2pmtl.validation", "ConfigError"),
     "ConfigWarning": ("p2pmtl.validation", "ConfigWarning"),
     "Strict": ("p2pmtl.validation", "Strict"),
+    "resolve_device": ("p2pmtl.core.device", "resolve_device"),
     # extension points: base classes and what they are given
     "WeightRule": ("p2pmtl.rules.weights", "WeightRule"),
     "RuleContext": ("p2pmtl.rules.weights", "RuleContext"),

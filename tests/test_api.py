@@ -23,7 +23,7 @@ def test_top_level_exports_and_version():
                  "StudyResults", "ConfigError", "WeightRule", "CombineStep", "Attack", "Aggregator",
                  "PreAggregator", "Population", "SplitModel", "register_rule", "register_combine",
                  "register_attack", "register_aggregator", "register_pre_aggregator", "register_graph",
-                 "register_task", "register_model", "register_dataset"):
+                 "register_task", "register_model", "register_dataset", "resolve_device"):
         assert hasattr(p2pmtl, name), name
         assert name in p2pmtl.__all__
     assert p2pmtl.__version__ == "0.1.0"

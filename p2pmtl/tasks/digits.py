@@ -224,7 +224,7 @@ class ImageClassification(Population):
         else:
             self.bank = ModelBank(modules, make_optimizer_factory(cfg.optimizer, cfg.lr, cfg.momentum),
                                   cfg.channels_last)
-        self.batched = getattr(self.bank, "batched", False)
+        self.batched = self.bank.batched
         self.train_x = [self.bank.prepare(x) for x in self.train_x]
         self.test_x = [self.bank.prepare(x) for x in self.test_x]
         if self.batched:

@@ -3,8 +3,8 @@
 DESIGN (measured on this 2-core CPU): per-agent modules in channels_last beat ``torch.func.vmap``
 over stacked parameters, and channels_last alone runs the digit CNN about 2x faster than NCHW.
 Every model's parameters can be read and written as one flat row, which is what gossip
-exchanges. All compute on models goes through this class, so a vmap-based bank for GPUs can
-replace it behind the same methods.
+exchanges. :class:`~p2pmtl.tasks.batched_bank.BatchedModelBank` is the layout for GPUs (one
+stacked tensor, ``torch.func.vmap``); ``task.bank`` chooses (``auto``: this one on the CPU).
 """
 from __future__ import annotations
 
@@ -18,6 +18,11 @@ from torch.nn import functional as F
 
 
 class ModelBank:
+    """One ``nn.Module`` and one ``torch.optim`` optimizer per model, on the CPU."""
+
+    batched = False
+    device = torch.device("cpu")
+
     def __init__(
         self,
         modules: Sequence[nn.Module],

@@ -380,8 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bank: where the batched bank runs (cpu, cuda, cuda:N or auto); per-agent modules always on the CPU")
     b.add_argument("--bank-sizes", type=int, nargs="*", metavar="N",
                    help="bank: agents per timed round (default 10 on the CPU; 10, 100 and 1000 on a GPU)")
+    b.add_argument("--bank-threads", type=int, default=1, metavar="T",
+                   help="bank: torch threads of the timed rounds (the 2-core CPU baseline: 2)")
+    b.add_argument("--bank-layouts", nargs="*", choices=["modules", "batched"], metavar="BANK",
+                   help="bank: the layouts timed (default: both on the CPU, batched on a GPU)")
     b.add_argument("--bank-clients", type=int, default=100, metavar="N",
-                   help="bank: clients of the timed BR-MTRL server round on --device")
+                   help="bank: clients of the timed BR-MTRL server round on --device (0: no server round)")
     b.add_argument("--only", nargs="*", choices=["linear", "bank", "scale", "digits", "server", "aggregators", "network", "resam",
                                                    "process"],
                    help="run only these parts (default: all)")

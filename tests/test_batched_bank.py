@@ -195,3 +195,22 @@ def test_server_run_with_device_cpu_is_the_default_run():
     a = p2pmtl.run(load_config(data={**SERVER, "iterations": 1, "device": "cpu"})).metrics
     b = p2pmtl.run(load_config(data={**SERVER, "iterations": 1})).metrics
     assert a["value"].to_numpy().tolist() == b["value"].to_numpy().tolist()
+
+
+def test_the_bank_bench_times_the_same_round_for_both_layouts():
+    """`p2pmtl bench --only bank` compares like with like: one round of its population gives the
+    same models with either layout (float32), and its timings are positive."""
+    from p2pmtl.bench.bank import bank_population, bank_round
+
+    theta = {}
+    for bank in ("modules", "batched"):
+        pop, edges = bank_population(5, bank, "cpu", degree=2)
+        pop.sample(0)
+        psi = pop.adapt()
+        msgs = Messages(psi, edges, 1, torch.tensor([], dtype=torch.long))
+        losses = pop.edge_losses(msgs, 0)
+        pop.combine(msgs, torch.softmax(-losses, 0))
+        theta[bank] = pop.theta
+    assert torch.allclose(theta["modules"], theta["batched"], rtol=1e-4, atol=1e-6)
+    r = bank_round(4, "batched", "cpu", repeats=1)
+    assert r["edges"] == 4 * 4 and all(r[k] > 0 for k in ("adapt_s", "score_s", "combine_s", "metrics_s"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from types import SimpleNamespace
+from typing import Optional
 
 import networkx as nx
 import numpy as np
@@ -81,10 +82,11 @@ def bank_round(agents: int, bank: str, device: str = "cpu", repeats: int = 2) ->
             "threads": torch.get_num_threads(), "params": pop.bank.num_params, **best}
 
 
-def main(sizes: list[int], device: str = "cpu", repeats: int = 2) -> list[dict]:
+def main(sizes: list[int], device: str = "cpu", repeats: int = 2, layouts: Optional[list[str]] = None) -> list[dict]:
     """Prints one line per (agents, bank): per-agent modules only on the CPU."""
     dev = resolve_device(device)
     banks = ["modules", "batched"] if dev.type == "cpu" else ["batched"]
+    banks = [b for b in banks if not layouts or b in layouts]
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
     print(f"\nbank: one digits round (local Adam step on 64 images, loss of every edge on the receiver's 64 "
           f"images, combination), random 10-regular graph with self loops, on {name}")

@@ -275,10 +275,13 @@ def main(args: argparse.Namespace) -> int:
         from .bank import main as bank_main
 
         on_gpu = resolve_device(args.device).type == "cuda"
-        bank_main(args.bank_sizes or ([10, 100, 1000] if on_gpu else [10]), args.device)
-        rs = server_round(2, args.device, ("br-mtrl+gm",), args.bank_clients)
-        print(f"  BR-MTRL (br-mtrl+gm) server round, {rs[0]['clients']} clients (alpha 0.2), clients on "
-              f"{rs[0]['device']}: {rs[0]['seconds_per_round']:.2f} s/round")
+        torch.set_num_threads(args.bank_threads)
+        bank_main(args.bank_sizes or ([10, 100, 1000] if on_gpu else [10]), args.device, layouts=args.bank_layouts)
+        if args.bank_clients:
+            rs = server_round(2, args.device, ("br-mtrl+gm",), args.bank_clients)
+            print(f"  BR-MTRL (br-mtrl+gm) server round, {rs[0]['clients']} clients (alpha 0.2), clients on "
+                  f"{rs[0]['device']}, {torch.get_num_threads()} thread(s): {rs[0]['seconds_per_round']:.2f} s/round")
+        torch.set_num_threads(1)
     if "digits" in parts:
         r = digits_round()
         print(f"\ndigits: one loss-based round, 10 CNN agents ({r['params']:,} parameters each), batch 64, "

@@ -214,3 +214,19 @@ def test_the_bank_bench_times_the_same_round_for_both_layouts():
     assert torch.allclose(theta["modules"], theta["batched"], rtol=1e-4, atol=1e-6)
     r = bank_round(4, "batched", "cpu", repeats=1)
     assert r["edges"] == 4 * 4 and all(r[k] > 0 for k in ("adapt_s", "score_s", "combine_s", "metrics_s"))
+
+
+def test_gossip_on_the_client_split_task_is_the_same_with_either_bank():
+    """federated_images in gossip mode (representation sharing: each receiver scores with its own
+    head, heads stay personal): the batched bank gives the modules' numbers."""
+    runs = {}
+    for bank in ("modules", "batched"):
+        cfg = load_config(data={
+            "iterations": 3, "dtype": "float64", "graph": {"family": "complete", "n": 4},
+            "task": {"name": "federated_images", "datasets": ["synthetic"], "synthetic_images": 300,
+                     "train_per_client": 12, "test_per_client": 4, "batch_size": 5, "score_batch": 4,
+                     "share": "representation", "bank": bank},
+            "rules": {"names": ["loss"]}, "output": {"window": 1},
+            "scenarios": [{"name": "s", "byzantine": [2], "attack": {"name": "gaussian", "sigma": 0.1}}]})
+        runs[bank] = p2pmtl.run(cfg).metrics["value"].to_numpy()
+    assert np.allclose(runs["modules"], runs["batched"], rtol=1e-7, atol=1e-9)

@@ -17,14 +17,28 @@ running statistics) cannot be batched this way and is refused (use ``bank = "mod
 from __future__ import annotations
 
 import copy
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
+from ..validation import Strict
 from .row_optim import make_row_optimizer
+
+
+class BankSettings(Strict):
+    """How an image task holds its agents' models (the config models of the image tasks
+    inherit these keys)."""
+
+    bank: Literal["auto", "modules", "batched"] = Field(
+        "auto", description="gossip mode: how the agents' models are held: modules (one nn.Module and optimizer "
+                            "per agent, the faster layout on a CPU), batched (one stacked tensor trained with "
+                            "torch.func vmap, for GPUs) or auto (batched on a GPU device, modules on the CPU)")
+    bank_chunk: int = Field(64, ge=1, description="bank = batched: agents (or scored edges) per batched "
+                                                  "computation (bounds the memory of one vmap call)")
 
 
 class BatchedModelBank:

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..data import BUILTIN_IMAGE_SETS, IMAGE_SETS, ArrayDataset, load_image_set, partition_classes
 from ..validation import Probability, Strict, registered
+from .batched_bank import BankSettings
 
 
 def known_image_sets(names: list[str], builtin: tuple[str, ...]) -> list[str]:
@@ -24,7 +25,7 @@ def known_image_sets(names: list[str], builtin: tuple[str, ...]) -> list[str]:
     return names
 
 
-class FederatedImagesConfig(Strict):
+class FederatedImagesConfig(BankSettings):
     """Personalised image classification (BR-MTRL sec. V): a pool of images (digits offline by
     default; CIFAR-10 or EMNIST through torchvision) split over clients with
     ``classes_per_client`` classes each (pathological non-iid), plus unseen clients for the

@@ -31,7 +31,7 @@ from ..data import (
 from ..core.edges import EdgeIndex
 from ..core.messages import Messages
 from ..core.device import resolve_device
-from .batched_bank import BatchedModelBank
+from .batched_bank import BankSettings, BatchedModelBank
 from .model_bank import ModelBank, make_optimizer_factory
 from .models import MODELS
 from .base import TASKS, Population
@@ -45,7 +45,7 @@ from .client_split import known_image_sets
 DIGIT_DATASETS = ("mnist", "synthetic", "emnist", "folder")
 
 
-class DigitsConfig(Strict):
+class DigitsConfig(BankSettings):
     """Li2020 sec. 7 digit classification (SPEC section 3): one CNN per agent, Adam, agents in
     equal contiguous groups over ``datasets`` (default 0-4 MNIST, 5-9 synthetic digits)."""
 
@@ -78,12 +78,6 @@ class DigitsConfig(Strict):
                                                   "format (about 2x faster on CPU)")
     share: Literal["model", "representation"] = Field(
         "model", description="representation: gossip only the representation, heads stay personal")
-    bank: Literal["auto", "modules", "batched"] = Field(
-        "auto", description="how the agents' models are held: modules (one nn.Module and optimizer per agent, "
-                            "the faster layout on a CPU), batched (one stacked tensor trained with torch.func "
-                            "vmap, for GPUs) or auto (batched on a GPU device, modules on the CPU)")
-    bank_chunk: int = Field(64, ge=1, description="bank = batched: agents (or scored edges) per batched "
-                                                  "computation (bounds the memory of one vmap call)")
 
     @field_validator("datasets")
     @classmethod
@@ -212,7 +206,7 @@ class ImageClassification(Population):
                         in_channels=shape[0], num_classes=classes, image_size=shape[1]).to(dtype))
         modules = [copy.deepcopy(m) for _ in range(lanes) for m in world_models]
         self.device = resolve_device(device)
-        kind = getattr(cfg, "bank", "modules")
+        kind = getattr(cfg, "bank", "auto")
         if kind == "auto":
             kind = "modules" if self.device.type == "cpu" else "batched"
         if kind == "batched":
@@ -297,8 +291,7 @@ class ImageClassification(Population):
             x = torch.stack([self.batch[k][0] for k in ks])
             y = torch.stack([self.batch[k][1] for k in ks])
             nodes = torch.tensor([self._node(j, k) for j in range(self.lanes) for k in ks], dtype=torch.long)
-            lanes = self.lanes
-            self.bank.train_rows(nodes, x.repeat(lanes, *[1] * (x.dim() - 1)), y.repeat(lanes, 1))
+            self.bank.train_rows(nodes, x.repeat(self.lanes, *[1] * (x.dim() - 1)), y.repeat(self.lanes, 1))
         self.psi = self.bank.flat()
         return self.psi[:, :self.shared]
 

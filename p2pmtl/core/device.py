@@ -26,10 +26,12 @@ def check_device_spec(spec: str, key: str = "device") -> str:
 
 def resolve_device(spec: str = "auto", key: str = "device") -> torch.device:
     """The torch device of ``spec``: ``auto`` is ``cuda:0`` when a GPU is visible, else ``cpu``;
-    ``cuda`` or ``cuda:N`` without such a GPU is an error naming ``key`` and what torch sees."""
+    ``cuda`` or ``cuda:N`` without such a GPU is an error naming ``key`` and what torch sees.
+    Resolving a GPU also makes its computations reproducible (deterministic cuDNN kernels, no
+    TF32)."""
     spec = check_device_spec(spec, key)
     if spec == "auto":
-        return torch.device("cuda:0") if torch.cuda.is_available() else torch.device("cpu")
+        return _reproducible(torch.device("cuda:0")) if torch.cuda.is_available() else torch.device("cpu")
     if spec == "cpu":
         return torch.device("cpu")
     index = int(spec.split(":")[1]) if ":" in spec else 0
@@ -37,4 +39,15 @@ def resolve_device(spec: str = "auto", key: str = "device") -> torch.device:
     if index >= count:
         seen = f"{count} CUDA GPU(s)" if count else "no CUDA GPU (torch.cuda.is_available() is False)"
         raise ValueError(f"{key} = {spec!r}: this machine has {seen}; use 'cpu' or 'auto'")
-    return torch.device("cuda", index)
+    return _reproducible(torch.device("cuda", index))
+
+
+def _reproducible(device: torch.device) -> torch.device:
+    """Same seed, same numbers on a GPU too: cuDNN picks deterministic kernels (no autotuning,
+    whose choice can change between runs) and full float32 (no TF32, whose 10-bit mantissa
+    would make GPU runs differ from CPU runs far beyond float32 rounding)."""
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return device

@@ -12,7 +12,12 @@ import p2pmtl
 from p2pmtl.core.device import resolve_device
 from p2pmtl.core.edges import EdgeIndex
 from p2pmtl.core.messages import Messages
+from p2pmtl.engine.world import run_seeds
 from p2pmtl.experiments.config import ConfigError, load_config
+from p2pmtl.server.aggregation import build_aggregator
+from p2pmtl.server.batched_clients import BatchedClients
+from p2pmtl.server.federated import Clients, FederatedRun, Method
+from p2pmtl.server.run import server_world
 from p2pmtl.tasks.batched_bank import BatchedModelBank
 from p2pmtl.tasks.digits import ImageClassification
 from p2pmtl.tasks.row_optim import make_row_optimizer
@@ -230,3 +235,39 @@ def test_gossip_on_the_client_split_task_is_the_same_with_either_bank():
             "scenarios": [{"name": "s", "byzantine": [2], "attack": {"name": "gaussian", "sigma": 0.1}}]})
         runs[bank] = p2pmtl.run(cfg).metrics["value"].to_numpy()
     assert np.allclose(runs["modules"], runs["batched"], rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("optimizer,unit", [("momentum", "epochs"), ("adam", "steps")])
+def test_server_clients_batched_give_the_per_client_loop_numbers(optimizer, unit):
+    """Server mode with the clients as one stacked tensor (local steps in lockstep, one vmap per
+    step; the representation and the head with optimizer states of their own): BR-MTRL (geometric
+    median, Krum), FedRep, FedPer and FedAvg under label flipping, with partial participation,
+    record the per-client loop's numbers (float64)."""
+    base = {**SERVER, "iterations": 3, "graph": {"family": "star", "n": 11},
+            "task": {**SERVER["task"], "synthetic_images": 400, "optimizer": optimizer, "bank_chunk": 2},
+            "server": {**SERVER["server"], "methods": ["br-mtrl+gm", "br-mtrl+krum", "fedrep", "fedper+krum", "fedavg"],
+                       "alpha": 0.5, "tau_h": 2, "tau_phi": 1, "tau_joint": 2, "unit": unit}}
+    runs = {}
+    for bank in ("modules", "batched"):
+        cfg = load_config(data={**base, "task": {**base["task"], "bank": bank}})
+        runs[bank] = p2pmtl.run(cfg)
+    a, b = runs["modules"], runs["batched"]
+    assert np.allclose(a.metrics["value"].to_numpy(), b.metrics["value"].to_numpy(), rtol=1e-7, atol=1e-9)
+    for m in base["server"]["methods"]:
+        assert a.summary["results"]["s"][m]["meta_test_acc"] == b.summary["results"]["s"][m]["meta_test_acc"]
+    # the batched layout is really in use
+    cfg = load_config(data={**base, "task": {**base["task"], "bank": "batched"}})
+    _, setup, byz = server_world(cfg, cfg.scenarios[0], run_seeds(0))
+    c = Clients(cfg.task, setup.clients, setup.num_classes, setup.image_shape, 1, dtype=torch.float64)
+    m = Method.parse("fedrep")
+    run = FederatedRun(m, cfg.server, c, build_aggregator(m, cfg.server, c.rep_sizes, c.all_sizes), byz, None, 2)
+    assert run.bank is not None and run.bank.rows.shape == (10, sum(c.all_sizes))
+
+
+def test_server_batched_clients_need_equal_data_sizes():
+    gen = torch.Generator().manual_seed(0)
+    data = [((torch.rand((m, 1, 8, 8), generator=gen), torch.randint(0, 10, (m,), generator=gen)),
+             (torch.rand((4, 1, 8, 8), generator=gen), torch.randint(0, 10, (4,), generator=gen))) for m in (6, 9)]
+    cfg = load_config(data=SERVER).task
+    with pytest.raises(ValueError, match=r"clients hold \[6, 9\] training images.*bank = 'modules'"):
+        BatchedClients(Clients(cfg, data, 10, (1, 8, 8), init_seed=0))

@@ -178,9 +178,10 @@ def digits_round(repeats: int = 3) -> dict:
 
 def server_round(rounds: int = 3, device: str = "cpu",
                  methods: tuple[str, ...] = ("fedavg", "fedper+krum", "fedrep", "br-mtrl+gm", "br-mtrl+krum"),
-                 clients: int = 100) -> list[dict]:
+                 clients: int = 100, bank: str = "auto") -> list[dict]:
     """Seconds per round of each scheme at the Table II scale of ``experiments/br_mtrl_table2.toml``
-    (100 clients, alpha 0.2, 20 Byzantine sending phi + N(0, I)), clients training on ``device``."""
+    (100 clients, alpha 0.2, 20 Byzantine sending phi + N(0, I)), clients training on ``device``
+    in the layout ``bank`` (``task.bank``: per-client modules, or one stacked tensor)."""
     from ..robust.attacks import make_attack
     from ..server.federated import Clients, FederatedRun, Method
     from ..server.aggregation import build_aggregator
@@ -197,8 +198,8 @@ def server_round(rounds: int = 3, device: str = "cpu",
     rows = []
     for name in methods:
         m = Method.parse(name)
-        c = Clients(cfg.task, setup.clients, setup.num_classes, setup.image_shape, seeds["setup"],
-                    device=resolve_device(device))
+        c = Clients(cfg.task.model_copy(update={"bank": bank}), setup.clients, setup.num_classes,
+                    setup.image_shape, seeds["setup"], device=resolve_device(device))
         run = FederatedRun(m, cfg.server, c, build_aggregator(m, cfg.server, c.rep_sizes, c.all_sizes),
                            byz, make_attack(scenario.attack.name, **scenario.attack.params), seeds["data"])
         t = time.perf_counter()
@@ -207,7 +208,7 @@ def server_round(rounds: int = 3, device: str = "cpu",
         if c.device.type == "cuda":
             torch.cuda.synchronize(c.device)
         rows.append({"method": name, "seconds_per_round": (time.perf_counter() - t) / rounds, "clients": len(c.models),
-                     "device": str(c.device)})
+                     "device": str(c.device), "bank": "batched" if getattr(run, "bank", None) is not None else "modules"})
     return rows
 
 
@@ -278,9 +279,13 @@ def main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.bank_threads)
         bank_main(args.bank_sizes or ([10, 100, 1000] if on_gpu else [10]), args.device, layouts=args.bank_layouts)
         if args.bank_clients:
-            rs = server_round(2, args.device, ("br-mtrl+gm",), args.bank_clients)
-            print(f"  BR-MTRL (br-mtrl+gm) server round, {rs[0]['clients']} clients (alpha 0.2), clients on "
-                  f"{rs[0]['device']}, {torch.get_num_threads()} thread(s): {rs[0]['seconds_per_round']:.2f} s/round")
+            for layout in ["modules", "batched"] if not on_gpu else ["batched"]:
+                if args.bank_layouts and layout not in args.bank_layouts:
+                    continue
+                rs = server_round(2, args.device, ("br-mtrl+gm",), args.bank_clients, layout)
+                print(f"  BR-MTRL (br-mtrl+gm) server round, {rs[0]['clients']} clients (alpha 0.2), clients on "
+                      f"{rs[0]['device']} as {rs[0]['bank']}, {torch.get_num_threads()} thread(s): "
+                      f"{rs[0]['seconds_per_round']:.2f} s/round")
         torch.set_num_threads(1)
     if "digits" in parts:
         r = digits_round()

@@ -218,6 +218,19 @@ class FederatedRun:
         self.logged_uploads: dict[int, torch.Tensor] = {}  # round -> honest uploads (server.log_uploads)
         if attack is not None and self.byzantine:  # data-poisoning attacks change data here
             attack.setup(clients, torch.as_tensor(sorted(self.byzantine), dtype=torch.long))
+        self.bank = self._batched_clients() if method.scheme != "dsgd" else None
+
+    def _batched_clients(self):
+        """The clients as one stacked tensor (:class:`~p2pmtl.server.batched_clients.BatchedClients`)
+        when ``task.bank`` says ``batched`` (``auto``: on a GPU, when every client holds the
+        same number of images); None: the per-client modules."""
+        from .batched_clients import BatchedClients
+
+        kind = getattr(self.c.cfg, "bank", "auto")
+        equal = len({len(y) for _, y in self.c.train}) == 1 and len({len(y) for _, y in self.c.test}) == 1
+        if kind == "batched" or (kind == "auto" and self.c.device.type != "cpu" and equal):
+            return BatchedClients(self.c, getattr(self.c.cfg, "bank_chunk", 64))
+        return None
 
     def shared_params(self, i: int) -> list:
         m = self.c.models[i]
@@ -248,6 +261,11 @@ class FederatedRun:
         dropped, too few is a configuration error (ValueError). Other aggregator errors
         propagate. Returns the chosen clients."""
         chosen = np.sort(self.rng.choice(self.n, size=self.picked, replace=False))
+        if self.bank is not None:
+            agg = self.aggregate_uploads(t, chosen, self._batched_round(chosen), arrives)
+            if agg is not None:
+                self.global_state = agg
+            return chosen
         uploads = []
         for i in chosen.tolist():
             load(self.shared_params(i), self.global_state)
@@ -259,6 +277,15 @@ class FederatedRun:
         if agg is not None:
             self.global_state = agg
         return chosen
+
+    def _batched_round(self, chosen: np.ndarray) -> torch.Tensor:
+        """The chosen clients' local updates in lockstep on the stacked bank, with the
+        mini-batches the per-client loop would draw (same generator, same order)."""
+        s, m = self.server, len(self.c.train[0][1])
+        count = {"head": s.tau_h, "rep": s.tau_phi, "joint": s.tau_joint}
+        shared = self.global_state.numel()
+        return self.bank.train(chosen, self.global_state, shared, self.method.scheme,
+                               lambda phase: list(batches(m, self.trainer.batch, s.unit, count[phase], self.gen)))
 
     def aggregate_uploads(self, t: int, chosen: np.ndarray, up: torch.Tensor,
                           arrives: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> Optional[torch.Tensor]:
@@ -297,6 +324,9 @@ class FederatedRun:
     def evaluate(self) -> dict[str, torch.Tensor]:
         """Each client's personalised model on its test set: server representation (FedAvg:
         server model) with the client's own head."""
+        if self.bank is not None:
+            loss, acc = self.bank.evaluate(self.global_state, self.global_state.numel())
+            return {"test_loss": loss, "test_acc": acc}
         loss = torch.zeros(self.n, dtype=torch.float64)
         acc = torch.zeros_like(loss)
         for i, (x, y) in enumerate(self.c.test):

@@ -40,7 +40,7 @@ def server_world(cfg: "ExperimentConfig", scenario: "ScenarioConfig", seeds: dic
 
 def run_server_scenarios(cfg: "ExperimentConfig", out_dir: Path, progress: bool, position: int = 0) -> tuple[dict, bool]:
     """All scenarios x methods of a server-mode config in this process; (summary, interrupted)."""
-    from ..engine.world import run_seeds
+    from ..engine.world import DTYPES, run_seeds
     from .linear import LINEAR_TASKS, run_linear_server
 
     if cfg.task.name in LINEAR_TASKS:
@@ -65,7 +65,7 @@ def run_server_scenarios(cfg: "ExperimentConfig", out_dir: Path, progress: bool,
             for name in methods:
                 method = Method.parse(name)
                 clients = Clients(cfg.task, setup.clients, setup.num_classes, setup.image_shape, seeds["setup"],
-                                  device=device)
+                                  dtype=DTYPES[cfg.dtype] if cfg.dtype else torch.float32, device=device)
                 agg = build_aggregator(method, cfg.server, clients.rep_sizes, clients.all_sizes)
                 attack = make_attack(scenario.attack.name, **scenario.attack.params) if len(byz) else None
                 kind = DSGDRun if method.scheme == "dsgd" else FederatedRun

@@ -34,11 +34,12 @@ class BankSettings(Strict):
     inherit these keys)."""
 
     bank: Literal["auto", "modules", "batched"] = Field(
-        "auto", description="gossip mode: how the agents' models are held: modules (one nn.Module and optimizer "
-                            "per agent, the faster layout on a CPU), batched (one stacked tensor trained with "
-                            "torch.func vmap, for GPUs) or auto (batched on a GPU device, modules on the CPU)")
-    bank_chunk: int = Field(64, ge=1, description="bank = batched: agents (or scored edges) per batched "
-                                                  "computation (bounds the memory of one vmap call)")
+        "auto", description="how the agents' (server mode: the clients') models are held: modules (one "
+                            "nn.Module and optimizer each, the faster layout on a CPU), batched (one stacked "
+                            "tensor trained with torch.func vmap, for GPUs) or auto (batched on a GPU device, "
+                            "modules on the CPU)")
+    bank_chunk: int = Field(64, ge=1, description="bank = batched: agents, clients or scored edges per "
+                                                  "batched computation (bounds the memory of one vmap call)")
 
 
 class BatchedModelBank:

@@ -147,6 +147,14 @@ def test_a_gpu_named_on_a_machine_without_one_stops_before_any_file(tmp_path, ca
     assert main(["run", "target_localization", "--device", "cuda", "--out", str(out), "--no-figures"]) == 2
     assert "device = 'cuda': this machine has no CUDA GPU" in capsys.readouterr().err
     assert not (out / "metrics.csv").exists()
+    from p2pmtl.experiments.sweep import run_sweep
+
+    sweep_dir = tmp_path / "sweep"
+    data = {"iterations": 2, "graph": {"family": "ring", "n": 6},
+            "sweep": {"attacks": [{"name": "uniform"}], "byzantine": [0.2], "seeds": [0]}}
+    with pytest.raises(ValueError, match="device = 'cuda': this machine has no CUDA GPU"):
+        run_sweep(data, sweep_dir, overrides=["device=cuda"], jobs=1, progress=False, figures=False)
+    assert not (sweep_dir / "cells").exists()
 
 
 @pytest.mark.gpu

@@ -50,6 +50,11 @@ def test_rerun_does_no_finished_cell_twice(tmp_path, monkeypatch):
     assert calls == ["uniform__byz0.2__seed1"] and m["ran"] == 1
     assert results_of(tmp_path) == {k: v for k, v in first.items()}  # same numbers again
 
+    # the device is not part of a cell's identity: resuming elsewhere keeps the finished cells
+    calls.clear()
+    m = sweep.run_sweep(data, tmp_path, overrides=["device=cpu"], jobs=1, progress=False, figures=False)
+    assert calls == [] and m["skipped"] == 4
+
     # a changed cell config is not "finished": its cells rerun
     calls.clear()
     sweep.run_sweep(data, tmp_path, overrides=["iterations=21"], jobs=1, progress=False, figures=False)

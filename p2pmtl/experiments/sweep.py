@@ -45,6 +45,7 @@ from typing import Annotated, Any, Callable, Iterable, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..core.device import resolve_device
 from ..io.rundir import safe_component
 from .config import (
     AttackConfig,
@@ -245,8 +246,9 @@ def plan(cfg: ExperimentConfig, spec: SweepSpec) -> list[dict]:
                 except ValidationError as e:
                     raise ConfigError(format_validation_error(e, f"(sweep cell {cid})")) from None
                 cell_cfg = validated.model_dump(mode="json")
-                # the hash sees only non-default settings: new config fields do not unfinish cells
-                key = validated.model_dump(mode="json", exclude_defaults=True)
+                # the hash sees only non-default settings (new config fields do not unfinish cells)
+                # and not the device: cells finished on the CPU count when the sweep resumes on a GPU
+                key = validated.model_dump(mode="json", exclude_defaults=True, exclude={"device"})
                 digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
                 cells.append({"id": cid, "attack": row, "fraction": frac, "seed": seed, "byzantine": count,
                               "defences": unit, "config": cell_cfg, "hash": digest})
@@ -438,6 +440,8 @@ def run_sweep(config: Union[str, Path, dict], out: Union[str, Path], *, override
 
     if backend == "ray" or (jobs or spec.jobs or os.cpu_count() or 1) > 1:
         check_importable(cfg)  # worker processes import components by module
+    if backend == "local":
+        resolve_device(cfg.device)  # a GPU named but absent: an error before any cell (Ray workers may have one)
     root = Path(out)
     lock = claim(root, resume=True, what="sweep", own=("cells.json",))
     try:

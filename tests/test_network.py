@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from p2pmtl.io.records import NETWORK_METRICS
 from p2pmtl.experiments.config import load_config
 from p2pmtl.experiments.runner import build_world, make_engine, make_network, make_protocol, run_experiment
 from p2pmtl.network.protocols import AsyncGossip, SyncGossip
@@ -97,12 +98,23 @@ def test_async_runs_are_deterministic_for_a_seed(tmp_path, tiny_dict):
     outs = []
     for name in ("a", "b"):
         run_experiment(cfg, tmp_path / name, progress=False, figures=False)
-        outs.append((tmp_path / name / "metrics.csv").read_text())
+        outs.append((tmp_path / name / "metrics.csv").read_text() + (tmp_path / name / "curves.csv").read_text())
     assert outs[0] == outs[1]
     other = load_config(data={**tiny_dict, "seed": 1, "network": HETERO})
     run_experiment(other, tmp_path / "c", progress=False, figures=False)
     assert (tmp_path / "c" / "metrics.csv").read_text() != outs[0]
-    assert "staleness" in outs[0] and "bytes_received" in outs[0]
+    # the network accounts: per group in curves.csv by default, per agent on request
+    curves = (tmp_path / "a" / "curves.csv").read_text().splitlines()
+    assert {r.split(",")[2] for r in curves if ",staleness," in r} == {"all"}  # one row per record, all agents
+    assert len({r.split(",")[2] for r in curves if ",loss," in r}) > 1  # the task's metrics: per group too
+    assert ",staleness," not in (tmp_path / "a" / "metrics.csv").read_text()
+    per_agent = load_config(data={**tiny_dict, "network": HETERO, "output": {"network_per_agent": True}})
+    run_experiment(per_agent, tmp_path / "d", progress=False, figures=False)
+    table = (tmp_path / "d" / "metrics.csv").read_text()
+    assert ",staleness," in table and ",bytes_received," in table
+    # the same run: the task's rows are those of the default run
+    task_rows = [r for r in table.splitlines() if not any(f",{m}," in r for m in NETWORK_METRICS)]
+    assert "\n".join(task_rows) + "\n" == (tmp_path / "a" / "metrics.csv").read_text()
 
 
 def test_async_lookahead_batches_agents_and_keeps_causality(tiny_dict):

@@ -179,6 +179,11 @@ class OutputConfig(Strict):
     window: int = Field(100, ge=1, description="summary: mean over the last `window` iterations")
     record_every: int = Field(1, ge=1, description="write metrics every k iterations")
     per_agent: bool = Field(True, description="write one metrics.csv row per agent (else means only)")
+    network_per_agent: bool = Field(
+        False, description="with [network]: write the network accounts (sim_time, bytes_sent, bytes_received, "
+                           "time_compute, time_send, time_wait, staleness) per agent in metrics.csv and per task "
+                           "group in curves.csv too; default: for all agents together (curves.csv group 'all': "
+                           "mean, min, max) and in summary.json only")
     records: Literal["csv", "parquet"] = Field(
         "csv", description="format of the per-agent table: csv (metrics.csv) or parquet (metrics.parquet/, a folder "
                            "of Parquet parts with exact float64 values; needs pyarrow: pip install p2pmtl[parquet])")

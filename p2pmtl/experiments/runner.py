@@ -21,7 +21,7 @@ from ..core.edges import EdgeIndex
 from ..engine.gossip import GossipEngine
 from ..graphs.edge_list import EdgeListGraph
 from ..graphs.families import build_graph, positions
-from ..io.records import RunRecorder, interruptible, json_safe
+from ..io.records import NETWORK_METRICS, RunRecorder, interruptible, json_safe
 from ..rules.combine import make_combine
 from ..rules.weights import make_rule
 from ..tasks import TASKS
@@ -195,7 +195,8 @@ def _run_scenarios(cfg: ExperimentConfig, out_dir: Path, progress: bool, positio
         return run_server_scenarios(cfg, out_dir, progress, position)
     torch.set_num_threads(cfg.threads)
     worlds = {s.name: build_world(cfg, s) for s in cfg.scenarios}  # all errors before any work
-    rec = RunRecorder(out_dir, per_agent=cfg.output.per_agent, records=cfg.output.records)
+    rec = RunRecorder(out_dir, per_agent=cfg.output.per_agent, records=cfg.output.records,
+                      curves_only=() if cfg.output.network_per_agent else NETWORK_METRICS)
     rules = cfg.rules.names
     bar = tqdm(total=len(cfg.scenarios) * len(rules) * cfg.iterations, disable=not progress,
                desc=cfg.name, unit="rule-it", position=position)
@@ -259,13 +260,11 @@ def _network_rounds(cfg: ExperimentConfig, rec: RunRecorder, engine: GossipEngin
                     bar) -> None:
     """A gossip protocol on the network model; per-agent network accounts are recorded as
     metrics next to the task's (bytes, simulated time, time computing / sending / waiting)."""
-    from ..network.protocols import as_metrics
-
     last = [-1]
 
     def on_record(step: int, now: float, extras: dict) -> None:
         metrics = engine.pop.metrics()
-        net_rows = as_metrics(extras)
+        net_rows = extras  # numpy arrays, copied by the recorder
         total = float(extras["bytes_sent"].sum()) / len(world.setups)
         for j, block in enumerate(blocks):
             rec.record(block, step, now, total, {**{k: engine.lane_values(v, j) for k, v in metrics.items()},

@@ -13,7 +13,7 @@ import numpy as np
 import matplotlib
 from matplotlib.figure import Figure
 
-from .records import read_curves
+from .records import NETWORK_METRICS, read_curves
 
 FORMATS = ("png", "pdf", "svg")
 
@@ -80,7 +80,6 @@ def plot_run(run_dir: Path) -> list[Path]:
     return [w for w in written if w is not None]
 
 
-NETWORK_METRICS = ("sim_time", "bytes_sent", "bytes_received", "time_compute", "time_send", "time_wait", "staleness")
 
 
 def plot_network_accounts(run_dir: Path, curves) -> Path | None:

@@ -25,15 +25,21 @@ METRICS_HEADER = ["scenario", "rule", "run", "step", "time", "bytes", "agent", "
 METRICS_PARQUET = "metrics.parquet"
 RECORD_FORMATS = ("csv", "parquet")
 CURVES_HEADER = ["scenario", "rule", "group", "metric", "step", "time", "bytes", "mean", "min", "max"]
+NETWORK_METRICS = ("sim_time", "bytes_sent", "bytes_received", "time_compute", "time_send", "time_wait", "staleness")
 
 
 class RunRecorder:
-    def __init__(self, out_dir: Path, per_agent: bool = True, records: str = "csv") -> None:
+    def __init__(self, out_dir: Path, per_agent: bool = True, records: str = "csv",
+                 curves_only: tuple[str, ...] = ()) -> None:
+        """``per_agent``: one row per agent in the per-agent table (else curves only);
+        ``curves_only``: metrics recorded in summary.json and in curves.csv for all agents
+        together (group ``all``), never per agent or per task group (the network accounts)."""
         if records not in RECORD_FORMATS:
             raise ValueError(f"output.records = {records!r}: allowed: {', '.join(RECORD_FORMATS)}")
         self.out = Path(out_dir)
         (self.out / "arrays").mkdir(parents=True, exist_ok=True)
         self.per_agent = per_agent
+        self.curves_only = frozenset(curves_only)
         self.parquet = records == "parquet"
         if self.parquet:
             self._metrics = None
@@ -59,9 +65,10 @@ class RunRecorder:
         """``normal`` [R*n] bool mask of honest nodes; node r*n+k is agent k of run r."""
         return Block(scenario, rule, normal, groups, runs, n)
 
-    def record(self, block: "Block", step: int, now: float, nbytes: float, metrics: dict[str, torch.Tensor]) -> None:
+    def record(self, block: "Block", step: int, now: float, nbytes: float,
+               metrics: dict[str, torch.Tensor | np.ndarray]) -> None:
         """Append one iteration of a block at simulated time ``now``; ``metrics`` are per-node
-        values of that block's world. A non-robust rule under attack may give inf or NaN: those
+        values of that block's world (tensors or numpy arrays; they are copied). A non-robust rule under attack may give inf or NaN: those
         are recorded as they are, without numpy's overflow warnings."""
         with np.errstate(over="ignore", invalid="ignore"):
             self._record(block, step, now, nbytes, metrics)
@@ -71,14 +78,17 @@ class RunRecorder:
         mid = f"{step},{now:.6g},{nbytes:.6g}"
         items = []
         for name, values in metrics.items():
-            v = values.detach().cpu().numpy()[block.normal_idx].astype(np.float64)
+            arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
+            v = np.asarray(arr[block.normal_idx], dtype=np.float64)  # a copy: the caller may reuse its array
             rows = block.series.setdefault(name, [])
             rows.append(v)
             items.append((name, len(rows) - 1))
-            if self.per_agent and self.parquet:
+            if not self.per_agent or name in self.curves_only:
+                pass
+            elif self.parquet:
                 self._pbuf.append((block, step, now, nbytes, name, v))
                 self._rows += v.size
-            elif self.per_agent:  # one %-format over the block's row template: a C loop, not one f-string per value
+            else:  # one %-format over the block's row template: a C loop, not one f-string per value
                 args = [mid] * (2 * v.size)
                 args[1::2] = v.tolist()
                 self._mbuf.append(block.agent_template(name) % tuple(args))
@@ -105,12 +115,13 @@ class RunRecorder:
             for key, (block, name, idx, mids) in batches.items():
                 series = block.series[name]
                 arr = np.stack([series[i] for i in idx])  # [records, normal agents]
-                cells = np.empty((len(idx), len(block.group_selectors), 4), dtype=object)
+                groups = 1 if name in self.curves_only else len(block.group_selectors)  # accounts: all agents
+                cells = np.empty((len(idx), groups, 4), dtype=object)
                 cells[:, :, 0] = np.array(mids, dtype=object)[:, None]
-                for g, (_, sel) in enumerate(block.group_selectors):
+                for g, (_, sel) in enumerate(block.group_selectors[:groups]):
                     w = np.ascontiguousarray(arr[:, sel])
                     cells[:, g, 1], cells[:, g, 2], cells[:, g, 3] = w.mean(axis=1), w.min(axis=1), w.max(axis=1)
-                template = block.curve_template(name)
+                template = block.curve_template(name, groups)
                 texts[key] = iter([template % tuple(row) for row in cells.reshape(len(idx), -1).tolist()])
         for block, _, items in pending:
             for name, _ in items:
@@ -338,14 +349,15 @@ class Block:
                                            for h, t in zip(self.heads, self.tails))
         return self._templates[key]
 
-    def curve_template(self, metric: str) -> str:
-        """The curves.csv rows of one record of ``metric`` as a %-format: for each group ``%s``
-        (step, time, bytes) then mean, min and max as ``%.8g``."""
-        key = ("curve", metric)
+    def curve_template(self, metric: str, groups: Optional[int] = None) -> str:
+        """The curves.csv rows of one record of ``metric`` as a %-format: for each group (the
+        first ``groups`` of them: ``all`` first) ``%s`` (step, time, bytes) then mean, min and
+        max as ``%.8g``."""
+        key = ("curve", metric, groups)
         if key not in self._templates:
             head, name = _percent(self.key), _percent(csv_field(metric))
             self._templates[key] = "".join(f"{head},{_percent(g)},{name},%s,%.8g,%.8g,%.8g\n"
-                                           for g, _ in self.group_selectors)
+                                           for g, _ in self.group_selectors[:groups])
         return self._templates[key]
 
 

@@ -279,3 +279,21 @@ def test_server_batched_clients_need_equal_data_sizes():
     cfg = load_config(data=SERVER).task
     with pytest.raises(ValueError, match=r"clients hold \[6, 9\] training images.*bank = 'modules'"):
         BatchedClients(Clients(cfg, data, 10, (1, 8, 8), init_seed=0))
+
+
+@pytest.mark.parametrize("extra", [
+    {"network": {"protocol": "async", "latency": 0.05, "speed": {"kind": "lognormal", "median": 1.0, "sigma": 0.3}}},
+    {"rules": {"names": ["clipped_gossip", "loss"], "nu": 0.05, "init_score": 1.0}},
+    {"roles": {"servers": [0], "aggregator": "coordinate_median"}},
+], ids=["async", "robust_combine", "server_role"])
+def test_batched_bank_under_asynchrony_robust_combines_and_server_roles(extra):
+    """The paths that train only some agents (asynchronous gossip: the agents whose clock
+    fires), write a lane's models after the combination (robust combine steps) or replace a
+    node's model by an aggregate (a server role) give the modules' numbers too."""
+    runs = {}
+    for bank in ("modules", "batched"):
+        cfg = load_config(data={**RUN, "iterations": 3, **extra, "task": {**RUN["task"], "bank": bank},
+                                "scenarios": [{"name": "s", "byzantine": [3], "attack": {"name": "gaussian"}}]})
+        runs[bank] = p2pmtl.run(cfg).metrics["value"].to_numpy()
+    assert len(runs["modules"]) > 0
+    assert np.allclose(runs["modules"], runs["batched"], rtol=1e-7, atol=1e-9)

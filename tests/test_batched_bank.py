@@ -201,15 +201,6 @@ def test_server_clients_on_the_gpu_match_the_cpu():
     assert meta[0] == pytest.approx(meta[1], rel=1e-6)
 
 
-def test_server_run_with_device_cpu_is_the_default_run():
-    """device = "cpu" spelled out changes nothing (the same numbers as auto on this machine)."""
-    if torch.cuda.is_available():
-        pytest.skip("auto is the GPU here")
-    a = p2pmtl.run(load_config(data={**SERVER, "iterations": 1, "device": "cpu"})).metrics
-    b = p2pmtl.run(load_config(data={**SERVER, "iterations": 1})).metrics
-    assert a["value"].to_numpy().tolist() == b["value"].to_numpy().tolist()
-
-
 def test_the_bank_bench_times_the_same_round_for_both_layouts():
     """`p2pmtl bench --only bank` compares like with like: one round of its population gives the
     same models with either layout (float32), and its timings are positive."""

@@ -80,8 +80,6 @@ def plot_run(run_dir: Path) -> list[Path]:
     return [w for w in written if w is not None]
 
 
-
-
 def plot_network_accounts(run_dir: Path, curves) -> Path | None:
     """Runs on the network model: per scenario, the normal agents' mean cumulative bytes sent
     and received, the time split (computing / sending / waiting, stacked) and, asynchronous,

@@ -68,8 +68,9 @@ class RunRecorder:
     def record(self, block: "Block", step: int, now: float, nbytes: float,
                metrics: dict[str, torch.Tensor | np.ndarray]) -> None:
         """Append one iteration of a block at simulated time ``now``; ``metrics`` are per-node
-        values of that block's world (tensors or numpy arrays; they are copied). A non-robust rule under attack may give inf or NaN: those
-        are recorded as they are, without numpy's overflow warnings."""
+        values of that block's world (tensors or numpy arrays; they are copied). A non-robust
+        rule under attack may give inf or NaN: those are recorded as they are, without numpy's
+        overflow warnings."""
         with np.errstate(over="ignore", invalid="ignore"):
             self._record(block, step, now, nbytes, metrics)
 

@@ -87,10 +87,10 @@ class DSGDRun(FederatedRun):
     def gradients(self, chosen: np.ndarray) -> torch.Tensor:
         """``[k, D]`` minibatch gradients of the chosen workers at the server's model.
 
-        ``batched`` (on a GPU device: ``device = "cuda"``) computes them in one ``vmap`` over workers; otherwise
-        one backward pass per worker on the shared module (measured on the 2-core CPU: 26
-        workers x 25 images of the digit CNN take about 2x longer through ``vmap``). Both give
-        the same gradients (tested)."""
+        ``batched`` (on a GPU device: ``device = "cuda"``) computes them in one ``vmap`` over
+        workers; otherwise one backward pass per worker on the shared module (measured on the
+        2-core CPU: 26 workers x 25 images of the digit CNN take about 2x longer through
+        ``vmap``). Both give the same gradients (tested). The rows returned are on the CPU."""
         x, y = self._batches(chosen)
         self.model.train()
         if self.batched:

@@ -15,7 +15,6 @@ of training images (``train_per_client``), which the client split gives.
 """
 from __future__ import annotations
 
-import copy
 from typing import Callable
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
+from ..tasks.batched_bank import BatchedModelBank
 from ..tasks.row_optim import make_row_optimizer
 
 
@@ -35,22 +35,16 @@ class BatchedClients:
         if len(sizes) != 1:
             raise ValueError(f"task.bank = 'batched' in server mode: clients hold {sorted(sizes)} training images; "
                              "lockstep training needs one size (use bank = 'modules')")
-        self.device, self.chunk = clients.device, max(1, int(chunk))
-        template = copy.deepcopy(clients.models[0]).to(memory_format=torch.contiguous_format)
-        if [n for n, _ in template.named_buffers()]:
-            raise ValueError(f"task.bank = 'batched': model {type(template).__name__} has buffers; use bank = 'modules'")
-        self.template = template
-        names = [n for n, _ in template.named_parameters()]
-        shapes = [p.shape for p in template.parameters()]
-        self.rep = sum(p.numel() for p in template.representation.parameters())
-        n_rep = len(list(template.representation.parameters()))
-        self.rep_spec = [(n.removeprefix("representation."), s) for n, s in zip(names[:n_rep], shapes[:n_rep])]
-        self.head_spec = [(n.removeprefix("head."), s) for n, s in zip(names[n_rep:], shapes[n_rep:])]
-        with torch.no_grad():
-            self.rows = torch.stack([torch.cat([p.detach().reshape(-1) for p in m.parameters()])
-                                     for m in clients.models]).to(self.device)
-        n, p = self.rows.shape
         cfg = clients.cfg
+        # the rows, the functional template and the evaluation; the optimizers are per part here
+        self.bank = BatchedModelBank(clients.models, None, cfg.lr, cfg.momentum, clients.device, chunk)
+        self.device, self.chunk, self.rows = self.bank.device, self.bank.chunk, self.bank.rows
+        self.template, self.rep = self.bank.template, self.bank.rep_params
+        n_rep = len(list(self.template.representation.parameters()))
+        spec = list(zip(self.bank.names, self.bank.shapes))
+        self.rep_spec = [(name.removeprefix("representation."), s) for name, s in spec[:n_rep]]
+        self.head_spec = [(name.removeprefix("head."), s) for name, s in spec[n_rep:]]
+        n, p = self.rows.shape
         self.rep_opt = make_row_optimizer(cfg.optimizer, n, self.rep, cfg.lr, cfg.momentum, self.rows.dtype, self.device)
         self.head_opt = make_row_optimizer(cfg.optimizer, n, p - self.rep, cfg.lr, cfg.momentum, self.rows.dtype,
                                            self.device)
@@ -62,7 +56,6 @@ class BatchedClients:
         self._head_grad = vmap(grad(self._head_loss))
         self._rep_grad = vmap(grad(self._loss, argnums=0))
         self._joint_grad = vmap(grad(self._loss, argnums=(0, 1)))
-        self._logits = vmap(self._forward)
         self._features = vmap(self._represent)
 
     # -- the functional model: rows split into [representation | head] --------------------------
@@ -146,13 +139,6 @@ class BatchedClients:
         with torch.no_grad():
             self.rows[:, :shared] = state.to(self.device, self.rows.dtype)
         x, y = self.test
-        loss, acc = torch.empty(len(y), dtype=torch.float64), torch.empty(len(y), dtype=torch.float64)
-        with torch.inference_mode():
-            for s in range(0, len(y), self.chunk):
-                rows = self.rows[s:s + self.chunk]
-                out = self._logits(rows[:, :self.rep], rows[:, self.rep:], x[s:s + self.chunk])  # [k, T, C]
-                yy = y[s:s + self.chunk]
-                ce = F.cross_entropy(out.flatten(0, 1), yy.flatten(), reduction="none").view(yy.shape)
-                loss[s:s + len(yy)] = ce.mean(1).double().cpu()
-                acc[s:s + len(yy)] = (out.argmax(2) == yy).double().mean(1).cpu()
-        return loss, acc
+        parts = [self.bank.losses(self.rows[s:s + self.chunk], x[s:s + self.chunk], y[s:s + self.chunk])
+                 for s in range(0, len(y), self.chunk)]
+        return (torch.cat([ce for ce, _ in parts]).double().cpu(), torch.cat([hit for _, hit in parts]).double().cpu())

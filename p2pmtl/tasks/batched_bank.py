@@ -43,13 +43,14 @@ class BankSettings(Strict):
 
 
 class BatchedModelBank:
-    """``R`` models of ``modules[0]``'s architecture with the parameters of ``modules``."""
+    """``R`` models of ``modules[0]``'s architecture with the parameters of ``modules``;
+    ``optimizer`` None: no optimizer state (a caller that steps parts of the rows itself)."""
 
     batched = True
 
-    def __init__(self, modules: Sequence[nn.Module], optimizer: str, lr: float, momentum: float,
+    def __init__(self, modules: Sequence[nn.Module], optimizer: Optional[str], lr: float, momentum: float,
                  device: torch.device, chunk: int = 64) -> None:
-        template = copy.deepcopy(modules[0])
+        template = copy.deepcopy(modules[0]).to(memory_format=torch.contiguous_format)
         buffers = [n for n, _ in template.named_buffers()]
         if buffers:
             raise ValueError(f"task.bank = 'batched': model {type(template).__name__} has buffers {buffers[:3]} "
@@ -66,8 +67,8 @@ class BatchedModelBank:
         with torch.no_grad():
             self.rows = torch.stack([torch.cat([p.detach().reshape(-1) for p in m.parameters()])
                                      for m in modules]).to(self.device)
-        self.optimizer = make_row_optimizer(optimizer, self.rows.shape[0], self.num_params, lr, momentum,
-                                            self.rows.dtype, self.device)
+        self.optimizer = None if optimizer is None else make_row_optimizer(
+            optimizer, self.rows.shape[0], self.num_params, lr, momentum, self.rows.dtype, self.device)
         self._grad = vmap(grad(self._loss), in_dims=(0, 0, 0), randomness="different")
         self._forward = vmap(self._apply, in_dims=(0, 0), randomness="different")
 

@@ -95,19 +95,12 @@ class BatchedModelBank:
                                                                        device=self.device)]
         return rows.detach().to("cpu", copy=True)
 
-    def flat_one(self, i: int) -> torch.Tensor:
-        return self.rows[i].detach().to("cpu", copy=True)
-
     def load(self, rows: torch.Tensor, ids: Optional[Sequence[int]] = None) -> None:
         with torch.no_grad():
             if ids is None:
                 self.rows.copy_(rows)
             else:
                 self.rows[torch.as_tensor(list(ids), dtype=torch.long, device=self.device)] = rows.to(self.device)
-
-    def load_one(self, i: int, vector: torch.Tensor) -> None:
-        with torch.no_grad():
-            self.rows[i].copy_(vector)
 
     # -- compute -------------------------------------------------------------------------------
     def train_rows(self, ids: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:

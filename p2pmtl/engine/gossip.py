@@ -44,6 +44,7 @@ class GossipEngine:
         run_of_node: Optional[torch.Tensor] = None,
         combines: Optional[Sequence[Optional[CombineStep]]] = None,
         roles=None,
+        kernel: str = "torch",
     ) -> None:
         """``world_edges``: the world's edge list; ``rules``: one weight rule per lane;
         ``byzantine``: Byzantine node ids of the world (the same in every lane); ``attacks``:
@@ -59,7 +60,12 @@ class GossipEngine:
 
         ``roles`` (a :class:`~p2pmtl.engine.roles.ServerRoles`; None: every node is a learner):
         servers do not adapt, and after every combine the servers' two-phase aggregation
-        rewrites the rows of servers and their clients in every lane."""
+        rewrites the rows of servers and their clients in every lane.
+
+        ``kernel`` (the config's ``kernel``: ``auto``, ``numba`` or ``torch``): whether
+        synchronous rounds run their receiving half as one compiled kernel where it applies
+        (:mod:`p2pmtl.kernels.fused_round`: the same numbers, a fraction of the memory traffic
+        at scale); :attr:`kernel` says which one runs."""
         self.pop, self.world_edges, self.rules = population, world_edges, list(rules)
         self.lanes = m = len(self.rules)
         self.n0, self.e0 = world_edges.num_nodes, world_edges.num_edges
@@ -101,6 +107,14 @@ class GossipEngine:
         self.roles = roles
         self.is_server = roles.is_server if roles is not None else torch.zeros(self.n0, dtype=torch.bool)
         self._step = 0
+        self._fused = None
+        from ..kernels import wants_kernel
+
+        if wants_kernel(kernel, self.edges.num_edges):
+            from ..kernels.fused_round import FusedLossRound, applies
+
+            if applies(self) is None:
+                self._fused = FusedLossRound(self)
         self.weights: Optional[torch.Tensor] = None  # [M*E0]
         self.sent: Optional[torch.Tensor] = None  # [M*N0, D]
 
@@ -120,7 +134,16 @@ class GossipEngine:
         model and scores); ``adapting`` (default: ``active``) those that also finished their
         local step (a step cut by a deadline is abandoned: the agent combines its old model)."""
         sent, overrides = self.produce(step, active if adapting is None else adapting)
+        if (self._fused is not None and delivered is None and active is None and overrides[0] is None
+                and self._fused.run(self, sent)):
+            return
         self.consume(self.messages(sent, overrides, delivered, active))
+
+    @property
+    def kernel(self) -> str:
+        """``numba`` when synchronous rounds run the compiled kernel (where their messages allow
+        it), else ``torch``."""
+        return "numba" if self._fused is not None else "torch"
 
     def produce(self, step: int, active: Optional[torch.Tensor] = None):
         """Adapt (Li2020 eq. 2) and forge: (broadcast rows ``[M*N0, D]``, per-edge forgeries)."""

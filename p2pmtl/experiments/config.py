@@ -14,6 +14,7 @@ from typing import Annotated, Any, Iterable, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..core.device import check_device_spec
+from ..kernels import check_kernel_spec
 from ..engine.roles import RolesConfig
 from ..graphs.config import GraphConfig
 from ..graphs.families import family_nodes
@@ -219,6 +220,14 @@ class ExperimentConfig(Strict):
     @classmethod
     def _device(cls, v):
         return check_device_spec(v)
+    kernel: str = Field("auto", description="synchronous gossip rounds of large target-localization worlds: auto "
+                                            "(a compiled numba kernel from 100,000 edges when numba is installed), "
+                                            "numba (wherever it applies) or torch; the same numbers either way")
+
+    @field_validator("kernel")
+    @classmethod
+    def _kernel(cls, v):
+        return check_kernel_spec(v)
     jobs: int = Field(1, ge=1, description="scenarios (server mode: scenario x method) in parallel processes")
     mode: Literal["gossip", "server"] = Field(
         "gossip", description="gossip: decentralized ATC diffusion over the graph; server: federated rounds on a "

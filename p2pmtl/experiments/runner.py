@@ -101,7 +101,7 @@ def make_engine(cfg: ExperimentConfig, world: World, scenario: ScenarioConfig, r
 
         roles = ServerRoles(cfg.roles, world.edges, world.n, world.byzantine)
     return GossipEngine(pop, world.edges, rules, world.byzantine, attacks,
-                        [s["attack"] for s in world.seeds], world.run_of_node, combines, roles)
+                        [s["attack"] for s in world.seeds], world.run_of_node, combines, roles, kernel=cfg.kernel)
 
 
 def run_experiment(

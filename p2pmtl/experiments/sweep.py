@@ -247,8 +247,9 @@ def plan(cfg: ExperimentConfig, spec: SweepSpec) -> list[dict]:
                     raise ConfigError(format_validation_error(e, f"(sweep cell {cid})")) from None
                 cell_cfg = validated.model_dump(mode="json")
                 # the hash sees only non-default settings (new config fields do not unfinish cells)
-                # and not the device: cells finished on the CPU count when the sweep resumes on a GPU
-                key = validated.model_dump(mode="json", exclude_defaults=True, exclude={"device"})
+                # and not the device or kernel (the same numbers): cells finished on the CPU count when the
+                # sweep resumes on a GPU
+                key = validated.model_dump(mode="json", exclude_defaults=True, exclude={"device", "kernel"})
                 digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
                 cells.append({"id": cid, "attack": row, "fraction": frac, "seed": seed, "byzantine": count,
                               "defences": unit, "config": cell_cfg, "hash": digest})

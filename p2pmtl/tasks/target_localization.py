@@ -287,10 +287,21 @@ class TargetLocalization(StackedPopulation):
         the new ``theta`` in the one of two kept tensors that is not the current ``theta`` (so a
         ``theta`` stays as it was for one more step; clone it to keep it longer)."""
         weighted = torch.mul(weights.unsqueeze(1), msgs.per_edge(), out=self._edge_rows(msgs))
+        self.theta = segment_sum_into(weighted, msgs.edges.offsets, out=self.next_theta())
+
+    def next_theta(self) -> torch.Tensor:
+        """The kept ``[M*N0, 2]`` tensor the next combination writes: the one of two that is not
+        the current ``theta``."""
         new = self._ws.get("theta", self.theta.shape, self.dtype)
         if new is self.theta:
             new = self._ws.get("theta'", self.theta.shape, self.dtype)
-        self.theta = segment_sum_into(weighted, msgs.edges.offsets, out=new)
+        return new
+
+    def loss_terms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's samples as ``(u [N0, 2], c [N0])`` with agent k's loss
+        ``l_k(w) = (c_k - u_k^T w)^2``: what the compiled round
+        (:mod:`p2pmtl.kernels.fused_round`) needs to score every edge itself."""
+        return self.u, self.c
 
     def _edge_rows(self, msgs: Messages) -> torch.Tensor:
         """Scratch ``[M*E0, 2]`` (edge_losses uses a lane's share of it, combine all of it)."""

@@ -1,0 +1,39 @@
+"""Compiled kernels for the hot path of large synchronous runs (optional: they need numba).
+
+A kernel fuses what the torch path does in about twenty memory-bound passes over the edge
+list into one pass per receiver, with the same floating-point operations in the same order,
+so its numbers are bit-identical to the torch path's (``tests/test_kernels.py``). The engine
+uses one only where it applies (:func:`p2pmtl.kernels.fused_round.applies`) and falls back to
+torch everywhere else; the ``kernel`` config key chooses: ``auto`` (the kernel for large
+worlds when numba is installed), ``numba`` (wherever it applies) or ``torch`` (never).
+"""
+from __future__ import annotations
+
+import importlib.util
+
+KERNELS = ("auto", "torch", "numba")
+AUTO_MIN_EDGES = 100_000  # `auto` compiles (or loads from numba's cache) the kernel from this size
+
+
+def numba_available() -> bool:
+    """True when numba can be imported (checked without importing it)."""
+    return importlib.util.find_spec("numba") is not None
+
+
+def check_kernel_spec(value: str) -> str:
+    """The ``kernel`` config value, or a ValueError naming it and what is allowed."""
+    if value not in KERNELS:
+        raise ValueError(f"kernel = {value!r}: allowed: {', '.join(KERNELS)}")
+    if value == "numba" and not numba_available():
+        raise ValueError("kernel = 'numba' needs the numba package, which is not installed: pip install numba, "
+                         "or use kernel = 'auto' (torch without numba) or 'torch'")
+    return value
+
+
+def wants_kernel(spec: str, num_edges: int) -> bool:
+    """Whether an engine with ``num_edges`` edges (all lanes) should use the compiled kernel."""
+    if spec == "torch":
+        return False
+    if spec == "numba":
+        return True
+    return num_edges >= AUTO_MIN_EDGES and numba_available()

@@ -1,0 +1,167 @@
+"""One synchronous ATC round's receiving half, fused: the edge losses, the loss-based filtered
+weights and the combination (Li2020 eqs. 9-10 and 3) in one numba kernel over the receivers.
+
+The torch path (:meth:`p2pmtl.engine.gossip.GossipEngine.consume`) makes about twenty passes
+over ``[E]`` and ``[E, 2]`` tensors: the messages gathered onto the edges, the receivers'
+samples gathered onto them, the dot products, the smoothing, the filter, the inverse scores,
+their sums, the division, the weighted messages and their sums. At 10^6 agents (10^7 edges)
+each pass is memory-bound, so the round costs many times the traffic it needs. The kernel
+walks each receiver's contiguous in-edges (the edge list is sorted by receiver) three times
+while they sit in cache, and reads each sender's row where it is used. Receivers run in
+parallel (``prange``) on ``torch.get_num_threads()`` threads; each is independent, so the
+numbers do not depend on the thread count.
+
+**Bit-identical to the torch path.** Every value is computed with the same IEEE operations in
+the same order: the row dot ``u0*m0 + u1*m1`` (torch's ``mul`` then ``mv`` by ones), the
+residual ``c - dot`` squared, torch's ``lerp`` (a fused multiply-add, as its vectorized CPU
+kernel does: ``fma(nu, stat - phi, phi)``, or ``fma(nu - 1, stat - phi, stat)`` for
+``nu >= 0.5``), ``keep / max(phi, sqrt(tiny))``, sums in edge order from 0 (torch's
+``segment_reduce``), one division per weight, and the weighted messages summed in edge order.
+A statistic that is not finite leaves its score unchanged and drops its edge (the receiver's
+own edge always stays), as :class:`~p2pmtl.rules.weights.RuleSet` does.
+
+Where it applies (:func:`applies`): a synchronous step with every message finite and received
+by every agent, no per-edge forgeries, lanes whose rules are built-in ones without a statistic
+or with the loss statistic (``noncoop``, ``average``, ``loss``), the weighted-average combine,
+no server roles, and a float64 population of 2-D linear models exposing ``loss_terms()`` (target
+localization). Everything else runs the torch path.
+"""
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Optional
+
+import numba
+import numpy as np
+import torch
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from ..core.ops import all_finite
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..engine.gossip import GossipEngine
+
+TINY = sys.float_info.min ** 0.5  # inverse_score's floor, torch.finfo(float64).tiny ** 0.5
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a * b + c with one rounding (LLVM's fma), as torch's vectorized CPU lerp computes."""
+    sig = types.float64(types.float64, types.float64, types.float64)
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return sig, codegen
+
+
+@njit(parallel=True, cache=True, boundscheck=False, nogil=True)
+def loss_round(offsets, src, self_edge, sent, u, c, phi, n0, scored, unfiltered, self_only, nu, weights, theta):
+    """Receivers ``k`` of the lanes' edge list (``offsets``, ``src``, ``self_edge``): new
+    scores ``phi`` (in place), weights (into ``weights``) and models (into ``theta``) from
+    the broadcast rows ``sent [N, 2]`` and the world's samples ``u [N0, 2]``, ``c [N0]``;
+    per lane: ``scored`` (the loss rule's statistic), ``unfiltered``, ``self_only``, ``nu``."""
+    n = offsets.size - 1
+    for k in prange(n):
+        lo, hi = offsets[k], offsets[k + 1]
+        lane = k // n0
+        i = k - lane * n0
+        own_edge = self_edge[k]
+        nu_j = nu[lane]
+        # 1. scores: phi <- lerp(phi, (c_k - u_k . psi_l)^2, nu) where the loss is finite
+        #    (weights[e] marks usable edges until step 2 overwrites it)
+        usable_all = True
+        if scored[lane]:
+            u0, u1, ck = u[i, 0], u[i, 1], c[i]
+            for e in range(lo, hi):
+                src_row = src[e]
+                r = ck - (u0 * sent[src_row, 0] + u1 * sent[src_row, 1])
+                stat = r * r
+                if np.isfinite(stat):
+                    p = phi[e]
+                    if abs(nu_j) < 0.5:
+                        phi[e] = _fma(nu_j, stat - p, p)
+                    else:
+                        phi[e] = _fma(nu_j - 1.0, stat - p, stat)
+                    weights[e] = 1.0
+                else:
+                    weights[e] = 0.0
+                    usable_all = False
+        # 2. filter (keep phi_lk <= phi_kk; the own edge always) and inverse scores, summed in
+        #    edge order
+        own = phi[own_edge]
+        total = 0.0
+        for e in range(lo, hi):
+            p = phi[e]
+            kept = p <= own or unfiltered[lane]
+            if not usable_all and weights[e] == 0.0:
+                kept = False
+            if e == own_edge:
+                kept = True
+            elif self_only[lane]:
+                kept = False
+            floored = p if not p < TINY else TINY
+            s = (1.0 if kept else 0.0) / floored
+            weights[e] = s
+            total += s
+        # 3. normalise and combine: theta_k = sum_l a_lk psi_l, in edge order
+        t0 = 0.0
+        t1 = 0.0
+        for e in range(lo, hi):
+            w = weights[e] / total
+            weights[e] = w
+            src_row = src[e]
+            t0 += w * sent[src_row, 0]
+            t1 += w * sent[src_row, 1]
+        theta[k, 0] = t0
+        theta[k, 1] = t1
+
+
+def applies(engine: "GossipEngine") -> Optional[str]:
+    """None when the kernel can run this engine's synchronous steps, else why not."""
+    pop = engine.pop
+    if not hasattr(pop, "loss_terms"):
+        return f"task {type(pop).__name__} has no loss_terms()"
+    if pop.dtype != torch.float64 or getattr(pop, "theta", None) is None or pop.theta.shape[1] != 2:
+        return "the kernel runs float64 2-D linear models"
+    if engine.general or engine.slow_combines or engine.roles is not None:
+        return "a rule with its own scores, a combine step other than the weighted average, or server roles"
+    if any(r.needs not in (None, "loss") for r in engine.rules):
+        return "a rule whose statistic is not the loss (distance)"
+    return None
+
+
+class FusedLossRound:
+    """The compiled receiving half of an engine's synchronous round (see the module text)."""
+
+    def __init__(self, engine: "GossipEngine") -> None:
+        why = applies(engine)
+        if why is not None:
+            raise ValueError(f"the fused kernel does not apply: {why}")
+        e, rs = engine.edges, engine.rule_set
+        self.offsets, self.src, self.self_edge = e.offsets.numpy(), e.src.numpy(), e.self_edge.numpy()
+        lanes = engine.rules
+        self.scored = np.array([r.needs == "loss" for r in lanes])
+        self.unfiltered = np.array([not r.filtered for r in lanes])
+        self.self_only = np.array([r.self_only for r in lanes])
+        self.nu = np.array([r.nu for r in lanes], dtype=np.float64)
+        self.rounds = 0  # rounds this kernel ran (the others went to the torch path)
+
+    def run(self, engine: "GossipEngine", sent: torch.Tensor) -> bool:
+        """Weights and combination of one synchronous round from the broadcast rows ``sent``;
+        False (nothing done) when a row is not finite: the torch path handles those."""
+        if not all_finite(sent):
+            return False
+        pop, rs = engine.pop, engine.rule_set
+        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        u, c = pop.loss_terms()
+        weights = rs.ws.get("weights", rs.phi.shape, rs.phi.dtype)
+        theta = pop.next_theta()
+        loss_round(self.offsets, self.src, self.self_edge, sent.contiguous().numpy(), u.contiguous().numpy(),
+                    c.contiguous().numpy(), rs.phi.numpy(), engine.n0, self.scored, self.unfiltered, self.self_only,
+                    self.nu, weights.numpy(), theta.numpy())
+        pop.theta = theta
+        engine.weights = weights
+        self.rounds += 1
+        return True

@@ -1,0 +1,125 @@
+"""The compiled synchronous round (issue 14, p2pmtl.kernels): bit-identical to the torch path
+on every case it takes (both lerp branches, lanes of every fused rule kind, several runs,
+infinite losses, non-finite messages it hands back), chosen as the config says, and the same
+files from a whole run."""
+import hashlib
+
+import pytest
+import torch
+
+pytest.importorskip("numba")
+
+from p2pmtl.bench.common import bench_config  # noqa: E402
+from p2pmtl.experiments.config import ConfigError, load_config  # noqa: E402
+from p2pmtl.experiments.runner import build_world, make_engine, run_experiment  # noqa: E402
+from p2pmtl import kernels  # noqa: E402
+
+
+def _engines(cfg, rules, **update):
+    cfg = cfg.model_copy(update=update)
+    world = build_world(cfg, cfg.scenarios[0])
+    return [make_engine(cfg.model_copy(update={"kernel": k}), world, cfg.scenarios[0], rules) for k in ("torch", "numba")]
+
+
+def _same_after(cfg, rules, steps=40, **update):
+    ref, fused = _engines(cfg, rules, **update)
+    assert (ref.kernel, fused.kernel) == ("torch", "numba")
+    for i in range(steps):
+        ref.step(i)
+        fused.step(i)
+        assert torch.equal(ref.pop.theta, fused.pop.theta), i
+        assert torch.equal(ref.weights, fused.weights), i
+        assert torch.equal(ref.rule_set.phi, fused.rule_set.phi), i
+    return ref, fused
+
+
+def _kernel_rounds(engine):
+    return engine._fused.rounds
+
+
+def _attack(attack, n=200, byz=40):
+    data = bench_config(n, byz).model_dump(mode="json")
+    data.update(iterations=40, output={"window": 10})
+    data["scenarios"][0]["attack"] = attack
+    return load_config(data=data)
+
+
+@pytest.mark.parametrize("nu", [0.1, 0.7])  # torch's lerp has two formulas: |nu| < 0.5 and not
+def test_loss_rule_is_bit_identical(nu):
+    cfg = bench_config(300, 60)
+    cfg = cfg.model_copy(update={"rules": cfg.rules.model_copy(update={"nu": nu})})
+    assert _kernel_rounds(_same_after(cfg, ["loss"])[1]) == 40
+
+
+def test_fused_lanes_and_runs_are_bit_identical():
+    """noncoop (self only), average (unfiltered, no statistic) and loss lanes, two runs, LMS."""
+    cfg = bench_config(150, 30, runs=2)
+    cfg = cfg.model_copy(update={"task": cfg.task.model_copy(update={"adapt": "lms"})})
+    assert _kernel_rounds(_same_after(cfg, ["noncoop", "average", "loss"])[1]) == 40
+
+
+def test_infinite_losses_keep_their_scores():
+    """Forged rows of 1e200 are finite but their losses overflow: those edges keep their scores
+    and get weight 0, as on the torch path's masked branch."""
+    ref, fused = _same_after(_attack({"name": "uniform", "low": 1e200, "high": 2e200}), ["loss", "average"], steps=10)
+    assert _kernel_rounds(fused) == 10
+    byz_edges = ref.byz_edges[: ref.world_byz_edges.numel()]
+    assert torch.equal(fused.weights[byz_edges], torch.zeros(byz_edges.numel(), dtype=torch.float64))
+
+
+def test_non_finite_messages_go_to_the_torch_path():
+    """A forged inf row: the kernel declines the round and the torch path drops the edge."""
+    ref, fused = _same_after(_attack({"name": "inf"}), ["loss"], steps=5)
+    assert _kernel_rounds(fused) == 0
+    honest = ~fused.is_byzantine
+    assert torch.isfinite(fused.pop.theta[honest]).all()
+
+
+def test_kernel_applies_only_where_it_can():
+    cfg = bench_config(50, 0).model_copy(update={"kernel": "numba"})
+    world = build_world(cfg, cfg.scenarios[0])
+    assert make_engine(cfg, world, cfg.scenarios[0], ["loss"]).kernel == "numba"
+    assert make_engine(cfg, world, cfg.scenarios[0], ["loss", "distance"]).kernel == "torch"
+    assert make_engine(cfg.model_copy(update={"dtype": "float32"}), world, cfg.scenarios[0], ["loss"]).kernel == "torch"
+    auto = cfg.model_copy(update={"kernel": "auto"})
+    assert make_engine(auto, world, cfg.scenarios[0], ["loss"]).kernel == "torch"  # 50 agents: not worth it
+    assert kernels.wants_kernel("auto", kernels.AUTO_MIN_EDGES)
+    assert not kernels.wants_kernel("torch", 10**9)
+
+
+def test_thread_count_changes_no_number():
+    cfg = bench_config(400, 80).model_copy(update={"kernel": "numba"})
+    world = build_world(cfg, cfg.scenarios[0])
+    threads = torch.get_num_threads()
+    thetas = []
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            eng = make_engine(cfg, world, cfg.scenarios[0], ["loss"])
+            for i in range(15):
+                eng.step(i)
+            thetas.append(eng.pop.theta.clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(*thetas)
+
+
+def test_bad_kernel_is_an_early_error(monkeypatch):
+    with pytest.raises(ConfigError, match=r"kernel = 'cuda': allowed: auto, torch, numba"):
+        load_config(data={"graph": {"family": "ring", "n": 5}, "kernel": "cuda"})
+    monkeypatch.setattr(kernels, "numba_available", lambda: False)
+    with pytest.raises(ConfigError, match="kernel = 'numba' needs the numba package"):
+        load_config(data={"graph": {"family": "ring", "n": 5}, "kernel": "numba"})
+
+
+def test_a_whole_run_writes_the_same_files(tmp_path):
+    data = {"name": "k", "iterations": 60, "graph": {"topology": "li2020_target"},
+            "rules": {"names": ["noncoop", "average", "loss"]},
+            "scenarios": [{"name": "b20", "byzantine": 20, "attack": {"name": "uniform", "low": 15.0, "high": 16.0}}]}
+    digests = []
+    for kernel in ("torch", "numba"):
+        cfg = load_config(data={**data, "kernel": kernel})
+        run_experiment(cfg, tmp_path / kernel, progress=False, figures=False)
+        digests.append([hashlib.md5((tmp_path / kernel / f).read_bytes()).hexdigest()
+                        for f in ("metrics.csv", "curves.csv")])
+    assert digests[0] == digests[1]

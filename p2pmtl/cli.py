@@ -373,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000, 100000],
                    help="agent counts for the scaling part")
     b.add_argument("--scale-iterations", type=int, default=100, help="iterations per scaling size")
+    b.add_argument("--scale-kernels", nargs="*", default=["torch", "numba"], choices=["torch", "numba", "auto"],
+                   metavar="KERNEL", help="scale: the kernels timed at every size (torch, numba, auto; default both)")
+    b.add_argument("--scale-threads", type=int, default=1,
+                   help="scale: torch (and kernel) threads of the timed iterations and of the whole-process run")
     b.add_argument("--process-agents", type=int, default=100_000,
                    help="scale: agents of the whole-process run (0: skip it; default 100,000)")
     b.add_argument("--process-iterations", type=int, default=500, help="scale: iterations of the whole-process run")

@@ -98,6 +98,7 @@ def test_thread_count_changes_no_number():
             eng = make_engine(cfg, world, cfg.scenarios[0], ["loss"])
             for i in range(15):
                 eng.step(i)
+            assert torch.get_num_threads() == t  # the kernel's threads leave torch's alone
             thetas.append(eng.pop.theta.clone())
     finally:
         torch.set_num_threads(threads)

@@ -110,31 +110,39 @@ def memory_floor(edges, rows: torch.Tensor, repeats: int = 5) -> float:
     return best_time(once, repeats, clock=time.thread_time)
 
 
-def scale_child(n: int, iters: int) -> dict:
+def scale_child(n: int, iters: int, kernel: str = "auto", threads: int = 1) -> dict:
     """One size in this process: build time; loss-rule time per iteration, the mean over
-    ``iters`` iterations (noise draws included), as wall time and as CPU time of this thread;
-    minor page faults per iteration after the first; the memory floor of one iteration on the same edge list
-    (:func:`memory_floor`, the better of one measurement before and one after the iterations)
-    and the ratio of the CPU time per iteration to it; peak RSS."""
+    ``iters`` iterations (noise draws included), as wall time and as CPU time of the process
+    (all its threads); minor page faults per iteration after the first; the memory floor of one
+    iteration on the same edge list (:func:`memory_floor`, on one thread, the better of one
+    measurement before and one after the iterations) and the ratio of the wall time per
+    iteration to it; peak RSS. ``kernel``: the config's ``kernel`` (``auto``, ``numba`` or
+    ``torch``); ``threads``: torch's (and the kernel's) threads."""
     torch.set_num_threads(1)
     t = time.perf_counter()
-    cfg = bench_config(n, n // 5)
+    cfg = bench_config(n, n // 5).model_copy(update={"kernel": kernel})
     world = build_world(cfg, cfg.scenarios[0])
     eng = make_engine(cfg, world, cfg.scenarios[0], ["loss"])
     build = time.perf_counter() - t
     floor = memory_floor(eng.edges, eng.pop.theta)
-    t, cpu = time.perf_counter(), time.thread_time()
-    eng.step(0)  # the first iteration also faults in the tensors the engine keeps
+    torch.set_num_threads(threads)
+    t, cpu = time.perf_counter(), time.process_time()
+    eng.step(0)  # the first iteration also faults in the tensors the engine keeps (and loads the kernel)
+    first = time.perf_counter() - t
+    t, cpu = time.perf_counter(), time.process_time()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for i in range(1, iters):
         eng.step(i)
-    per_it, cpu_it = (time.perf_counter() - t) / iters, (time.thread_time() - cpu) / iters
+    per_it, cpu_it = (time.perf_counter() - t) / max(1, iters - 1), (time.process_time() - cpu) / max(1, iters - 1)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / max(1, iters - 1)
+    torch.set_num_threads(1)
     floor = min(floor, memory_floor(eng.edges, eng.pop.theta))
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"agents": n, "edges": world.edges.num_edges, "build_s": build, "ms_per_iteration": 1e3 * per_it,
-            "cpu_ms_per_iteration": 1e3 * cpu_it, "floor_ms": 1e3 * floor, "floor_ratio": cpu_it / floor,
-            "faults_per_iteration": faults, "total_s": per_it * iters, "iterations": iters, "peak_rss_mb": rss_mb}
+    return {"agents": n, "edges": world.edges.num_edges, "kernel": eng.kernel, "threads": threads,
+            "build_s": build, "first_s": first, "ms_per_iteration": 1e3 * per_it,
+            "cpu_ms_per_iteration": 1e3 * cpu_it, "floor_ms": 1e3 * floor, "floor_ratio": per_it / floor,
+            "faults_per_iteration": faults, "total_s": first + per_it * (iters - 1), "iterations": iters,
+            "peak_rss_mb": rss_mb}
 
 
 def digits_round(repeats: int = 3) -> dict:
@@ -237,7 +245,7 @@ def process_time(repeats: int = 5, config: str = "target_localization") -> dict:
             "network_s": net_s, "network_overhead": net_s / run_s - 1, "run_spread_s": spread}
 
 
-def scale_process_time(n: int = 100_000, iterations: int = 500, repeats: int = 3) -> dict:
+def scale_process_time(n: int = 100_000, iterations: int = 500, repeats: int = 3, threads: int = 1) -> dict:
     """Whole-process wall time of ``p2pmtl run`` on the scaling world (:func:`bench_config`: n
     agents, 20% Byzantine, loss rule, ``iterations`` iterations, means-only records every 50
     iterations, no figures) against a bare ``python -c "import torch"``, alternated ``repeats``
@@ -249,7 +257,7 @@ def scale_process_time(n: int = 100_000, iterations: int = 500, repeats: int = 3
     sets = {"graph.family": "random_geometric", "graph.n": n, "graph.radius": 1.0, "graph.box": box,
             "graph.max_neighbors": 9, "graph.directed": "true", "task.box": box, "iterations": iterations,
             "rules.names": '["loss"]', "output.per_agent": "false", "output.record_every": 50,
-            "output.window": 50,
+            "output.window": 50, "threads": threads,
             "scenarios": f'[{{name="attack", byzantine={n // 5}, attack={{name="uniform", low=15.0, high=16.0}}}}]'}
     args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
     times: dict[str, list[float]] = {"import torch": [], "p2pmtl run": []}
@@ -261,7 +269,7 @@ def scale_process_time(n: int = 100_000, iterations: int = 500, repeats: int = 3
                 t = time.perf_counter()
                 subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
                 times[key].append(time.perf_counter() - t)
-    return {"agents": n, "iterations": iterations, "torch_s": statistics.median(times["import torch"]),
+    return {"agents": n, "iterations": iterations, "threads": threads, "torch_s": statistics.median(times["import torch"]),
             "run_s": statistics.median(times["p2pmtl run"]),
             "command": "p2pmtl run target_localization --no-figures -q " + " ".join(
                 f"--set '{k}={v}'" for k, v in sets.items())}
@@ -326,33 +334,40 @@ def main(args: argparse.Namespace) -> int:
               f"(spread of the plain runs: {r['run_spread_s']:.2f} s)")
     if "scale" in parts and getattr(args, "process_agents", 0):
         reps = min(3, getattr(args, "process_repeats", 3))
-        r = scale_process_time(args.process_agents, args.process_iterations, reps)
+        r = scale_process_time(args.process_agents, args.process_iterations, reps, args.scale_threads)
         print(f"\nscaling, whole process: {r['agents']:,} agents x {r['iterations']} iterations of the loss rule "
-              f"(build, run, means-only records), medians of {reps} alternated runs")
+              f"(build, run, means-only records, kernel auto, {r['threads']} thread(s)), medians of {reps} "
+              f"alternated runs")
         print(f"  import torch: {r['torch_s']:.2f} s")
         print(f"  p2pmtl run:   {r['run_s']:.2f} s   ({r['command']})")
     if "scale" in parts and args.sizes:
         print(f"\nscaling: random geometric (density of Li2020, cap 9), 20% Byzantine, loss rule, "
-              f"{args.scale_iterations} iterations")
-        print("  cpu: CPU time of the process's one thread (other load on the machine does not count);\n"
-              "  floor: CPU time of the memory traffic no implementation avoids (the local step's write, the sent\n"
-              "  rows gathered onto the edges, their segment sum into the new models: bench.main.memory_floor),\n"
-              "  measured in the same process; x floor = cpu ms/it / floor ms; faults/it: minor page faults\n"
-              "  per iteration after the first")
-        print(f"{'agents':>8} {'edges':>9} {'build s':>8} {'ms/it':>9} {'cpu ms/it':>10} {'floor ms':>9} "
-              f"{'x floor':>8} {'faults/it':>10} {'total s':>8} {'peak RSS MB':>12}")
+              f"{args.scale_iterations} iterations, {args.scale_threads} thread(s)")
+        print("  kernel: torch ops, or the compiled round (p2pmtl.kernels.fused_round, the same numbers);\n"
+              "  first s: the first iteration (faults in the kept tensors, loads or compiles the kernel);\n"
+              "  ms/it: wall time per later iteration; cpu ms/it: CPU time of the process (all threads);\n"
+              "  floor: one thread's CPU time of the memory traffic no implementation avoids (the local step's\n"
+              "  write, the sent rows gathered onto the edges, their segment sum into the new models:\n"
+              "  bench.main.memory_floor), measured in the same process; x floor = ms/it / floor ms;\n"
+              "  faults/it: minor page faults per iteration after the first")
+        print(f"{'agents':>8} {'edges':>9} {'kernel':>6} {'build s':>8} {'first s':>8} {'ms/it':>9} {'cpu ms/it':>10} "
+              f"{'floor ms':>9} {'x floor':>8} {'faults/it':>10} {'total s':>8} {'peak RSS MB':>12}")
         for n in args.sizes:
-            out = subprocess.run([sys.executable, "-m", "p2pmtl.bench.main", "child", str(n), str(args.scale_iterations)],
-                                 capture_output=True, text=True, check=True)
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{r['agents']:>8} {r['edges']:>9} {r['build_s']:>8.2f} {r['ms_per_iteration']:>9.2f} "
-                  f"{r['cpu_ms_per_iteration']:>10.2f} {r['floor_ms']:>9.2f} {r['floor_ratio']:>8.2f} "
-                  f"{r['faults_per_iteration']:>10.0f} {r['total_s']:>8.2f} {r['peak_rss_mb']:>12.0f}")
+            for kernel in args.scale_kernels:
+                out = subprocess.run([sys.executable, "-m", "p2pmtl.bench.main", "child", str(n),
+                                      str(args.scale_iterations), kernel, str(args.scale_threads)],
+                                     capture_output=True, text=True, check=True)
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                print(f"{r['agents']:>8} {r['edges']:>9} {r['kernel']:>6} {r['build_s']:>8.2f} {r['first_s']:>8.2f} "
+                      f"{r['ms_per_iteration']:>9.2f} {r['cpu_ms_per_iteration']:>10.2f} {r['floor_ms']:>9.2f} "
+                      f"{r['floor_ratio']:>8.2f} {r['faults_per_iteration']:>10.0f} {r['total_s']:>8.2f} "
+                      f"{r['peak_rss_mb']:>12.0f}")
     return 0
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "child":
-        print(json.dumps(scale_child(int(sys.argv[2]), int(sys.argv[3]))))
+    if len(sys.argv) in (4, 6) and sys.argv[1] == "child":
+        extra = (sys.argv[4], int(sys.argv[5])) if len(sys.argv) == 6 else ()
+        print(json.dumps(scale_child(int(sys.argv[2]), int(sys.argv[3]), *extra)))
     else:
         sys.exit("usage: p2pmtl bench [--only PART ...]  (this module's own entry point only runs scale children)")

@@ -28,6 +28,7 @@ localization). Everything else runs the torch path.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING, Optional
 
@@ -41,6 +42,11 @@ from ..core.ops import all_finite
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine.gossip import GossipEngine
+
+# numba's own thread pool, unless the user chose a layer: its OpenMP layer shares the OpenMP
+# runtime with torch and sets that runtime's thread count, so torch's `threads` would change too
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 TINY = sys.float_info.min ** 0.5  # inverse_score's floor, torch.finfo(float64).tiny ** 0.5
 

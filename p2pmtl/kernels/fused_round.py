@@ -74,43 +74,58 @@ def loss_round(offsets, src, self_edge, sent, u, c, phi, n0, scored, unfiltered,
         lane = k // n0
         i = k - lane * n0
         own_edge = self_edge[k]
-        nu_j = nu[lane]
-        # 1. scores: phi <- lerp(phi, (c_k - u_k . psi_l)^2, nu) where the loss is finite
-        #    (weights[e] marks usable edges until step 2 overwrites it)
+        scored_j, unfiltered_j, self_only_j = scored[lane], unfiltered[lane], self_only[lane]
+        # 1. scores: phi <- lerp(phi, (c_k - u_k . psi_l)^2, nu) where the loss is finite (torch's
+        #    two lerp formulas, one loop each)
         usable_all = True
-        if scored[lane]:
-            u0, u1, ck = u[i, 0], u[i, 1], c[i]
-            for e in range(lo, hi):
-                src_row = src[e]
-                r = ck - (u0 * sent[src_row, 0] + u1 * sent[src_row, 1])
-                stat = r * r
-                if np.isfinite(stat):
-                    p = phi[e]
-                    if abs(nu_j) < 0.5:
+        u0, u1, ck = u[i, 0], u[i, 1], c[i]
+        if scored_j:
+            nu_j = nu[lane]
+            if abs(nu_j) < 0.5:
+                for e in range(lo, hi):
+                    src_row = src[e]
+                    r = ck - (u0 * sent[src_row, 0] + u1 * sent[src_row, 1])
+                    stat = r * r
+                    if np.isfinite(stat):
+                        p = phi[e]
                         phi[e] = _fma(nu_j, stat - p, p)
                     else:
+                        usable_all = False
+            else:
+                for e in range(lo, hi):
+                    src_row = src[e]
+                    r = ck - (u0 * sent[src_row, 0] + u1 * sent[src_row, 1])
+                    stat = r * r
+                    if np.isfinite(stat):
+                        p = phi[e]
                         phi[e] = _fma(nu_j - 1.0, stat - p, stat)
-                    weights[e] = 1.0
-                else:
-                    weights[e] = 0.0
-                    usable_all = False
-        # 2. filter (keep phi_lk <= phi_kk; the own edge always) and inverse scores, summed in
-        #    edge order
+                    else:
+                        usable_all = False
+        # 2. filter (keep phi_lk <= phi_kk) and inverse scores, summed in edge order
         own = phi[own_edge]
         total = 0.0
-        for e in range(lo, hi):
-            p = phi[e]
-            kept = p <= own or unfiltered[lane]
-            if not usable_all and weights[e] == 0.0:
-                kept = False
-            if e == own_edge:
-                kept = True
-            elif self_only[lane]:
-                kept = False
-            floored = p if not p < TINY else TINY
-            s = (1.0 if kept else 0.0) / floored
-            weights[e] = s
-            total += s
+        if usable_all and not self_only_j:  # the own edge passes the filter by itself
+            for e in range(lo, hi):
+                p = phi[e]
+                s = (1.0 if (p <= own or unfiltered_j) else 0.0) / (p if not p < TINY else TINY)
+                weights[e] = s
+                total += s
+        else:  # an infinite loss drops its edge; the own edge always stays
+            for e in range(lo, hi):
+                p = phi[e]
+                kept = p <= own or unfiltered_j
+                if not usable_all:
+                    src_row = src[e]
+                    r = ck - (u0 * sent[src_row, 0] + u1 * sent[src_row, 1])
+                    if not np.isfinite(r * r):
+                        kept = False
+                if e == own_edge:
+                    kept = True
+                elif self_only_j:
+                    kept = False
+                s = (1.0 if kept else 0.0) / (p if not p < TINY else TINY)
+                weights[e] = s
+                total += s
         # 3. normalise and combine: theta_k = sum_l a_lk psi_l, in edge order
         t0 = 0.0
         t1 = 0.0

@@ -25,6 +25,7 @@ METRICS_HEADER = ["scenario", "rule", "run", "step", "time", "bytes", "agent", "
 METRICS_PARQUET = "metrics.parquet"
 RECORD_FORMATS = ("csv", "parquet")
 CURVES_HEADER = ["scenario", "rule", "group", "metric", "step", "time", "bytes", "mean", "min", "max"]
+COMPRESS_MAX_BYTES = 1 << 20  # RunRecorder.save_arrays compresses up to this many bytes
 NETWORK_METRICS = ("sim_time", "bytes_sent", "bytes_received", "time_compute", "time_send", "time_wait", "staleness")
 
 
@@ -219,7 +220,14 @@ class RunRecorder:
                          groups=np.asarray(groups), byzantine=np.asarray(byzantine))
 
     def save_arrays(self, name: str, **arrays: np.ndarray) -> None:
-        np.savez_compressed(self.out / "arrays" / f"{name}.npz", **arrays)
+        """``arrays/NAME.npz`` (``np.load`` reads it): zlib-compressed up to
+        :data:`COMPRESS_MAX_BYTES` of arrays, stored as they are beyond (at 100,000 agents the
+        weights and the world, 1M edges, took 1.3 s to compress for little gain)."""
+        path = self.out / "arrays" / f"{name}.npz"
+        if sum(np.asarray(a).nbytes for a in arrays.values()) <= COMPRESS_MAX_BYTES:
+            np.savez_compressed(path, **arrays)
+        else:
+            np.savez(path, **arrays)
 
     def write_summary(self) -> None:
         tmp = self.out / "summary.json.tmp"

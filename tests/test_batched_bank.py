@@ -261,6 +261,11 @@ def test_server_clients_batched_give_the_per_client_loop_numbers(optimizer, unit
     m = Method.parse("fedrep")
     run = FederatedRun(m, cfg.server, c, build_aggregator(m, cfg.server, c.rep_sizes, c.all_sizes), byz, None, 2)
     assert run.bank is not None and run.bank.rows.shape == (10, sum(c.all_sizes))
+    run = FederatedRun(m, cfg.server, c, build_aggregator(m, cfg.server, c.rep_sizes, c.all_sizes),
+                       np.array([], dtype=np.int64), None, 2)
+    run.round(0)
+    run.evaluate()
+    assert c._models is None and c._opts is None  # no per-client module or optimizer was ever built
 
 
 def test_server_batched_clients_need_equal_data_sizes():

@@ -215,7 +215,7 @@ def server_round(rounds: int = 3, device: str = "cpu",
             run.round(r)
         if c.device.type == "cuda":
             torch.cuda.synchronize(c.device)
-        rows.append({"method": name, "seconds_per_round": (time.perf_counter() - t) / rounds, "clients": len(c.models),
+        rows.append({"method": name, "seconds_per_round": (time.perf_counter() - t) / rounds, "clients": c.n,
                      "device": str(c.device), "bank": "batched" if getattr(run, "bank", None) is not None else "modules"})
     return rows
 

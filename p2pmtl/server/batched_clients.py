@@ -37,7 +37,8 @@ class BatchedClients:
                              "lockstep training needs one size (use bank = 'modules')")
         cfg = clients.cfg
         # the rows, the functional template and the evaluation; the optimizers are per part here
-        self.bank = BatchedModelBank(clients.models, None, cfg.lr, cfg.momentum, clients.device, chunk)
+        # every client starts from the prototype: n views of one module, no per-client copies
+        self.bank = BatchedModelBank([clients.proto] * clients.n, None, cfg.lr, cfg.momentum, clients.device, chunk)
         self.device, self.chunk, self.rows = self.bank.device, self.bank.chunk, self.bank.rows
         self.template, self.rep = self.bank.template, self.bank.rep_params
         n_rep = len(list(self.template.representation.parameters()))

@@ -104,7 +104,12 @@ class Method:
 class Clients:
     """n client models (representation + head), one optimizer each, and their data, on
     ``device`` (where local training and evaluation run; uploads and the server's model are
-    CPU rows, as the aggregators and attacks take them)."""
+    CPU rows, as the aggregators and attacks take them).
+
+    Every client starts from one model, ``proto``; the per-client modules and optimizers
+    (``models``, ``opts``) are built on first use, so a run whose clients train as one stacked
+    tensor (:class:`~p2pmtl.server.batched_clients.BatchedClients`) never holds n modules on
+    the device."""
 
     def __init__(self, cfg: FederatedImagesConfig, data: list, num_classes: int, image_shape: tuple,
                  init_seed: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
@@ -113,14 +118,29 @@ class Clients:
         with torch.random.fork_rng():
             torch.manual_seed(init_seed)
             proto = self.new_model(num_classes, image_shape)
-        self.models = [self._copy(proto) for _ in data]
+        self.proto, self.n = proto, len(data)
+        self._models: Optional[list[nn.Module]] = None
+        self._opts: Optional[list] = None
         self.make_opt = make_optimizer_factory(cfg.optimizer, cfg.lr, cfg.momentum)
-        self.opts = [self.make_opt(list(m.parameters())) for m in self.models]
         self.train = [(self._prep(x), y.to(self.device)) for (x, y), _ in data]
         self.test = [(self._prep(x), y.to(self.device)) for _, (x, y) in data]
         self.rep_sizes = [p.numel() for p in proto.representation.parameters()]
         self.all_sizes = [p.numel() for p in proto.parameters()]
         self.num_classes, self.image_shape = num_classes, image_shape
+
+    @property
+    def models(self) -> list[nn.Module]:
+        """One module per client, copies of ``proto`` (built on first use)."""
+        if self._models is None:
+            self._models = [self._copy(self.proto) for _ in range(self.n)]
+        return self._models
+
+    @property
+    def opts(self) -> list:
+        """One optimizer per client module (built on first use)."""
+        if self._opts is None:
+            self._opts = [self.make_opt(list(m.parameters())) for m in self.models]
+        return self._opts
 
     def new_model(self, num_classes: int, image_shape: tuple) -> nn.Module:
         return MODELS.get(self.cfg.model)(in_channels=image_shape[0], num_classes=num_classes,
@@ -206,10 +226,10 @@ class FederatedRun:
         self.attack_gen = torch.Generator().manual_seed(seed + 1)
         self.rng = np.random.default_rng(seed)
         self.trainer = LocalTrainer(server, clients.cfg.batch_size)
-        first = clients.models[0]
-        self.shared = list(first.parameters()) if method.whole_model else list(first.representation.parameters())
-        self.global_state = flat(self.shared)  # every client starts from the same model
-        self.n = len(clients.models)
+        first = clients.proto  # every client starts from this model
+        shared = list(first.parameters()) if method.whole_model else list(first.representation.parameters())
+        self.global_state = flat(shared)
+        self.n = clients.n
         self.picked = max(1, int(round(server.alpha * self.n)))
         self.skipped_rounds = 0  # rounds without an update (too few uploads); see rounds_without_update
         self.uploads_dropped_nonfinite = 0

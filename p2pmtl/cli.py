@@ -375,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--scale-iterations", type=int, default=100, help="iterations per scaling size")
     b.add_argument("--scale-kernels", nargs="*", default=["torch", "numba"], choices=["torch", "numba", "auto"],
                    metavar="KERNEL", help="scale: the kernels timed at every size (torch, numba, auto; default both)")
+    b.add_argument("--scale-rules", nargs="+", default=["loss"], metavar="RULE",
+                   help="scale: the weight rules, as lanes of one engine (default: loss)")
     b.add_argument("--scale-threads", type=int, default=1,
                    help="scale: torch (and kernel) threads of the timed iterations and of the whole-process run")
     b.add_argument("--process-agents", type=int, default=100_000,

@@ -51,17 +51,21 @@ def test_loss_rule_is_bit_identical(nu):
     assert _kernel_rounds(_same_after(cfg, ["loss"])[1]) == 40
 
 
-def test_fused_lanes_and_runs_are_bit_identical():
-    """noncoop (self only), average (unfiltered, no statistic) and loss lanes, two runs, LMS."""
+@pytest.mark.parametrize("nu", [0.1, 0.7])
+def test_fused_lanes_and_runs_are_bit_identical(nu):
+    """All four built-in rules as lanes (noncoop: self only; average: no statistic; distance:
+    unfiltered squared distances; loss: filtered), two runs, LMS."""
     cfg = bench_config(150, 30, runs=2)
-    cfg = cfg.model_copy(update={"task": cfg.task.model_copy(update={"adapt": "lms"})})
-    assert _kernel_rounds(_same_after(cfg, ["noncoop", "average", "loss"])[1]) == 40
+    cfg = cfg.model_copy(update={"task": cfg.task.model_copy(update={"adapt": "lms"}),
+                                 "rules": cfg.rules.model_copy(update={"nu": nu})})
+    assert _kernel_rounds(_same_after(cfg, ["noncoop", "average", "loss", "distance"])[1]) == 40
 
 
 def test_infinite_losses_keep_their_scores():
     """Forged rows of 1e200 are finite but their losses overflow: those edges keep their scores
     and get weight 0, as on the torch path's masked branch."""
-    ref, fused = _same_after(_attack({"name": "uniform", "low": 1e200, "high": 2e200}), ["loss", "average"], steps=10)
+    ref, fused = _same_after(_attack({"name": "uniform", "low": 1e200, "high": 2e200}), ["loss", "average", "distance"],
+                             steps=10)
     assert _kernel_rounds(fused) == 10
     byz_edges = ref.byz_edges[: ref.world_byz_edges.numel()]
     assert torch.equal(fused.weights[byz_edges], torch.zeros(byz_edges.numel(), dtype=torch.float64))
@@ -79,7 +83,9 @@ def test_kernel_applies_only_where_it_can():
     cfg = bench_config(50, 0).model_copy(update={"kernel": "numba"})
     world = build_world(cfg, cfg.scenarios[0])
     assert make_engine(cfg, world, cfg.scenarios[0], ["loss"]).kernel == "numba"
-    assert make_engine(cfg, world, cfg.scenarios[0], ["loss", "distance"]).kernel == "torch"
+    assert make_engine(cfg, world, cfg.scenarios[0], ["loss", "distance"]).kernel == "numba"
+    cfg_clip = cfg.model_copy(update={"rules": cfg.rules.model_copy(update={"combine": "clipped"})})
+    assert make_engine(cfg_clip, world, cfg.scenarios[0], ["loss"]).kernel == "torch"  # another combine step
     assert make_engine(cfg.model_copy(update={"dtype": "float32"}), world, cfg.scenarios[0], ["loss"]).kernel == "torch"
     auto = cfg.model_copy(update={"kernel": "auto"})
     assert make_engine(auto, world, cfg.scenarios[0], ["loss"]).kernel == "torch"  # 50 agents: not worth it
@@ -115,7 +121,7 @@ def test_bad_kernel_is_an_early_error(monkeypatch):
 
 def test_a_whole_run_writes_the_same_files(tmp_path):
     data = {"name": "k", "iterations": 60, "graph": {"topology": "li2020_target"},
-            "rules": {"names": ["noncoop", "average", "loss"]},
+            "rules": {"names": ["noncoop", "average", "loss", "distance"]},
             "scenarios": [{"name": "b20", "byzantine": 20, "attack": {"name": "uniform", "low": 15.0, "high": 16.0}}]}
     digests = []
     for kernel in ("torch", "numba"):

@@ -110,19 +110,20 @@ def memory_floor(edges, rows: torch.Tensor, repeats: int = 5) -> float:
     return best_time(once, repeats, clock=time.thread_time)
 
 
-def scale_child(n: int, iters: int, kernel: str = "auto", threads: int = 1) -> dict:
+def scale_child(n: int, iters: int, kernel: str = "auto", threads: int = 1, rules: str = "loss") -> dict:
     """One size in this process: build time; loss-rule time per iteration, the mean over
     ``iters`` iterations (noise draws included), as wall time and as CPU time of the process
     (all its threads); minor page faults per iteration after the first; the memory floor of one
     iteration on the same edge list (:func:`memory_floor`, on one thread, the better of one
     measurement before and one after the iterations) and the ratio of the wall time per
     iteration to it; peak RSS. ``kernel``: the config's ``kernel`` (``auto``, ``numba`` or
-    ``torch``); ``threads``: torch's (and the kernel's) threads."""
+    ``torch``); ``threads``: torch's (and the kernel's) threads; ``rules``: the weight rules,
+    comma-separated, run as lanes of one engine (ms/it is per iteration of all lanes)."""
     torch.set_num_threads(1)
     t = time.perf_counter()
     cfg = bench_config(n, n // 5).model_copy(update={"kernel": kernel})
     world = build_world(cfg, cfg.scenarios[0])
-    eng = make_engine(cfg, world, cfg.scenarios[0], ["loss"])
+    eng = make_engine(cfg, world, cfg.scenarios[0], rules.split(","))
     build = time.perf_counter() - t
     floor = memory_floor(eng.edges, eng.pop.theta)
     torch.set_num_threads(threads)
@@ -138,7 +139,7 @@ def scale_child(n: int, iters: int, kernel: str = "auto", threads: int = 1) -> d
     torch.set_num_threads(1)
     floor = min(floor, memory_floor(eng.edges, eng.pop.theta))
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"agents": n, "edges": world.edges.num_edges, "kernel": eng.kernel, "threads": threads,
+    return {"agents": n, "edges": world.edges.num_edges, "kernel": eng.kernel, "threads": threads, "rules": rules,
             "build_s": build, "first_s": first, "ms_per_iteration": 1e3 * per_it,
             "cpu_ms_per_iteration": 1e3 * cpu_it, "floor_ms": 1e3 * floor, "floor_ratio": per_it / floor,
             "faults_per_iteration": faults, "total_s": first + per_it * (iters - 1), "iterations": iters,
@@ -341,8 +342,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"  import torch: {r['torch_s']:.2f} s")
         print(f"  p2pmtl run:   {r['run_s']:.2f} s   ({r['command']})")
     if "scale" in parts and args.sizes:
-        print(f"\nscaling: random geometric (density of Li2020, cap 9), 20% Byzantine, loss rule, "
-              f"{args.scale_iterations} iterations, {args.scale_threads} thread(s)")
+        rules = ",".join(args.scale_rules)
+        print(f"\nscaling: random geometric (density of Li2020, cap 9), 20% Byzantine, rules {rules} "
+              f"(as lanes of one engine), {args.scale_iterations} iterations, {args.scale_threads} thread(s)")
         print("  kernel: torch ops, or the compiled round (p2pmtl.kernels.fused_round, the same numbers);\n"
               "  first s: the first iteration (faults in the kept tensors, loads or compiles the kernel);\n"
               "  ms/it: wall time per later iteration; cpu ms/it: CPU time of the process (all threads);\n"
@@ -355,7 +357,7 @@ def main(args: argparse.Namespace) -> int:
         for n in args.sizes:
             for kernel in args.scale_kernels:
                 out = subprocess.run([sys.executable, "-m", "p2pmtl.bench.main", "child", str(n),
-                                      str(args.scale_iterations), kernel, str(args.scale_threads)],
+                                      str(args.scale_iterations), kernel, str(args.scale_threads), rules],
                                      capture_output=True, text=True, check=True)
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 print(f"{r['agents']:>8} {r['edges']:>9} {r['kernel']:>6} {r['build_s']:>8.2f} {r['first_s']:>8.2f} "
@@ -366,8 +368,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) in (4, 6) and sys.argv[1] == "child":
-        extra = (sys.argv[4], int(sys.argv[5])) if len(sys.argv) == 6 else ()
+    if len(sys.argv) in (4, 6, 7) and sys.argv[1] == "child":
+        extra = (sys.argv[4], int(sys.argv[5]), *sys.argv[6:]) if len(sys.argv) >= 6 else ()
         print(json.dumps(scale_child(int(sys.argv[2]), int(sys.argv[3]), *extra)))
     else:
         sys.exit("usage: p2pmtl bench [--only PART ...]  (this module's own entry point only runs scale children)")

@@ -111,10 +111,10 @@ class GossipEngine:
         from ..kernels import wants_kernel
 
         if wants_kernel(kernel, self.edges.num_edges):
-            from ..kernels.fused_round import FusedLossRound, applies
+            from ..kernels.fused_round import FusedRound, applies
 
             if applies(self) is None:
-                self._fused = FusedLossRound(self)
+                self._fused = FusedRound(self)
         self.weights: Optional[torch.Tensor] = None  # [M*E0]
         self.sent: Optional[torch.Tensor] = None  # [M*N0, D]
 

@@ -1,5 +1,6 @@
-"""One synchronous ATC round's receiving half, fused: the edge losses, the loss-based filtered
-weights and the combination (Li2020 eqs. 9-10 and 3) in one numba kernel over the receivers.
+"""One synchronous ATC round's receiving half, fused: the edge statistics, the weights of
+the built-in rules and the combination (Li2020 eqs. 4, 9-10 and 3) in one numba kernel over
+the receivers.
 
 The torch path (:meth:`p2pmtl.engine.gossip.GossipEngine.consume`) makes about twenty passes
 over ``[E]`` and ``[E, 2]`` tensors: the messages gathered onto the edges, the receivers'
@@ -12,19 +13,20 @@ parallel (``prange``) on ``torch.get_num_threads()`` threads; each is independen
 numbers do not depend on the thread count.
 
 **Bit-identical to the torch path.** Every value is computed with the same IEEE operations in
-the same order: the row dot ``u0*m0 + u1*m1`` (torch's ``mul`` then ``mv`` by ones), the
-residual ``c - dot`` squared, torch's ``lerp`` (a fused multiply-add, as its vectorized CPU
-kernel does: ``fma(nu, stat - phi, phi)``, or ``fma(nu - 1, stat - phi, stat)`` for
-``nu >= 0.5``), ``keep / max(phi, sqrt(tiny))``, sums in edge order from 0 (torch's
-``segment_reduce``), one division per weight, and the weighted messages summed in edge order.
-A statistic that is not finite leaves its score unchanged and drops its edge (the receiver's
-own edge always stays), as :class:`~p2pmtl.rules.weights.RuleSet` does.
+the same order: the row dots ``a0*b0 + a1*b1`` (torch's ``mul`` then ``mv`` by ones) of the
+loss ``(c_k - u_k . psi_l)^2`` and of the squared distance ``||theta_k - psi_l||^2``, torch's
+``lerp`` (a fused multiply-add, as its vectorized CPU kernel does: ``fma(nu, stat - phi,
+phi)``, or ``fma(nu - 1, stat - phi, stat)`` for ``nu >= 0.5``), ``keep / max(phi,
+sqrt(tiny))``, sums in edge order from 0 (torch's ``segment_reduce``), one division per weight,
+and the weighted messages summed in edge order. A statistic that is not finite leaves its
+score unchanged and drops its edge (the receiver's own edge always stays), as
+:class:`~p2pmtl.rules.weights.RuleSet` does.
 
 Where it applies (:func:`applies`): a synchronous step with every message finite and received
-by every agent, no per-edge forgeries, lanes whose rules are built-in ones without a statistic
-or with the loss statistic (``noncoop``, ``average``, ``loss``), the weighted-average combine,
-no server roles, and a float64 population of 2-D linear models exposing ``loss_terms()`` (target
-localization). Everything else runs the torch path.
+by every agent, no per-edge forgeries, lanes whose rules are the built-in ``noncoop``,
+``average``, ``distance`` and ``loss``, the weighted-average combine, no server roles, and a
+float64 population of 2-D linear models exposing ``loss_terms()`` (target localization).
+Everything else runs the torch path.
 """
 from __future__ import annotations
 
@@ -62,30 +64,43 @@ def _fma(typingctx, a, b, c):
     return sig, codegen
 
 
+@njit(inline="always")
+def _edge_stat(kind, src_row, sent, u0, u1, ck, own0, own1):
+    """The statistic of edge ``src_row -> k``: loss (kind 1) ``(c_k - u_k . psi_l)^2`` or squared
+    distance (kind 2) ``||theta_k - psi_l||^2``, each as torch's mul-then-mv row dot rounds it."""
+    if kind == 1:
+        r = ck - (u0 * sent[src_row, 0] + u1 * sent[src_row, 1])
+        return r * r
+    d0 = own0 - sent[src_row, 0]
+    d1 = own1 - sent[src_row, 1]
+    return d0 * d0 + d1 * d1
+
+
 @njit(parallel=True, cache=True, boundscheck=False, nogil=True)
-def loss_round(offsets, src, self_edge, sent, u, c, phi, n0, scored, unfiltered, self_only, nu, weights, theta):
+def receive_round(offsets, src, self_edge, sent, theta_old, u, c, phi, n0, stat_kind, unfiltered, self_only, nu,
+                weights, theta):
     """Receivers ``k`` of the lanes' edge list (``offsets``, ``src``, ``self_edge``): new
-    scores ``phi`` (in place), weights (into ``weights``) and models (into ``theta``) from
-    the broadcast rows ``sent [N, 2]`` and the world's samples ``u [N0, 2]``, ``c [N0]``;
-    per lane: ``scored`` (the loss rule's statistic), ``unfiltered``, ``self_only``, ``nu``."""
+    scores ``phi`` (in place), weights (into ``weights``) and models (into ``theta``) from the
+    broadcast rows ``sent [N, 2]``, the models before this combination ``theta_old [N, 2]`` and
+    the world's samples ``u [N0, 2]``, ``c [N0]``; per lane: ``stat_kind`` (0 none, 1 the loss,
+    2 the squared distance), ``unfiltered``, ``self_only``, ``nu``."""
     n = offsets.size - 1
     for k in prange(n):
         lo, hi = offsets[k], offsets[k + 1]
         lane = k // n0
         i = k - lane * n0
         own_edge = self_edge[k]
-        scored_j, unfiltered_j, self_only_j = scored[lane], unfiltered[lane], self_only[lane]
-        # 1. scores: phi <- lerp(phi, (c_k - u_k . psi_l)^2, nu) where the loss is finite (torch's
-        #    two lerp formulas, one loop each)
-        usable_all = True
+        kind, unfiltered_j, self_only_j = stat_kind[lane], unfiltered[lane], self_only[lane]
         u0, u1, ck = u[i, 0], u[i, 1], c[i]
-        if scored_j:
+        own0, own1 = theta_old[k, 0], theta_old[k, 1]
+        # 1. scores: phi <- lerp(phi, stat, nu) where the statistic is finite (torch's two lerp
+        #    formulas, one loop each)
+        usable_all = True
+        if kind != 0:
             nu_j = nu[lane]
             if abs(nu_j) < 0.5:
                 for e in range(lo, hi):
-                    src_row = src[e]
-                    r = ck - (u0 * sent[src_row, 0] + u1 * sent[src_row, 1])
-                    stat = r * r
+                    stat = _edge_stat(kind, src[e], sent, u0, u1, ck, own0, own1)
                     if np.isfinite(stat):
                         p = phi[e]
                         phi[e] = _fma(nu_j, stat - p, p)
@@ -93,9 +108,7 @@ def loss_round(offsets, src, self_edge, sent, u, c, phi, n0, scored, unfiltered,
                         usable_all = False
             else:
                 for e in range(lo, hi):
-                    src_row = src[e]
-                    r = ck - (u0 * sent[src_row, 0] + u1 * sent[src_row, 1])
-                    stat = r * r
+                    stat = _edge_stat(kind, src[e], sent, u0, u1, ck, own0, own1)
                     if np.isfinite(stat):
                         p = phi[e]
                         phi[e] = _fma(nu_j - 1.0, stat - p, stat)
@@ -110,15 +123,12 @@ def loss_round(offsets, src, self_edge, sent, u, c, phi, n0, scored, unfiltered,
                 s = (1.0 if (p <= own or unfiltered_j) else 0.0) / (p if not p < TINY else TINY)
                 weights[e] = s
                 total += s
-        else:  # an infinite loss drops its edge; the own edge always stays
+        else:  # an infinite statistic drops its edge; the own edge always stays
             for e in range(lo, hi):
                 p = phi[e]
                 kept = p <= own or unfiltered_j
-                if not usable_all:
-                    src_row = src[e]
-                    r = ck - (u0 * sent[src_row, 0] + u1 * sent[src_row, 1])
-                    if not np.isfinite(r * r):
-                        kept = False
+                if not usable_all and not np.isfinite(_edge_stat(kind, src[e], sent, u0, u1, ck, own0, own1)):
+                    kept = False
                 if e == own_edge:
                     kept = True
                 elif self_only_j:
@@ -148,12 +158,12 @@ def applies(engine: "GossipEngine") -> Optional[str]:
         return "the kernel runs float64 2-D linear models"
     if engine.general or engine.slow_combines or engine.roles is not None:
         return "a rule with its own scores, a combine step other than the weighted average, or server roles"
-    if any(r.needs not in (None, "loss") for r in engine.rules):
-        return "a rule whose statistic is not the loss (distance)"
+    if any(r.needs not in (None, "loss", "distance") for r in engine.rules):
+        return "a rule with a statistic other than the loss or the distance"
     return None
 
 
-class FusedLossRound:
+class FusedRound:
     """The compiled receiving half of an engine's synchronous round (see the module text)."""
 
     def __init__(self, engine: "GossipEngine") -> None:
@@ -163,7 +173,7 @@ class FusedLossRound:
         e, rs = engine.edges, engine.rule_set
         self.offsets, self.src, self.self_edge = e.offsets.numpy(), e.src.numpy(), e.self_edge.numpy()
         lanes = engine.rules
-        self.scored = np.array([r.needs == "loss" for r in lanes])
+        self.stat_kind = np.array([{None: 0, "loss": 1, "distance": 2}[r.needs] for r in lanes], dtype=np.int8)
         self.unfiltered = np.array([not r.filtered for r in lanes])
         self.self_only = np.array([r.self_only for r in lanes])
         self.nu = np.array([r.nu for r in lanes], dtype=np.float64)
@@ -179,9 +189,9 @@ class FusedLossRound:
         u, c = pop.loss_terms()
         weights = rs.ws.get("weights", rs.phi.shape, rs.phi.dtype)
         theta = pop.next_theta()
-        loss_round(self.offsets, self.src, self.self_edge, sent.contiguous().numpy(), u.contiguous().numpy(),
-                    c.contiguous().numpy(), rs.phi.numpy(), engine.n0, self.scored, self.unfiltered, self.self_only,
-                    self.nu, weights.numpy(), theta.numpy())
+        receive_round(self.offsets, self.src, self.self_edge, sent.contiguous().numpy(), pop.theta.contiguous().numpy(),
+                    u.contiguous().numpy(), c.contiguous().numpy(), rs.phi.numpy(), engine.n0, self.stat_kind,
+                    self.unfiltered, self.self_only, self.nu, weights.numpy(), theta.numpy())
         pop.theta = theta
         engine.weights = weights
         self.rounds += 1

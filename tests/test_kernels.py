@@ -130,3 +130,16 @@ def test_a_whole_run_writes_the_same_files(tmp_path):
         digests.append([hashlib.md5((tmp_path / kernel / f).read_bytes()).hexdigest()
                         for f in ("metrics.csv", "curves.csv")])
     assert digests[0] == digests[1]
+
+
+def test_the_scale_bench_times_both_kernels():
+    """`p2pmtl bench --only scale` children: the kernel asked for is the one timed."""
+    from p2pmtl.bench.main import scale_child
+
+    threads = torch.get_num_threads()
+    try:
+        rows = [scale_child(300, 3, kernel, 1, "loss,distance") for kernel in ("torch", "numba")]
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["kernel"] for r in rows] == ["torch", "numba"]
+    assert all(r["ms_per_iteration"] > 0 and r["floor_ms"] > 0 and r["rules"] == "loss,distance" for r in rows)

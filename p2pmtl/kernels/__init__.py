@@ -1,4 +1,5 @@
-"""Compiled kernels for the hot path of large synchronous runs (optional: they need numba).
+"""Compiled kernels for the hot path of large synchronous runs (numba, a dependency; where it
+cannot be installed, ``auto`` runs torch).
 
 A kernel fuses what the torch path does in about twenty memory-bound passes over the edge
 list into one pass per receiver, with the same floating-point operations in the same order,
@@ -6,6 +7,10 @@ so its numbers are bit-identical to the torch path's (``tests/test_kernels.py``)
 uses one only where it applies (:func:`p2pmtl.kernels.fused_round.applies`) and falls back to
 torch everywhere else; the ``kernel`` config key chooses: ``auto`` (the kernel for large
 worlds when numba is installed), ``numba`` (wherever it applies) or ``torch`` (never).
+
+The kernels run on numba's own thread pool (``workqueue``), which takes parallel calls from
+one Python thread at a time: run experiments side by side as processes (``jobs``, sweeps),
+not as threads of one process, or set ``kernel = "torch"`` there.
 """
 from __future__ import annotations
 

@@ -61,6 +61,12 @@ def test_fused_lanes_and_runs_are_bit_identical(nu):
     assert _kernel_rounds(_same_after(cfg, ["noncoop", "average", "loss", "distance"])[1]) == 40
 
 
+@pytest.mark.parametrize("rules", [["average"], ["noncoop"], ["distance"], ["noncoop", "average"]])
+def test_rules_alone_are_bit_identical(rules):
+    """Each rule alone, and lanes without any statistic (the torch path's cached weights)."""
+    assert _kernel_rounds(_same_after(bench_config(120, 24), rules, steps=20)[1]) == 20
+
+
 def test_infinite_losses_keep_their_scores():
     """Forged rows of 1e200 are finite but their losses overflow: those edges keep their scores
     and get weight 0, as on the torch path's masked branch."""

@@ -189,9 +189,10 @@ class FusedRound:
         u, c = pop.loss_terms()
         weights = rs.ws.get("weights", rs.phi.shape, rs.phi.dtype)
         theta = pop.next_theta()
-        receive_round(self.offsets, self.src, self.self_edge, sent.contiguous().numpy(), pop.theta.contiguous().numpy(),
-                    u.contiguous().numpy(), c.contiguous().numpy(), rs.phi.numpy(), engine.n0, self.stat_kind,
-                    self.unfiltered, self.self_only, self.nu, weights.numpy(), theta.numpy())
+        receive_round(self.offsets, self.src, self.self_edge, sent.contiguous().numpy(),
+                      pop.theta.contiguous().numpy(), u.contiguous().numpy(), c.contiguous().numpy(), rs.phi.numpy(),
+                      engine.n0, self.stat_kind, self.unfiltered, self.self_only, self.nu, weights.numpy(),
+                      theta.numpy())
         pop.theta = theta
         engine.weights = weights
         self.rounds += 1

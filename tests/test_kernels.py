@@ -97,6 +97,14 @@ def test_kernel_applies_only_where_it_can():
     assert make_engine(auto, world, cfg.scenarios[0], ["loss"]).kernel == "torch"  # 50 agents: not worth it
     assert kernels.wants_kernel("auto", kernels.AUTO_MIN_EDGES)
     assert not kernels.wants_kernel("torch", 10**9)
+    # asynchronous gossip: `auto` compiles from AUTO_MIN_EDGES_ASYNC edges
+    data = {**bench_config(600, 0).model_dump(mode="json"), "network": {"protocol": "async"}, "iterations": 2,
+            "output": {"window": 1}}
+    world = build_world(load_config(data=data), load_config(data=data).scenarios[0])
+    assert world.edges.num_edges >= kernels.AUTO_MIN_EDGES_ASYNC
+    assert make_engine(load_config(data=data), world, cfg.scenarios[0], ["loss"]).kernel == "numba"
+    sync = {**data, "network": None}
+    assert make_engine(load_config(data=sync), world, cfg.scenarios[0], ["loss"]).kernel == "torch"
 
 
 def test_thread_count_changes_no_number():
@@ -149,3 +157,50 @@ def test_the_scale_bench_times_both_kernels():
         torch.set_num_threads(threads)
     assert [r["kernel"] for r in rows] == ["torch", "numba"]
     assert all(r["ms_per_iteration"] > 0 and r["floor_ms"] > 0 and r["rules"] == "loss,distance" for r in rows)
+
+
+ASYNC = {"protocol": "async", "latency": {"kind": "uniform", "low": 0.05, "high": 0.8}, "latency_per_message": True,
+         "loss": 0.1, "bandwidth": {"kind": "constant", "value": 200.0},
+         "speed": {"kind": "lognormal", "median": 1.0, "sigma": 0.5},
+         "churn": {"fraction": 0.3, "mean_online": 4.0, "mean_offline": 2.0}}
+
+
+@pytest.mark.parametrize("attack,serial_max", [({"name": "uniform", "low": 15.0, "high": 16.0}, 20_000),
+                                               ({"name": "uniform", "low": 15.0, "high": 16.0}, 0),
+                                               ({"name": "inf"}, 20_000),
+                                               ({"name": "uniform", "low": 1e200, "high": 2e200}, 20_000)])
+def test_asynchronous_gossip_is_bit_identical(tmp_path, attack, serial_max, monkeypatch):
+    """Asynchronous gossip with per-message latencies, losses, bandwidth and churn, all four
+    rules as lanes: the compiled round over the firing agents' held messages (serial for small
+    batches, parallel with ``serial_max = 0``) writes the torch path's files, under forged,
+    infinite and overflowing messages."""
+    from conftest import tiny_config_dict
+    from p2pmtl.kernels import fused_round
+
+    monkeypatch.setattr(fused_round, "SERIAL_MAX_EDGES", serial_max)
+
+    data = tiny_config_dict(iterations=25, network=ASYNC,
+                            scenarios=[{"name": "a", "byzantine": 4, "attack": attack}])
+    digests = []
+    for kernel in ("torch", "numba"):
+        cfg = load_config(data={**data, "kernel": kernel})
+        run_experiment(cfg, tmp_path / kernel, progress=False, figures=False)
+        digests.append([hashlib.md5((tmp_path / kernel / f).read_bytes()).hexdigest()
+                        for f in ("metrics.csv", "curves.csv")])
+        import numpy as np
+
+        digests[-1] += [np.load(tmp_path / kernel / "arrays" / f"weights__a__{r}.npz")["w"].tobytes()
+                        for r in ("noncoop", "average", "loss", "distance")]
+    assert digests[0] == digests[1]
+
+
+def test_asynchronous_gossip_runs_the_compiled_round():
+    from p2pmtl.experiments.runner import make_protocol
+    from conftest import tiny_config_dict
+
+    cfg = load_config(data=tiny_config_dict(iterations=10, network=ASYNC, kernel="numba"))
+    world = build_world(cfg, cfg.scenarios[-1])
+    engine = make_engine(cfg, world, cfg.scenarios[-1], cfg.rules.names)
+    proto = make_protocol(cfg, world, engine, lambda *a: None)
+    proto.run()
+    assert engine._fused.rounds == proto.batches > 10

@@ -220,9 +220,10 @@ class ExperimentConfig(Strict):
     @classmethod
     def _device(cls, v):
         return check_device_spec(v)
-    kernel: str = Field("auto", description="synchronous gossip rounds of large target-localization worlds: auto "
-                                            "(a compiled numba kernel from 100,000 edges when numba is installed), "
-                                            "numba (wherever it applies) or torch; the same numbers either way")
+    kernel: str = Field("auto", description="gossip rounds of large target-localization worlds: auto (a compiled "
+                                            "numba kernel from 100,000 edges, 5,000 in asynchronous gossip, when "
+                                            "numba is installed), numba (wherever it applies) or torch; the same "
+                                            "numbers either way")
 
     @field_validator("kernel")
     @classmethod

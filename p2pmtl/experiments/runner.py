@@ -100,8 +100,13 @@ def make_engine(cfg: ExperimentConfig, world: World, scenario: ScenarioConfig, r
         from ..engine.roles import ServerRoles
 
         roles = ServerRoles(cfg.roles, world.edges, world.n, world.byzantine)
+    kernel = cfg.kernel
+    if kernel == "auto" and cfg.network is not None and cfg.network.protocol == "async":
+        from ..kernels import wants_kernel
+
+        kernel = "numba" if wants_kernel("auto", len(rules) * world.edges.num_edges, asynchronous=True) else "torch"
     return GossipEngine(pop, world.edges, rules, world.byzantine, attacks,
-                        [s["attack"] for s in world.seeds], world.run_of_node, combines, roles, kernel=cfg.kernel)
+                        [s["attack"] for s in world.seeds], world.run_of_node, combines, roles, kernel=kernel)
 
 
 def run_experiment(

@@ -6,7 +6,9 @@ list into one pass per receiver, with the same floating-point operations in the 
 so its numbers are bit-identical to the torch path's (``tests/test_kernels.py``). The engine
 uses one only where it applies (:func:`p2pmtl.kernels.fused_round.applies`) and falls back to
 torch everywhere else; the ``kernel`` config key chooses: ``auto`` (the kernel for large
-worlds when numba is installed), ``numba`` (wherever it applies) or ``torch`` (never).
+worlds when numba is installed: from :data:`AUTO_MIN_EDGES` edges, or
+:data:`AUTO_MIN_EDGES_ASYNC` in asynchronous gossip), ``numba`` (wherever it applies) or
+``torch`` (never).
 
 The kernels run on numba's own thread pool (``workqueue``), which takes parallel calls from
 one Python thread at a time: run experiments side by side as processes (``jobs``, sweeps),
@@ -18,6 +20,7 @@ import importlib.util
 
 KERNELS = ("auto", "torch", "numba")
 AUTO_MIN_EDGES = 100_000  # `auto` compiles (or loads from numba's cache) the kernel from this size
+AUTO_MIN_EDGES_ASYNC = 5_000  # asynchronous gossip: the compiled round skips whole-world passes per batch
 
 
 def numba_available() -> bool:
@@ -35,10 +38,12 @@ def check_kernel_spec(value: str) -> str:
     return value
 
 
-def wants_kernel(spec: str, num_edges: int) -> bool:
-    """Whether an engine with ``num_edges`` edges (all lanes) should use the compiled kernel."""
+def wants_kernel(spec: str, num_edges: int, asynchronous: bool = False) -> bool:
+    """Whether an engine with ``num_edges`` edges (all lanes) should use the compiled kernel;
+    ``asynchronous``: the engine runs asynchronous gossip, where the kernel pays off sooner (it
+    combines each batch's firing agents alone instead of masking the whole world)."""
     if spec == "torch":
         return False
     if spec == "numba":
         return True
-    return num_edges >= AUTO_MIN_EDGES and numba_available()
+    return num_edges >= (AUTO_MIN_EDGES_ASYNC if asynchronous else AUTO_MIN_EDGES) and numba_available()

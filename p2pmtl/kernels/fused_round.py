@@ -22,11 +22,13 @@ and the weighted messages summed in edge order. A statistic that is not finite l
 score unchanged and drops its edge (the receiver's own edge always stays), as
 :class:`~p2pmtl.rules.weights.RuleSet` does.
 
-Where it applies (:func:`applies`): a synchronous step with every message finite and received
-by every agent, no per-edge forgeries, lanes whose rules are the built-in ``noncoop``,
+Where it applies (:func:`applies`): lanes whose rules are the built-in ``noncoop``,
 ``average``, ``distance`` and ``loss``, the weighted-average combine, no server roles, and a
-float64 population of 2-D linear models exposing ``loss_terms()`` (target localization).
-Everything else runs the torch path.
+float64 population of 2-D linear models exposing ``loss_terms()`` (target localization); then
+:meth:`FusedRound.run` takes a synchronous step with every message finite and received by every
+agent and no per-edge forgeries (other steps run the torch path), and :meth:`FusedRound.run_held`
+takes every batch of asynchronous gossip: only the firing agents' in-edges are visited
+(:func:`receive_held`), where the torch path masks the whole world.
 """
 from __future__ import annotations
 
@@ -149,6 +151,95 @@ def receive_round(offsets, src, self_edge, sent, theta_old, u, c, phi, n0, stat_
         theta[k, 1] = t1
 
 
+@njit(inline="always")
+def _held_message(e, own_edge, lane, e0, k, src, sent, has, inbox, use_inbox):
+    """What receiver ``k`` holds on its lane edge ``e`` in asynchronous gossip, as the torch
+    path's masked messages give it: ``(m0, m1, valid)``; its own edge carries its own row
+    (valid when finite), a held edge the stored row (valid when finite, zeroed otherwise), any
+    other edge nothing (zeros, invalid)."""
+    if e == own_edge:
+        m0, m1 = sent[k, 0], sent[k, 1]
+        return m0, m1, np.isfinite(m0) and np.isfinite(m1)
+    if use_inbox and has[e - lane * e0]:
+        m0, m1 = inbox[e, 0], inbox[e, 1]
+        if np.isfinite(m0) and np.isfinite(m1):
+            return m0, m1, True
+    return 0.0, 0.0, False
+
+
+@njit(inline="always")
+def _stat_of(kind, m0, m1, u0, u1, ck, own0, own1):
+    """:func:`_edge_stat` of a message ``(m0, m1)`` already read."""
+    if kind == 1:
+        r = ck - (u0 * m0 + u1 * m1)
+        return r * r
+    d0 = own0 - m0
+    d1 = own1 - m1
+    return d0 * d0 + d1 * d1
+
+
+@njit(parallel=True, cache=True, boundscheck=False, nogil=True)
+def receive_held(receivers, offsets, src, self_edge, sent, theta_old, u, c, phi, n0, e0, stat_kind, unfiltered,
+                 self_only, nu, has, inbox, use_inbox, weights, theta):
+    """Asynchronous gossip's combination for the agents that fire (``receivers``, lane node
+    ids): each combines what it holds (:func:`_held_message`) with the weights of its lane's
+    rule, the torch path's masked branch (a statistic counts where the message is valid and the
+    statistic finite; the own edge always stays). Other receivers are left to the caller."""
+    for r in prange(receivers.size):
+        k = receivers[r]
+        lo, hi = offsets[k], offsets[k + 1]
+        lane = k // n0
+        i = k - lane * n0
+        own_edge = self_edge[k]
+        kind, unfiltered_j, self_only_j = stat_kind[lane], unfiltered[lane], self_only[lane]
+        u0, u1, ck = u[i, 0], u[i, 1], c[i]
+        own0, own1 = theta_old[k, 0], theta_old[k, 1]
+        nu_j = nu[lane]
+        small = abs(nu_j) < 0.5
+        if kind != 0:
+            for e in range(lo, hi):
+                m0, m1, valid = _held_message(e, own_edge, lane, e0, k, src, sent, has, inbox, use_inbox)
+                if valid:
+                    stat = _stat_of(kind, m0, m1, u0, u1, ck, own0, own1)
+                    if np.isfinite(stat):
+                        p = phi[e]
+                        if small:
+                            phi[e] = _fma(nu_j, stat - p, p)
+                        else:
+                            phi[e] = _fma(nu_j - 1.0, stat - p, stat)
+        own = phi[own_edge]
+        total = 0.0
+        for e in range(lo, hi):
+            m0, m1, valid = _held_message(e, own_edge, lane, e0, k, src, sent, has, inbox, use_inbox)
+            usable = valid
+            if valid and kind != 0:
+                usable = np.isfinite(_stat_of(kind, m0, m1, u0, u1, ck, own0, own1))
+            p = phi[e]
+            kept = (p <= own or unfiltered_j) and usable
+            if e == own_edge:
+                kept = True
+            elif self_only_j:
+                kept = False
+            s = (1.0 if kept else 0.0) / (p if not p < TINY else TINY)
+            weights[e] = s
+            total += s
+        t0 = 0.0
+        t1 = 0.0
+        for e in range(lo, hi):
+            w = weights[e] / total
+            weights[e] = w
+            m0, m1, valid = _held_message(e, own_edge, lane, e0, k, src, sent, has, inbox, use_inbox)
+            t0 += w * m0
+            t1 += w * m1
+        theta[k, 0] = t0
+        theta[k, 1] = t1
+
+
+# a firing batch of a few hundred edges: one thread, no pool launch (which costs more than the work)
+receive_held_serial = njit(cache=True, boundscheck=False, nogil=True)(receive_held.py_func)
+SERIAL_MAX_EDGES = 20_000
+
+
 def applies(engine: "GossipEngine") -> Optional[str]:
     """None when the kernel can run this engine's synchronous steps, else why not."""
     pop = engine.pop
@@ -197,3 +288,31 @@ class FusedRound:
         engine.weights = weights
         self.rounds += 1
         return True
+
+    def run_held(self, engine: "GossipEngine", sent: torch.Tensor, fire: np.ndarray, has: np.ndarray,
+                 inbox: Optional[torch.Tensor]) -> None:
+        """Asynchronous gossip's receiving half for the world agents ``fire`` (in every lane):
+        each combines its own row ``sent`` and the stored rows ``inbox [M*E0, 2]`` of the world
+        edges it holds (``has [E0]``); every other agent keeps its model (``psi + 0``, as the
+        torch path's sum of its own row with zeros gives it) and its scores, and puts weight 1
+        on itself. The numbers of :meth:`GossipEngine.consume` on the same masked messages."""
+        pop, rs = engine.pop, engine.rule_set
+        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        u, c = pop.loss_terms()
+        weights = rs.ws.get("weights", rs.phi.shape, rs.phi.dtype)
+        weights.zero_()
+        weights[engine.edges.self_edge] = 1.0
+        theta = pop.next_theta()
+        torch.add(sent, 0.0, out=theta)
+        receivers = (fire[None, :] + engine.n0 * np.arange(engine.lanes)[:, None]).ravel().astype(np.int64)
+        use_inbox = inbox is not None
+        rows = inbox.numpy() if use_inbox else np.zeros((1, 2))
+        edges = receivers.size * engine.edges.num_edges / engine.edges.num_nodes  # about, on average degrees
+        kernel = receive_held_serial if edges <= SERIAL_MAX_EDGES else receive_held
+        kernel(receivers, self.offsets, self.src, self.self_edge, sent.contiguous().numpy(),
+                     pop.theta.contiguous().numpy(), u.contiguous().numpy(), c.contiguous().numpy(), rs.phi.numpy(),
+                     engine.n0, engine.e0, self.stat_kind, self.unfiltered, self.self_only, self.nu, has, rows,
+                     use_inbox, weights.numpy(), theta.numpy())
+        pop.theta = theta
+        engine.weights = weights
+        self.rounds += 1

@@ -385,14 +385,17 @@ class AsyncGossip:
         self._send(fire, cutoff, sent, overrides)
         self._deliver(float(t.max()), cutoff)
         in_edges = np.flatnonzero(active[self.dst])
-        held = self.has.copy()
-        held[self.is_self] = True
-        edge_values = None
-        if self.inbox is not None:
-            ids = np.flatnonzero(self.has & active[self.dst])
-            lane_ids = torch.from_numpy((ids[None, :] + self.e0 * np.arange(self.m)[:, None]).ravel())
-            edge_values = (lane_ids, self.inbox[lane_ids])
-        eng.consume(eng.messages(sent, overrides, torch.from_numpy(held), active_t, edge_values))
+        if eng._fused is not None:  # the compiled round over the firing agents' in-edges only
+            eng._fused.run_held(eng, sent, fire, self.has, self.inbox)
+        else:
+            held = self.has.copy()
+            held[self.is_self] = True
+            edge_values = None
+            if self.inbox is not None:
+                ids = np.flatnonzero(self.has & active[self.dst])
+                lane_ids = torch.from_numpy((ids[None, :] + self.e0 * np.arange(self.m)[:, None]).ravel())
+                edge_values = (lane_ids, self.inbox[lane_ids])
+            eng.consume(eng.messages(sent, overrides, torch.from_numpy(held), active_t, edge_values))
         # staleness: how many newer steps each sender has taken since the model k holds
         nb = in_edges[self.has[in_edges] & ~self.is_self[in_edges]]
         stale = self.iters[self.src[nb]] - self.held_iter[nb]

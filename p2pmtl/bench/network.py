@@ -75,6 +75,8 @@ def async_events(n: int = 1000, iterations: int = 10, naive_iterations: int = 2)
     for name, its, lookahead, kernel in (("lookahead batching, compiled", iterations, None, "numba"),
                                          ("lookahead batching, torch ops", iterations, None, "torch"),
                                          ("one event at a time (naive)", naive_iterations, 0.0, "torch")):
+        if kernel == "numba":  # untimed: numba's import and the kernels' load from its cache, once a process
+            make_protocol(*_setup(n, net, ["loss"], iterations=1, kernel=kernel)[:3], lambda *a: None).run()
         cfg, world, engine = _setup(n, net, ["loss"], iterations=its, kernel=kernel)
         proto = make_protocol(cfg, world, engine, lambda *a: None)
         if lookahead is not None:

@@ -133,17 +133,26 @@ def test_bad_kernel_is_an_early_error(monkeypatch):
         load_config(data={"graph": {"family": "ring", "n": 5}, "kernel": "numba"})
 
 
+def _files_of_both_kernels(data: dict, out) -> list[list]:
+    """metrics.csv and curves.csv (md5) and every rule's last weights of the run ``data`` on
+    torch and on the compiled round."""
+    import numpy as np
+
+    digests = []
+    for kernel in ("torch", "numba"):
+        cfg = load_config(data={**data, "kernel": kernel})
+        run_experiment(cfg, out / kernel, progress=False, figures=False)
+        digests.append([hashlib.md5((out / kernel / f).read_bytes()).hexdigest() for f in ("metrics.csv", "curves.csv")]
+                       + [np.load(w)["w"].tobytes() for w in sorted((out / kernel / "arrays").glob("weights__*"))])
+    return digests
+
+
 def test_a_whole_run_writes_the_same_files(tmp_path):
     data = {"name": "k", "iterations": 60, "graph": {"topology": "li2020_target"},
             "rules": {"names": ["noncoop", "average", "loss", "distance"]},
             "scenarios": [{"name": "b20", "byzantine": 20, "attack": {"name": "uniform", "low": 15.0, "high": 16.0}}]}
-    digests = []
-    for kernel in ("torch", "numba"):
-        cfg = load_config(data={**data, "kernel": kernel})
-        run_experiment(cfg, tmp_path / kernel, progress=False, figures=False)
-        digests.append([hashlib.md5((tmp_path / kernel / f).read_bytes()).hexdigest()
-                        for f in ("metrics.csv", "curves.csv")])
-    assert digests[0] == digests[1]
+    a, b = _files_of_both_kernels(data, tmp_path)
+    assert a == b and len(a) == 6
 
 
 def test_the_scale_bench_times_both_kernels():
@@ -181,17 +190,8 @@ def test_asynchronous_gossip_is_bit_identical(tmp_path, attack, serial_max, monk
 
     data = tiny_config_dict(iterations=25, network=ASYNC,
                             scenarios=[{"name": "a", "byzantine": 4, "attack": attack}])
-    digests = []
-    for kernel in ("torch", "numba"):
-        cfg = load_config(data={**data, "kernel": kernel})
-        run_experiment(cfg, tmp_path / kernel, progress=False, figures=False)
-        digests.append([hashlib.md5((tmp_path / kernel / f).read_bytes()).hexdigest()
-                        for f in ("metrics.csv", "curves.csv")])
-        import numpy as np
-
-        digests[-1] += [np.load(tmp_path / kernel / "arrays" / f"weights__a__{r}.npz")["w"].tobytes()
-                        for r in ("noncoop", "average", "loss", "distance")]
-    assert digests[0] == digests[1]
+    a, b = _files_of_both_kernels(data, tmp_path)
+    assert a == b and len(a) == 6
 
 
 def test_asynchronous_gossip_runs_the_compiled_round():

@@ -67,6 +67,27 @@ def _fma(typingctx, a, b, c):
 
 
 @njit(inline="always")
+def _lerp(p, stat, nu, small):
+    """torch's ``lerp(p, stat, nu)`` (``small``: ``|nu| < 0.5``, its first formula)."""
+    if small:
+        return _fma(nu, stat - p, p)
+    return _fma(nu - 1.0, stat - p, stat)
+
+
+@njit(inline="always")
+def _score(p, own, unfiltered, usable, is_own, self_only):
+    """An edge's inverse score ``keep / max(phi, sqrt(tiny))``: kept when ``phi <= phi_kk`` (or
+    the rule does not filter) and the statistic was usable; the own edge always, and only it
+    when the rule is ``self_only`` (RuleSet's filter)."""
+    kept = (p <= own or unfiltered) and usable
+    if is_own:
+        kept = True
+    elif self_only:
+        kept = False
+    return (1.0 if kept else 0.0) / (p if not p < TINY else TINY)
+
+
+@njit(inline="always")
 def _edge_stat(kind, src_row, sent, u0, u1, ck, own0, own1):
     """The statistic of edge ``src_row -> k``: loss (kind 1) ``(c_k - u_k . psi_l)^2`` or squared
     distance (kind 2) ``||theta_k - psi_l||^2``, each as torch's mul-then-mv row dot rounds it."""
@@ -104,16 +125,14 @@ def receive_round(offsets, src, self_edge, sent, theta_old, u, c, phi, n0, stat_
                 for e in range(lo, hi):
                     stat = _edge_stat(kind, src[e], sent, u0, u1, ck, own0, own1)
                     if np.isfinite(stat):
-                        p = phi[e]
-                        phi[e] = _fma(nu_j, stat - p, p)
+                        phi[e] = _lerp(phi[e], stat, nu_j, True)
                     else:
                         usable_all = False
             else:
                 for e in range(lo, hi):
                     stat = _edge_stat(kind, src[e], sent, u0, u1, ck, own0, own1)
                     if np.isfinite(stat):
-                        p = phi[e]
-                        phi[e] = _fma(nu_j - 1.0, stat - p, stat)
+                        phi[e] = _lerp(phi[e], stat, nu_j, False)
                     else:
                         usable_all = False
         # 2. filter (keep phi_lk <= phi_kk) and inverse scores, summed in edge order
@@ -127,15 +146,8 @@ def receive_round(offsets, src, self_edge, sent, theta_old, u, c, phi, n0, stat_
                 total += s
         else:  # an infinite statistic drops its edge; the own edge always stays
             for e in range(lo, hi):
-                p = phi[e]
-                kept = p <= own or unfiltered_j
-                if not usable_all and not np.isfinite(_edge_stat(kind, src[e], sent, u0, u1, ck, own0, own1)):
-                    kept = False
-                if e == own_edge:
-                    kept = True
-                elif self_only_j:
-                    kept = False
-                s = (1.0 if kept else 0.0) / (p if not p < TINY else TINY)
+                usable = usable_all or np.isfinite(_edge_stat(kind, src[e], sent, u0, u1, ck, own0, own1))
+                s = _score(phi[e], own, unfiltered_j, usable, e == own_edge, self_only_j)
                 weights[e] = s
                 total += s
         # 3. normalise and combine: theta_k = sum_l a_lk psi_l, in edge order
@@ -202,11 +214,7 @@ def receive_held(receivers, offsets, src, self_edge, sent, theta_old, u, c, phi,
                 if valid:
                     stat = _stat_of(kind, m0, m1, u0, u1, ck, own0, own1)
                     if np.isfinite(stat):
-                        p = phi[e]
-                        if small:
-                            phi[e] = _fma(nu_j, stat - p, p)
-                        else:
-                            phi[e] = _fma(nu_j - 1.0, stat - p, stat)
+                        phi[e] = _lerp(phi[e], stat, nu_j, small)
         own = phi[own_edge]
         total = 0.0
         for e in range(lo, hi):
@@ -214,13 +222,7 @@ def receive_held(receivers, offsets, src, self_edge, sent, theta_old, u, c, phi,
             usable = valid
             if valid and kind != 0:
                 usable = np.isfinite(_stat_of(kind, m0, m1, u0, u1, ck, own0, own1))
-            p = phi[e]
-            kept = (p <= own or unfiltered_j) and usable
-            if e == own_edge:
-                kept = True
-            elif self_only_j:
-                kept = False
-            s = (1.0 if kept else 0.0) / (p if not p < TINY else TINY)
+            s = _score(phi[e], own, unfiltered_j, usable, e == own_edge, self_only_j)
             weights[e] = s
             total += s
         t0 = 0.0

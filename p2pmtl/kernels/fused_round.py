@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Optional
+from typing import Any, Optional
 
 import numba
 import numpy as np
@@ -44,8 +44,7 @@ from numba.extending import intrinsic
 
 from ..core.ops import all_finite
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..engine.gossip import GossipEngine
+GossipEngine = Any  # p2pmtl.engine.gossip.GossipEngine (not imported: the engine imports this module)
 
 # numba's own thread pool, unless the user chose a layer: its OpenMP layer shares the OpenMP
 # runtime with torch and sets that runtime's thread count, so torch's `threads` would change too
@@ -242,7 +241,7 @@ receive_held_serial = njit(cache=True, boundscheck=False, nogil=True)(receive_he
 SERIAL_MAX_EDGES = 20_000
 
 
-def applies(engine: "GossipEngine") -> Optional[str]:
+def applies(engine: GossipEngine) -> Optional[str]:
     """None when the kernel can run this engine's synchronous steps, else why not."""
     pop = engine.pop
     if not hasattr(pop, "loss_terms"):
@@ -259,7 +258,7 @@ def applies(engine: "GossipEngine") -> Optional[str]:
 class FusedRound:
     """The compiled receiving half of an engine's synchronous round (see the module text)."""
 
-    def __init__(self, engine: "GossipEngine") -> None:
+    def __init__(self, engine: GossipEngine) -> None:
         why = applies(engine)
         if why is not None:
             raise ValueError(f"the fused kernel does not apply: {why}")
@@ -272,7 +271,7 @@ class FusedRound:
         self.nu = np.array([r.nu for r in lanes], dtype=np.float64)
         self.rounds = 0  # rounds this kernel ran (the others went to the torch path)
 
-    def run(self, engine: "GossipEngine", sent: torch.Tensor) -> bool:
+    def run(self, engine: GossipEngine, sent: torch.Tensor) -> bool:
         """Weights and combination of one synchronous round from the broadcast rows ``sent``;
         False (nothing done) when a row is not finite: the torch path handles those."""
         if not all_finite(sent):
@@ -291,7 +290,7 @@ class FusedRound:
         self.rounds += 1
         return True
 
-    def run_held(self, engine: "GossipEngine", sent: torch.Tensor, fire: np.ndarray, has: np.ndarray,
+    def run_held(self, engine: GossipEngine, sent: torch.Tensor, fire: np.ndarray, has: np.ndarray,
                  inbox: Optional[torch.Tensor]) -> None:
         """Asynchronous gossip's receiving half for the world agents ``fire`` (in every lane):
         each combines its own row ``sent`` and the stored rows ``inbox [M*E0, 2]`` of the world

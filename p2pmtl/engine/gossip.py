@@ -139,6 +139,16 @@ class GossipEngine:
             return
         self.consume(self.messages(sent, overrides, delivered, active))
 
+    def consume_held(self, sent: torch.Tensor, fire, has, inbox: Optional[torch.Tensor]) -> bool:
+        """Asynchronous gossip's receiving half on the compiled round, if this engine has one
+        (:meth:`p2pmtl.kernels.fused_round.FusedRound.run_held`: the world agents ``fire``
+        combine their own rows ``sent`` and the stored rows ``inbox`` of the world edges they
+        hold, ``has``); False when it has none (the caller then runs :meth:`consume`)."""
+        if self._fused is None:
+            return False
+        self._fused.run_held(self, sent, fire, has, inbox)
+        return True
+
     @property
     def kernel(self) -> str:
         """``numba`` when synchronous rounds run the compiled kernel (where their messages allow

@@ -385,9 +385,7 @@ class AsyncGossip:
         self._send(fire, cutoff, sent, overrides)
         self._deliver(float(t.max()), cutoff)
         in_edges = np.flatnonzero(active[self.dst])
-        if eng._fused is not None:  # the compiled round over the firing agents' in-edges only
-            eng._fused.run_held(eng, sent, fire, self.has, self.inbox)
-        else:
+        if not eng.consume_held(sent, fire, self.has, self.inbox):  # compiled: the firing agents' in-edges only
             held = self.has.copy()
             held[self.is_self] = True
             edge_values = None

@@ -377,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="KERNEL", help="scale: the kernels timed at every size (torch, numba, auto; default both)")
     b.add_argument("--scale-rules", nargs="+", default=["loss"], metavar="RULE",
                    help="scale: the weight rules, as lanes of one engine (default: loss)")
+    b.add_argument("--scale-loss", type=float, default=0.0, metavar="P",
+                   help="scale: the synchronous network model drops each message with probability P (default 0: "
+                        "no network model)")
     b.add_argument("--scale-threads", type=int, default=1,
                    help="scale: torch (and kernel) threads of the timed iterations and of the whole-process run")
     b.add_argument("--process-agents", type=int, default=100_000,

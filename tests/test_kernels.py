@@ -77,11 +77,11 @@ def test_infinite_losses_keep_their_scores():
     assert torch.equal(fused.weights[byz_edges], torch.zeros(byz_edges.numel(), dtype=torch.float64))
 
 
-def test_non_finite_messages_go_to_the_torch_path():
-    """A forged inf row: the kernel declines the round and the torch path drops the edge."""
-    ref, fused = _same_after(_attack({"name": "inf"}), ["loss"], steps=5)
-    assert _kernel_rounds(fused) == 0
-    honest = ~fused.is_byzantine
+def test_non_finite_messages_take_the_masked_kernel():
+    """A forged inf row: the masked kernel drops those edges, as the torch path does."""
+    ref, fused = _same_after(_attack({"name": "inf"}), ["loss", "distance", "average"], steps=5)
+    assert _kernel_rounds(fused) == 5
+    honest = ~fused.is_byzantine.repeat(3)
     assert torch.isfinite(fused.pop.theta[honest]).all()
 
 
@@ -189,6 +189,24 @@ def test_asynchronous_gossip_is_bit_identical(tmp_path, attack, serial_max, monk
     monkeypatch.setattr(fused_round, "SERIAL_MAX_EDGES", serial_max)
 
     data = tiny_config_dict(iterations=25, network=ASYNC,
+                            scenarios=[{"name": "a", "byzantine": 4, "attack": attack}])
+    a, b = _files_of_both_kernels(data, tmp_path)
+    assert a == b and len(a) == 6
+
+
+SYNC_NET = {"latency": {"kind": "uniform", "low": 0.05, "high": 0.4}, "bandwidth": 2000.0, "loss": 0.2,
+            "deadline": 1.3, "speed": {"kind": "lognormal", "median": 1.0, "sigma": 0.4},
+            "stragglers": {"fraction": 0.2, "slowdown": 5.0, "mode": "random"},
+            "churn": {"fraction": 0.3, "mean_online": 4.0, "mean_offline": 2.0}}
+
+
+@pytest.mark.parametrize("attack", [{"name": "uniform", "low": 15.0, "high": 16.0}, {"name": "inf"}])
+def test_synchronous_network_rounds_are_bit_identical(tmp_path, attack):
+    """The synchronous protocol with losses, a deadline, stragglers and churn (messages lost,
+    agents absent or cut off): the masked kernel writes the torch path's files."""
+    from conftest import tiny_config_dict
+
+    data = tiny_config_dict(iterations=25, network=SYNC_NET,
                             scenarios=[{"name": "a", "byzantine": 4, "attack": attack}])
     a, b = _files_of_both_kernels(data, tmp_path)
     assert a == b and len(a) == 6

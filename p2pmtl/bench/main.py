@@ -110,7 +110,8 @@ def memory_floor(edges, rows: torch.Tensor, repeats: int = 5) -> float:
     return best_time(once, repeats, clock=time.thread_time)
 
 
-def scale_child(n: int, iters: int, kernel: str = "auto", threads: int = 1, rules: str = "loss") -> dict:
+def scale_child(n: int, iters: int, kernel: str = "auto", threads: int = 1, rules: str = "loss",
+                loss: float = 0.0) -> dict:
     """One size in this process: build time; loss-rule time per iteration, the mean over
     ``iters`` iterations (noise draws included), as wall time and as CPU time of the process
     (all its threads); minor page faults per iteration after the first; the memory floor of one
@@ -118,28 +119,38 @@ def scale_child(n: int, iters: int, kernel: str = "auto", threads: int = 1, rule
     measurement before and one after the iterations) and the ratio of the wall time per
     iteration to it; peak RSS. ``kernel``: the config's ``kernel`` (``auto``, ``numba`` or
     ``torch``); ``threads``: torch's (and the kernel's) threads; ``rules``: the weight rules,
-    comma-separated, run as lanes of one engine (ms/it is per iteration of all lanes)."""
+    comma-separated, run as lanes of one engine (ms/it is per iteration of all lanes); ``loss``:
+    above 0, the synchronous network model drops each message with this probability (the
+    rounds of :class:`~p2pmtl.network.protocols.SyncGossip`, masked)."""
     torch.set_num_threads(1)
     t = time.perf_counter()
     cfg = bench_config(n, n // 5).model_copy(update={"kernel": kernel})
+    if loss > 0:
+        cfg = load_config(data={**cfg.model_dump(mode="json"), "network": {"loss": loss}})
     world = build_world(cfg, cfg.scenarios[0])
     eng = make_engine(cfg, world, cfg.scenarios[0], rules.split(","))
+    step = eng.step
+    if loss > 0:
+        from ..experiments.runner import make_protocol
+
+        step = make_protocol(cfg, world, eng, lambda *a: None).round
     build = time.perf_counter() - t
     floor = memory_floor(eng.edges, eng.pop.theta)
     torch.set_num_threads(threads)
     t, cpu = time.perf_counter(), time.process_time()
-    eng.step(0)  # the first iteration also faults in the tensors the engine keeps (and loads the kernel)
+    step(0)  # the first iteration also faults in the tensors the engine keeps (and loads the kernel)
     first = time.perf_counter() - t
     t, cpu = time.perf_counter(), time.process_time()
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for i in range(1, iters):
-        eng.step(i)
+        step(i)
     per_it, cpu_it = (time.perf_counter() - t) / max(1, iters - 1), (time.process_time() - cpu) / max(1, iters - 1)
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / max(1, iters - 1)
     torch.set_num_threads(1)
     floor = min(floor, memory_floor(eng.edges, eng.pop.theta))
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"agents": n, "edges": world.edges.num_edges, "kernel": eng.kernel, "threads": threads, "rules": rules,
+            "loss": loss,
             "build_s": build, "first_s": first, "ms_per_iteration": 1e3 * per_it,
             "cpu_ms_per_iteration": 1e3 * cpu_it, "floor_ms": 1e3 * floor, "floor_ratio": per_it / floor,
             "faults_per_iteration": faults, "total_s": first + per_it * (iters - 1), "iterations": iters,
@@ -343,8 +354,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"  p2pmtl run:   {r['run_s']:.2f} s   ({r['command']})")
     if "scale" in parts and args.sizes:
         rules = ",".join(args.scale_rules)
+        lost = f", the network model dropping {args.scale_loss:.0%} of the messages" if args.scale_loss > 0 else ""
         print(f"\nscaling: random geometric (density of Li2020, cap 9), 20% Byzantine, rules {rules} "
-              f"(as lanes of one engine), {args.scale_iterations} iterations, {args.scale_threads} thread(s)")
+              f"(as lanes of one engine){lost}, {args.scale_iterations} iterations, {args.scale_threads} thread(s)")
         print("  kernel: torch ops, or the compiled round (p2pmtl.kernels.fused_round, the same numbers);\n"
               "  first s: the first iteration (faults in the kept tensors, loads or compiles the kernel);\n"
               "  ms/it: wall time per later iteration; cpu ms/it: CPU time of the process (all threads);\n"
@@ -357,7 +369,8 @@ def main(args: argparse.Namespace) -> int:
         for n in args.sizes:
             for kernel in args.scale_kernels:
                 out = subprocess.run([sys.executable, "-m", "p2pmtl.bench.main", "child", str(n),
-                                      str(args.scale_iterations), kernel, str(args.scale_threads), rules],
+                                      str(args.scale_iterations), kernel, str(args.scale_threads), rules,
+                                      str(args.scale_loss)],
                                      capture_output=True, text=True, check=True)
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 print(f"{r['agents']:>8} {r['edges']:>9} {r['kernel']:>6} {r['build_s']:>8.2f} {r['first_s']:>8.2f} "
@@ -368,8 +381,8 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) in (4, 6, 7) and sys.argv[1] == "child":
-        extra = (sys.argv[4], int(sys.argv[5]), *sys.argv[6:]) if len(sys.argv) >= 6 else ()
+    if len(sys.argv) in (4, 6, 7, 8) and sys.argv[1] == "child":
+        extra = (sys.argv[4], int(sys.argv[5]), *sys.argv[6:7], *map(float, sys.argv[7:8])) if len(sys.argv) >= 6 else ()
         print(json.dumps(scale_child(int(sys.argv[2]), int(sys.argv[3]), *extra)))
     else:
         sys.exit("usage: p2pmtl bench [--only PART ...]  (this module's own entry point only runs scale children)")

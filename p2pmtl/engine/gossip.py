@@ -134,8 +134,9 @@ class GossipEngine:
         model and scores); ``adapting`` (default: ``active``) those that also finished their
         local step (a step cut by a deadline is abandoned: the agent combines its old model)."""
         sent, overrides = self.produce(step, active if adapting is None else adapting)
-        if (self._fused is not None and delivered is None and active is None and overrides[0] is None
-                and self._fused.run(self, sent)):
+        if self._fused is not None and overrides[0] is None:  # the compiled round: the same numbers
+            if not (delivered is None and active is None and self._fused.run(self, sent)):
+                self._fused.run_masked(self, sent, delivered, active)  # losses, absences, non-finite rows
             return
         self.consume(self.messages(sent, overrides, delivered, active))
 

@@ -32,8 +32,10 @@ takes every batch of asynchronous gossip: only the firing agents' in-edges are v
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
+import types as types_module
 from typing import Any, Optional
 
 import numba
@@ -98,7 +100,7 @@ def _edge_stat(kind, src_row, sent, u0, u1, ck, own0, own1):
     return d0 * d0 + d1 * d1
 
 
-@njit(parallel=True, cache=True, boundscheck=False, nogil=True)
+@njit(parallel=True, cache=True, boundscheck=False, nogil=True, error_model="numpy")
 def receive_round(offsets, src, self_edge, sent, theta_old, u, c, phi, n0, stat_kind, unfiltered, self_only, nu,
                 weights, theta):
     """Receivers ``k`` of the lanes' edge list (``offsets``, ``src``, ``self_edge``): new
@@ -123,14 +125,14 @@ def receive_round(offsets, src, self_edge, sent, theta_old, u, c, phi, n0, stat_
             if abs(nu_j) < 0.5:
                 for e in range(lo, hi):
                     stat = _edge_stat(kind, src[e], sent, u0, u1, ck, own0, own1)
-                    if np.isfinite(stat):
+                    if math.isfinite(stat):
                         phi[e] = _lerp(phi[e], stat, nu_j, True)
                     else:
                         usable_all = False
             else:
                 for e in range(lo, hi):
                     stat = _edge_stat(kind, src[e], sent, u0, u1, ck, own0, own1)
-                    if np.isfinite(stat):
+                    if math.isfinite(stat):
                         phi[e] = _lerp(phi[e], stat, nu_j, False)
                     else:
                         usable_all = False
@@ -145,7 +147,7 @@ def receive_round(offsets, src, self_edge, sent, theta_old, u, c, phi, n0, stat_
                 total += s
         else:  # an infinite statistic drops its edge; the own edge always stays
             for e in range(lo, hi):
-                usable = usable_all or np.isfinite(_edge_stat(kind, src[e], sent, u0, u1, ck, own0, own1))
+                usable = usable_all or math.isfinite(_edge_stat(kind, src[e], sent, u0, u1, ck, own0, own1))
                 s = _score(phi[e], own, unfiltered_j, usable, e == own_edge, self_only_j)
                 weights[e] = s
                 total += s
@@ -163,18 +165,26 @@ def receive_round(offsets, src, self_edge, sent, theta_old, u, c, phi, n0, stat_
 
 
 @njit(inline="always")
-def _held_message(e, own_edge, lane, e0, k, src, sent, has, inbox, use_inbox):
-    """What receiver ``k`` holds on its lane edge ``e`` in asynchronous gossip, as the torch
-    path's masked messages give it: ``(m0, m1, valid)``; its own edge carries its own row
-    (valid when finite), a held edge the stored row (valid when finite, zeroed otherwise), any
-    other edge nothing (zeros, invalid)."""
+def _masked_message(e, own_edge, lane, e0, k, src, sent, has, inbox, use_inbox, delivered, use_delivered):
+    """What receiver ``k`` holds on its lane edge ``e``, as the torch path's masked messages give
+    it: ``(m0, m1, valid)``. Its own edge carries its own row (valid when finite and, with
+    ``use_delivered``, delivered). Another edge carries, in asynchronous gossip (``use_inbox``),
+    the stored row of a held edge (``has``), else the sender's row where ``delivered`` (or
+    always); valid when finite, zeros otherwise (the torch path zeroes invalid messages)."""
+    we = e - lane * e0
     if e == own_edge:
         m0, m1 = sent[k, 0], sent[k, 1]
-        return m0, m1, np.isfinite(m0) and np.isfinite(m1)
-    if use_inbox and has[e - lane * e0]:
-        m0, m1 = inbox[e, 0], inbox[e, 1]
-        if np.isfinite(m0) and np.isfinite(m1):
-            return m0, m1, True
+        return m0, m1, (not use_delivered or delivered[we]) and math.isfinite(m0) and math.isfinite(m1)
+    if use_inbox:  # one return type on every path: numba's code for mixed returns was 9x slower
+        held = has[we]
+        row = e if held else 0
+        m0, m1 = inbox[row, 0], inbox[row, 1]
+    else:
+        held = not use_delivered or delivered[we]
+        row = src[e]
+        m0, m1 = sent[row, 0], sent[row, 1]
+    if held and math.isfinite(m0) and math.isfinite(m1):
+        return m0, m1, True
     return 0.0, 0.0, False
 
 
@@ -189,13 +199,14 @@ def _stat_of(kind, m0, m1, u0, u1, ck, own0, own1):
     return d0 * d0 + d1 * d1
 
 
-@njit(parallel=True, cache=True, boundscheck=False, nogil=True)
-def receive_held(receivers, offsets, src, self_edge, sent, theta_old, u, c, phi, n0, e0, stat_kind, unfiltered,
-                 self_only, nu, has, inbox, use_inbox, weights, theta):
-    """Asynchronous gossip's combination for the agents that fire (``receivers``, lane node
-    ids): each combines what it holds (:func:`_held_message`) with the weights of its lane's
-    rule, the torch path's masked branch (a statistic counts where the message is valid and the
-    statistic finite; the own edge always stays). Other receivers are left to the caller."""
+@njit(parallel=True, cache=True, boundscheck=False, nogil=True, error_model="numpy")
+def receive_masked(receivers, offsets, src, self_edge, sent, theta_old, u, c, phi, n0, e0, stat_kind, unfiltered,
+                   self_only, nu, has, inbox, use_inbox, delivered, use_delivered, weights, theta):
+    """The combination of the agents ``receivers`` (lane node ids) from what each holds
+    (:func:`_masked_message`: the stored rows of asynchronous gossip, or the sent rows where
+    delivered and finite) with the weights of its lane's rule, the torch path's masked branch (a
+    statistic counts where the message is valid and the statistic finite; the own edge always
+    stays). Other receivers are left to the caller."""
     for r in prange(receivers.size):
         k = receivers[r]
         lo, hi = offsets[k], offsets[k + 1]
@@ -209,18 +220,18 @@ def receive_held(receivers, offsets, src, self_edge, sent, theta_old, u, c, phi,
         small = abs(nu_j) < 0.5
         if kind != 0:
             for e in range(lo, hi):
-                m0, m1, valid = _held_message(e, own_edge, lane, e0, k, src, sent, has, inbox, use_inbox)
+                m0, m1, valid = _masked_message(e, own_edge, lane, e0, k, src, sent, has, inbox, use_inbox, delivered, use_delivered)
                 if valid:
                     stat = _stat_of(kind, m0, m1, u0, u1, ck, own0, own1)
-                    if np.isfinite(stat):
+                    if math.isfinite(stat):
                         phi[e] = _lerp(phi[e], stat, nu_j, small)
         own = phi[own_edge]
         total = 0.0
         for e in range(lo, hi):
-            m0, m1, valid = _held_message(e, own_edge, lane, e0, k, src, sent, has, inbox, use_inbox)
+            m0, m1, valid = _masked_message(e, own_edge, lane, e0, k, src, sent, has, inbox, use_inbox, delivered, use_delivered)
             usable = valid
             if valid and kind != 0:
-                usable = np.isfinite(_stat_of(kind, m0, m1, u0, u1, ck, own0, own1))
+                usable = math.isfinite(_stat_of(kind, m0, m1, u0, u1, ck, own0, own1))
             s = _score(phi[e], own, unfiltered_j, usable, e == own_edge, self_only_j)
             weights[e] = s
             total += s
@@ -229,16 +240,25 @@ def receive_held(receivers, offsets, src, self_edge, sent, theta_old, u, c, phi,
         for e in range(lo, hi):
             w = weights[e] / total
             weights[e] = w
-            m0, m1, valid = _held_message(e, own_edge, lane, e0, k, src, sent, has, inbox, use_inbox)
+            m0, m1, valid = _masked_message(e, own_edge, lane, e0, k, src, sent, has, inbox, use_inbox, delivered, use_delivered)
             t0 += w * m0
             t1 += w * m1
         theta[k, 0] = t0
         theta[k, 1] = t1
 
 
-# a firing batch of a few hundred edges: one thread, no pool launch (which costs more than the work)
-receive_held_serial = njit(cache=True, boundscheck=False, nogil=True)(receive_held.py_func)
-SERIAL_MAX_EDGES = 20_000
+def _serial_copy(func, name: str):
+    """``func`` under another name: numba's cache files are named by a function's qualified
+    name, so a serial build of a parallel kernel needs its own (else each loads the other's)."""
+    copy = types_module.FunctionType(func.__code__, func.__globals__, name, func.__defaults__, func.__closure__)
+    copy.__qualname__ = name
+    return copy
+
+
+# a firing batch of a few hundred edges: one thread, no pool launch (about 0.15 ms, more than the work)
+receive_masked_serial = njit(cache=True, boundscheck=False, nogil=True, error_model="numpy")(
+    _serial_copy(receive_masked.py_func, "receive_masked_serial"))
+SERIAL_MAX_EDGES = 2_000
 
 
 def applies(engine: GossipEngine) -> Optional[str]:
@@ -297,23 +317,40 @@ class FusedRound:
         edges it holds (``has [E0]``); every other agent keeps its model (``psi + 0``, as the
         torch path's sum of its own row with zeros gives it) and its scores, and puts weight 1
         on itself. The numbers of :meth:`GossipEngine.consume` on the same masked messages."""
+        self._masked(engine, sent, fire, has=has, inbox=inbox)
+
+    def run_masked(self, engine: GossipEngine, sent: torch.Tensor, delivered: Optional[torch.Tensor],
+                   active: Optional[torch.Tensor]) -> None:
+        """A synchronous round with masks: the messages ``delivered`` ([E0] bool, world edges;
+        None: all) and finite, combined by the ``active`` agents ([N0] bool; None: all); the
+        others keep their models and scores. The numbers of :meth:`GossipEngine.consume` on
+        :meth:`GossipEngine.messages` of the same masks."""
+        fire = np.arange(engine.n0) if active is None else np.flatnonzero(active.numpy())
+        self._masked(engine, sent, fire, delivered=None if delivered is None else delivered.numpy(),
+                     everyone=active is None)
+
+    def _masked(self, engine: GossipEngine, sent: torch.Tensor, fire: np.ndarray, has=None, inbox=None,
+                delivered=None, everyone: bool = False) -> None:
         pop, rs = engine.pop, engine.rule_set
         numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
         u, c = pop.loss_terms()
         weights = rs.ws.get("weights", rs.phi.shape, rs.phi.dtype)
-        weights.zero_()
-        weights[engine.edges.self_edge] = 1.0
         theta = pop.next_theta()
-        torch.add(sent, 0.0, out=theta)
+        if not everyone:  # the others: weight 1 on themselves, their own row plus 0
+            weights.zero_()
+            weights[engine.edges.self_edge] = 1.0
+            torch.add(sent, 0.0, out=theta)
         receivers = (fire[None, :] + engine.n0 * np.arange(engine.lanes)[:, None]).ravel().astype(np.int64)
-        use_inbox = inbox is not None
+        use_inbox, use_delivered = inbox is not None, delivered is not None
         rows = inbox.numpy() if use_inbox else np.zeros((1, 2))
+        has = has if has is not None else np.zeros(1, dtype=bool)
+        delivered = delivered if use_delivered else np.zeros(1, dtype=bool)
         edges = receivers.size * engine.edges.num_edges / engine.edges.num_nodes  # about, on average degrees
-        kernel = receive_held_serial if edges <= SERIAL_MAX_EDGES else receive_held
+        kernel = receive_masked_serial if edges <= SERIAL_MAX_EDGES else receive_masked
         kernel(receivers, self.offsets, self.src, self.self_edge, sent.contiguous().numpy(),
-                     pop.theta.contiguous().numpy(), u.contiguous().numpy(), c.contiguous().numpy(), rs.phi.numpy(),
-                     engine.n0, engine.e0, self.stat_kind, self.unfiltered, self.self_only, self.nu, has, rows,
-                     use_inbox, weights.numpy(), theta.numpy())
+               pop.theta.contiguous().numpy(), u.contiguous().numpy(), c.contiguous().numpy(), rs.phi.numpy(),
+               engine.n0, engine.e0, self.stat_kind, self.unfiltered, self.self_only, self.nu, has, rows, use_inbox,
+               delivered, use_delivered, weights.numpy(), theta.numpy())
         pop.theta = theta
         engine.weights = weights
         self.rounds += 1

@@ -24,11 +24,13 @@ score unchanged and drops its edge (the receiver's own edge always stays), as
 
 Where it applies (:func:`applies`): lanes whose rules are the built-in ``noncoop``,
 ``average``, ``distance`` and ``loss``, the weighted-average combine, no server roles, and a
-float64 population of 2-D linear models exposing ``loss_terms()`` (target localization); then
-:meth:`FusedRound.run` takes a synchronous step with every message finite and received by every
-agent and no per-edge forgeries (other steps run the torch path), and :meth:`FusedRound.run_held`
-takes every batch of asynchronous gossip: only the firing agents' in-edges are visited
-(:func:`receive_held`), where the torch path masks the whole world.
+float64 population of 2-D linear models exposing ``loss_terms()`` (target localization). Then
+every round without per-edge forgeries runs compiled: :meth:`FusedRound.run` a synchronous round
+whose messages are all finite and received by every agent (:func:`receive_round`),
+:meth:`FusedRound.run_masked` one with lost messages, absent agents or non-finite rows (the
+network model, hostile senders), and :meth:`FusedRound.run_held` every batch of asynchronous
+gossip (:func:`receive_masked` over the firing agents' in-edges only, where the torch path
+masks the whole world). Rounds with per-edge forgeries run the torch path.
 """
 from __future__ import annotations
 

@@ -78,6 +78,12 @@ def _lerp(p, stat, nu, small):
 
 
 @njit(inline="always")
+def _inverse(kept, p):
+    """``keep / max(phi, sqrt(tiny))`` (:func:`p2pmtl.rules.weights.inverse_score`)."""
+    return (1.0 if kept else 0.0) / (p if not p < TINY else TINY)
+
+
+@njit(inline="always")
 def _score(p, own, unfiltered, usable, is_own, self_only):
     """An edge's inverse score ``keep / max(phi, sqrt(tiny))``: kept when ``phi <= phi_kk`` (or
     the rule does not filter) and the statistic was usable; the own edge always, and only it
@@ -87,19 +93,27 @@ def _score(p, own, unfiltered, usable, is_own, self_only):
         kept = True
     elif self_only:
         kept = False
-    return (1.0 if kept else 0.0) / (p if not p < TINY else TINY)
+    return _inverse(kept, p)
+
+
+@njit(inline="always")
+def _stat_of(kind, m0, m1, u0, u1, ck, own0, own1):
+    """The statistic of a message ``(m0, m1)`` at receiver k: loss (kind 1)
+    ``(c_k - u_k . m)^2`` or squared distance (kind 2) ``||theta_k - m||^2``, each as torch's
+    mul-then-mv row dot rounds it."""
+    if kind == 1:
+        r = ck - (u0 * m0 + u1 * m1)
+        return r * r
+    d0 = own0 - m0
+    d1 = own1 - m1
+    return d0 * d0 + d1 * d1
 
 
 @njit(inline="always")
 def _edge_stat(kind, src_row, sent, u0, u1, ck, own0, own1):
     """The statistic of edge ``src_row -> k``: loss (kind 1) ``(c_k - u_k . psi_l)^2`` or squared
-    distance (kind 2) ``||theta_k - psi_l||^2``, each as torch's mul-then-mv row dot rounds it."""
-    if kind == 1:
-        r = ck - (u0 * sent[src_row, 0] + u1 * sent[src_row, 1])
-        return r * r
-    d0 = own0 - sent[src_row, 0]
-    d1 = own1 - sent[src_row, 1]
-    return d0 * d0 + d1 * d1
+    distance (kind 2) ``||theta_k - psi_l||^2`` of the sender's row (:func:`_stat_of`)."""
+    return _stat_of(kind, sent[src_row, 0], sent[src_row, 1], u0, u1, ck, own0, own1)
 
 
 @njit(parallel=True, cache=True, boundscheck=False, nogil=True, error_model="numpy")
@@ -144,7 +158,7 @@ def receive_round(offsets, src, self_edge, sent, theta_old, u, c, phi, n0, stat_
         if usable_all and not self_only_j:  # the own edge passes the filter by itself
             for e in range(lo, hi):
                 p = phi[e]
-                s = (1.0 if (p <= own or unfiltered_j) else 0.0) / (p if not p < TINY else TINY)
+                s = _inverse(p <= own or unfiltered_j, p)
                 weights[e] = s
                 total += s
         else:  # an infinite statistic drops its edge; the own edge always stays
@@ -188,17 +202,6 @@ def _masked_message(e, own_edge, lane, e0, k, src, sent, has, inbox, use_inbox, 
     if held and math.isfinite(m0) and math.isfinite(m1):
         return m0, m1, True
     return 0.0, 0.0, False
-
-
-@njit(inline="always")
-def _stat_of(kind, m0, m1, u0, u1, ck, own0, own1):
-    """:func:`_edge_stat` of a message ``(m0, m1)`` already read."""
-    if kind == 1:
-        r = ck - (u0 * m0 + u1 * m1)
-        return r * r
-    d0 = own0 - m0
-    d1 = own1 - m1
-    return d0 * d0 + d1 * d1
 
 
 @njit(parallel=True, cache=True, boundscheck=False, nogil=True, error_model="numpy")

@@ -337,3 +337,39 @@ def test_large_arrays_are_stored_uncompressed(tmp_path):
         with np.load(path) as got:
             assert all(np.array_equal(got[k], v) for k, v in arrays.items())
     rec.close("finished")
+
+
+def test_stop_pool_kills_a_worker_that_misses_its_signal():
+    """A worker that does not stop on SIGTERM (here: it ignores it) is killed after the grace
+    period, so an interrupted parent returns instead of waiting on it forever."""
+    from p2pmtl.experiments.workers import process_pool, stop_pool
+
+    pool = process_pool(1)
+    try:
+        pool.submit(signal.signal, signal.SIGTERM, signal.SIG_IGN).result(timeout=60)
+        stuck = pool.submit(time.sleep, 120)
+        proc = next(iter(pool._processes.values()))
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        stop_pool(pool, [stuck], grace=1.0)
+        assert time.monotonic() - t0 < 5
+        proc.join(timeout=5)
+        assert not proc.is_alive() and proc.exitcode == -signal.SIGKILL
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def test_merge_reads_a_part_left_running_as_interrupted(tmp_path):
+    """A part whose worker was killed still says ``running``: merged after the pool is gone, it
+    counts as interrupted (its flushed rows kept), and so does the whole run."""
+    from p2pmtl.experiments.runner import merge_parts
+
+    parts = [tmp_path / "parts" / n for n in ("a", "b")]
+    for part, status in zip(parts, ("finished", "running")):
+        part.mkdir(parents=True)
+        (part / "curves.csv").write_text("h\n" + f"{part.name}\n")
+        (part / "metrics.csv").write_text("h\n" + f"{part.name}\n")
+        (part / "summary.json").write_text(json.dumps({"status": status, "results": {}}))
+    s = merge_parts(tmp_path, parts)
+    assert s["jobs"] == {"a": "finished", "b": "interrupted"} and s["status"] == "interrupted"
+    assert (tmp_path / "metrics.csv").read_text() == "h\na\nb\n"

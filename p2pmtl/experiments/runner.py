@@ -299,12 +299,12 @@ def _run_parallel(cfg: ExperimentConfig, out_dir: Path, jobs: int, progress: boo
     parts = [out_dir / "parts" / name for name, _ in jobs_cfg]
     interrupted, error = False, None
     t0 = time.perf_counter()
-    pool = process_pool(jobs, threads=cfg.threads, plugins=cfg.plugins)
+    pool, futures = None, []
     try:
-        futures = [
-            pool.submit(call, _scenario_worker, job.model_dump(mode="json"), str(part), progress, i % jobs)
-            for i, ((_, job), part) in enumerate(zip(jobs_cfg, parts))
-        ]
+        pool = process_pool(jobs, threads=cfg.threads, plugins=cfg.plugins)
+        for i, ((_, job), part) in enumerate(zip(jobs_cfg, parts)):
+            futures.append(pool.submit(call, _scenario_worker, job.model_dump(mode="json"), str(part), progress,
+                                       i % jobs))
         for f in futures:
             try:
                 interrupted |= f.result() == "interrupted"
@@ -314,9 +314,11 @@ def _run_parallel(cfg: ExperimentConfig, out_dir: Path, jobs: int, progress: boo
                 error = error or e
     except KeyboardInterrupt:
         interrupted = True
-        stop_pool(pool)
+        if pool is not None:
+            stop_pool(pool, futures)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     summary = merge_parts(out_dir, parts, [name for name, _ in jobs_cfg])
     summary["wall_seconds"] = time.perf_counter() - t0
     status = "failed" if error is not None or summary["status"] == "failed" else (
@@ -385,6 +387,8 @@ def merge_parts(out_dir: Path, parts: list[Path], names: Optional[list[str]] = N
             status = "not started" if not part.exists() else "interrupted"
         else:
             status = run_status(s)
+            if status == "running":  # its worker is gone (merging comes after the pool): killed
+                status = "interrupted"
             for scenario, by_rule in s.get("results", {}).items():
                 summary["results"].setdefault(scenario, {}).update(by_rule)
             summary.setdefault("group_names", s.get("group_names"))

@@ -372,18 +372,22 @@ def _run_local(pending: list[dict], root: Path, jobs: int, on_done: Callable[[di
 
     from .workers import broken_pool_error, call, process_pool, stop_pool
 
-    pool = process_pool(min(jobs, len(pending)), plugins=pending[0]["config"].get("plugins", []))
+    pool, futures = None, []
     try:
-        futures = [pool.submit(call, run_cell, cell, str(root)) for cell in pending]
+        pool = process_pool(min(jobs, len(pending)), plugins=pending[0]["config"].get("plugins", []))
+        for cell in pending:
+            futures.append(pool.submit(call, run_cell, cell, str(root)))
         for f in as_completed(futures):
             on_done(f.result())
     except BrokenProcessPool as e:
         raise broken_pool_error(e) from None
     except KeyboardInterrupt:
-        stop_pool(pool)
+        if pool is not None:
+            stop_pool(pool, futures)
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _run_ray(pending: list[dict], root: Path, address: Optional[str], on_done: Callable[[dict], None]) -> None:

@@ -6,14 +6,16 @@ traceback; the parent catches KeyboardInterrupt and calls :func:`stop_pool`, whi
 worker SIGTERM; a worker turns SIGTERM into KeyboardInterrupt inside its task, where the run's
 recorder closes its files and marks the unfinished scenario ``interrupted``. Tasks not yet
 started are cancelled. Workers stop within about a second (the next Python bytecode after the
-signal; a long torch kernel finishes first).
+signal; a long torch kernel finishes first); one still alive after
+:data:`STOP_GRACE_SECONDS` is killed, so the parent always returns.
 """
 from __future__ import annotations
 
 import os
 import signal
+import time
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from typing import Sequence
 
 
@@ -91,16 +93,35 @@ def broken_pool_error(e: BaseException) -> RuntimeError:
                         f"script: {UNGUARDED.split(': ', 1)[1]}")
 
 
-def stop_pool(pool: ProcessPoolExecutor) -> None:
-    """Ask every live worker to stop (SIGTERM -> KeyboardInterrupt in its task) and cancel the
-    tasks that have not started."""
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
-        if proc.is_alive() and proc.pid:
-            try:
-                os.kill(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+STOP_GRACE_SECONDS = 10.0
+"""How long :func:`stop_pool` waits for workers to close their runs before killing them."""
+
+
+def stop_pool(pool: ProcessPoolExecutor, futures: Sequence[Future] = (),
+              grace: float = STOP_GRACE_SECONDS) -> None:
+    """Ask every live worker to stop (SIGTERM -> KeyboardInterrupt in its task), cancel the
+    tasks that have not started, and wait up to ``grace`` seconds for the running ``futures``;
+    workers still alive then are killed (SIGKILL), so an interrupted parent never waits on a
+    worker that missed its signal. A killed worker's run keeps what it had flushed; its
+    summary still says ``running``, which :func:`~p2pmtl.experiments.runner.merge_parts`
+    reads as interrupted."""
+    procs = [p for p in list((getattr(pool, "_processes", None) or {}).values()) if p.pid]
+    for proc in procs:
+        _signal(proc, signal.SIGTERM)
     pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + grace
+    wait([f for f in futures if not f.cancelled()], timeout=grace)
+    for proc in procs:  # a worker whose task ended exits at once (the signal or the shutdown)
+        proc.join(timeout=max(0.0, min(deadline - time.monotonic(), 1.0)))
+        _signal(proc, signal.SIGKILL)
+
+
+def _signal(proc, sig: int) -> None:
+    if proc.is_alive():
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def components_of(cfg) -> list[tuple[str, object]]:

@@ -459,3 +459,25 @@ def test_aggregator_bench_reports_bounds_and_byzfl_when_installed():
     if byzfl_specs(2):
         assert by["coordinate_median"]["byzfl_seconds"] > 0
     assert "ByzFL/ours" in format_table(rows)
+
+
+@pytest.mark.parametrize("first", ["byzantine", "honest"])
+def test_gram_distances_centred_on_2f_plus_1_rows_keep_honest_distances(first):
+    """The aggregators centre the Gram chunks on the median of the first 2f + 1 rows only: with
+    at most f of them Byzantine (here placed first, 1e4 away), the honest rows' float32
+    distances still match float64 ones; a centre from the Byzantine rows alone (a median of the
+    first f rows) would cancel them away (checked as the control)."""
+    g = torch.Generator().manual_seed(3)
+    n, f, d = 23, 5, 20_000
+    honest = 100.0 + 1e-3 * torch.randn(n - f, d, generator=g, dtype=torch.float64)
+    byz = 1e4 + torch.randn(f, d, generator=g, dtype=torch.float64)
+    x64 = torch.cat([byz, honest]) if first == "byzantine" else torch.cat([honest, byz])
+    x = x64.float()
+    exact = torch.cdist(x.double(), x.double()) ** 2  # the float32 inputs' distances, in float64
+    h = slice(f, n) if first == "byzantine" else slice(0, n - f)
+    got = A._gram_sq_distances(x, finite=True, f=f)
+    torch.testing.assert_close(got[h, h], exact[h, h], rtol=1e-4, atol=1e-12)
+    assert A._centre_rows(n, f) == 2 * f + 1 and A._centre_rows(n, None) == n and A._centre_rows(n, 0) == 9
+    if first == "byzantine":  # control: centring on Byzantine rows loses the honest distances
+        bad = A._gram_sq_distances(x, finite=True, f=(f - 1) // 2)  # median of max(f, 9) rows: 5 Byzantine of 9
+        assert not torch.allclose(bad[h, h], exact[h, h], rtol=1e-4, atol=1e-12)

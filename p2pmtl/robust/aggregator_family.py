@@ -191,7 +191,7 @@ class _SubsetAverage(Aggregator):
     def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         f = self._fit_f(n)
-        scores = self._subset_scores(_gram_sq_distances(x, finite=True), f)
+        scores = self._subset_scores(_gram_sq_distances(x, finite=True, f=f), f)
         excluded = set(_unrank_combination(n, f, _lex_first_best(scores, self._rtol)))
         self.last_subset = [i for i in range(n) if i not in excluded]
         return _mean_of_rows(x, torch.tensor(self.last_subset, dtype=torch.long, device=x.device))
@@ -512,7 +512,7 @@ class Bulyan(Aggregator):
         f = self._fit_f(n)
         theta = n - 2 * f
         beta = theta - 2 * f
-        self.last_selection = _bulyan_selection(_gram_sq_distances(x, finite=True), f, theta)
+        self.last_selection = _bulyan_selection(_gram_sq_distances(x, finite=True, f=f), f, theta)
         rows = torch.tensor(self.last_selection, dtype=torch.long, device=x.device)
         cdt = _compute_dtype(x.dtype)
         out = torch.empty(d, dtype=cdt, device=x.device)
@@ -582,8 +582,9 @@ class CovarianceBoundAgnosticFilter(Aggregator):
 
     def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        stop = n - 2 * self._fit_f(n)
-        d2 = _gram_sq_distances(x, finite=True)
+        f = self._fit_f(n)
+        stop = n - 2 * f
+        d2 = _gram_sq_distances(x, finite=True, f=f)
         c = torch.ones(n, dtype=torch.float64, device=x.device)
         best_c, best_total, best_lam, steps = c, float(n), math.inf, 0
         total = float(n)

@@ -42,7 +42,9 @@ Implementation notes (memory and speed for n ~ 1000, d ~ 1e6):
   column chunks, ``D_ij = G_ii + G_jj - 2 G_ij`` clamped at 0. Each chunk is first centred on
   its coordinate-wise (lower) median: distances are unchanged, but the cancellation error of
   the Gram formula then scales with the spread of the honest majority rather than with the
-  norms of the vectors (or of far outliers);
+  norms of the vectors (or of far outliers). The aggregators, which know ``f``, take that
+  median over the first ``2f + 1`` rows only (at least 9): a strict honest majority, so the
+  centre still lies between honest values in every coordinate, for a smaller selection;
 - coordinate-wise rules (median, trimmed mean) and the distance-to-a-point passes of the
   iterative rules work on column chunks of :data:`CHUNK_COLUMNS` columns, so temporaries stay
   at ``n x CHUNK_COLUMNS`` instead of ``n x d``.
@@ -257,11 +259,18 @@ def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
     return dist if s == 1.0 else dist.mul_(s).mul_(s)
 
 
-def _gram_sq_distances(x: torch.Tensor, finite: Optional[bool] = None) -> torch.Tensor:
+def _gram_sq_distances(x: torch.Tensor, finite: Optional[bool] = None, f: Optional[int] = None) -> torch.Tensor:
     """The kernel of :func:`pairwise_sq_distances`, without the overflow guard. ``finite``:
     whether every entry is known finite (the aggregators pass True: they dropped non-finite
-    rows already); None checks it once (one ``aminmax`` pass, no temporary)."""
+    rows already); None checks it once (one ``aminmax`` pass, no temporary).
+
+    ``f``: at most ``f`` rows are Byzantine (the aggregators pass theirs). Chunks are then
+    centred on the lower median of the first ``2f + 1`` rows only (:func:`_centre_rows`): with
+    at most ``f`` of them Byzantine, each coordinate of that centre lies between two honest
+    values, which is all the centring is for (the cancellation error then scales with the honest
+    rows' spread), at a fraction of the selection's cost (21 rows instead of 100 at f = 10)."""
     n, d = x.shape
+    rows = _centre_rows(n, f)
     cdt = _compute_dtype(x.dtype)
     if finite is None:
         lo, hi = x.aminmax() if d else (x.new_zeros(()), x.new_zeros(()))
@@ -271,9 +280,9 @@ def _gram_sq_distances(x: torch.Tensor, finite: Optional[bool] = None) -> torch.
     for sl in _column_slices(d):
         c = x[:, sl]
         if finite:  # the usual case: one selection per column
-            center = _lower_median(c if c.dtype == cdt else c.to(cdt))
+            center = _lower_median(c[:rows] if c.dtype == cdt else c[:rows].to(cdt))
         else:
-            center = c.to(cdt).nanmedian(dim=0).values.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+            center = c[:rows].to(cdt).nanmedian(dim=0).values.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         centred = torch.sub(c, center, out=buf[:, : sl.stop - sl.start])
         gram += (centred @ centred.T).to(torch.float64)
     gram = 0.5 * (gram + gram.T)
@@ -282,6 +291,19 @@ def _gram_sq_distances(x: torch.Tensor, finite: Optional[bool] = None) -> torch.
     dist.nan_to_num_(nan=math.inf)  # a non-finite input is infinitely far from everything
     dist.fill_diagonal_(0.0)
     return dist
+
+
+def _centre_rows(n: int, f: Optional[int]) -> int:
+    """How many leading rows the Gram chunks are centred on: all ``n`` without ``f``, else
+    ``2f + 1`` (a strict honest majority when at most ``f`` rows are Byzantine), but at least
+    :data:`_CENTRE_MIN_ROWS` (a median of a handful of rows would be a poor centre for the
+    honest ones when ``f`` is 0 or 1)."""
+    if f is None:
+        return n
+    return min(n, max(2 * f + 1, _CENTRE_MIN_ROWS))
+
+
+_CENTRE_MIN_ROWS = 9
 
 
 def distances_to(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -680,7 +702,8 @@ class Krum(Aggregator):
         _check_krum_n("krum", n, self._fit_f(n))
 
     def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
-        scores = _krum_scores(_gram_sq_distances(x, finite=True), self._fit_f(x.shape[0]))
+        f = self._fit_f(x.shape[0])
+        scores = _krum_scores(_gram_sq_distances(x, finite=True, f=f), f)
         return x[int(torch.argmin(scores))].clone()
 
 
@@ -726,7 +749,7 @@ class MultiKrum(Aggregator):
         m = n - f if self.m is None else self.m
         if self._known_bad:
             m = min(m, n - f)
-        scores = _krum_scores(_gram_sq_distances(x, finite=True), f)
+        scores = _krum_scores(_gram_sq_distances(x, finite=True, f=f), f)
         keep = torch.sort(scores, stable=True).indices[:m]
         out = torch.empty(d, dtype=x.dtype, device=x.device)
         for sl in _column_slices(d):
@@ -925,8 +948,9 @@ class NearestNeighborMixing(HonestMinority, PreAggregator):
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
         n, d = x.shape
-        k = n - self._fit_f(n)
-        d2 = _gram_sq_distances(x, finite=True)
+        f = self._fit_f(n)
+        k = n - f
+        d2 = _gram_sq_distances(x, finite=True, f=f)
         d2.fill_diagonal_(-1.0)  # itself first
         nearest = torch.sort(d2, dim=1, stable=True).indices[:, :k]
         cdt = _compute_dtype(x.dtype)

@@ -247,6 +247,14 @@ def test_sweep_redoes_a_damaged_or_failed_cell(tmp_path):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="process groups")
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default. A process started in the background
+    of a non-interactive shell (``cmd &``, as some CI runners and ``nohup`` do) inherits SIGINT
+    ignored, and Python then installs no KeyboardInterrupt handler: the test's Ctrl-C would be
+    lost (the parent kept running until the timeout)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_on_jobs_2_is_quiet_prompt_and_marks_only_unfinished(tmp_path):
     cfg = tmp_path / "cfg.toml"
     data = tiny_config_dict(iterations=400000, scenarios=[{"name": "s1"}, {"name": "s2"}],
@@ -257,7 +265,8 @@ def test_ctrl_c_on_jobs_2_is_quiet_prompt_and_marks_only_unfinished(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "p2pmtl.cli", "run", str(cfg), "--out", str(tmp_path / "r"),
                              "--jobs", "2", "--no-progress", "--no-figures"], stderr=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+                            stdout=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                            preexec_fn=_default_sigint)
     parts = tmp_path / "r" / "parts"
     deadline = time.time() + 60
     while time.time() < deadline and not (parts.is_dir() and len(list(parts.glob("*/curves.csv"))) == 2):

@@ -137,14 +137,20 @@ def test_csv_fields_round_trip_any_name(tmp_path):
     import torch
 
     rec = RunRecorder(tmp_path)
-    name = 'odd, "quoted"\nname'
+    name = 'odd, "quoted"\nname %s 100%'
     block = rec.open_block(name, "rule,x", np.ones(2, dtype=bool), np.zeros(2, dtype=np.int64), 1, 2)
-    rec.record(block, 0, 1.0, 2.0, {"m,etric": torch.tensor([1.0, 2.0])})
+    rec.record(block, 0, 1.0, 2.0, {"m,etric%d": torch.tensor([1.0, 2.0])})
+    rec.record(block, 1, 1.5, 4.0, {"m,etric%d": torch.tensor([3.0, 0.25])})
     rec.close("finished")
     for fname in ("metrics.csv", "curves.csv"):
         with open(tmp_path / fname, newline="") as f:
             rows = list(csv.DictReader(f))
-        assert rows and all(r["scenario"] == name and r["rule"] == "rule,x" and r["metric"] == "m,etric" for r in rows)
+        assert rows and all(r["scenario"] == name and r["rule"] == "rule,x" and r["metric"] == "m,etric%d"
+                            for r in rows)
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        got = [(r["step"], r["time"], r["bytes"], r["agent"], r["value"]) for r in csv.DictReader(f)]
+    assert got == [("0", "1", "2", "0", "1"), ("0", "1", "2", "1", "2"), ("1", "1.5", "4", "0", "3"),
+                   ("1", "1.5", "4", "1", "0.25")]
     assert csv_field("plain") == "plain"
 
 

@@ -90,10 +90,9 @@ class RunRecorder:
             elif self.parquet:
                 self._pbuf.append((block, step, now, nbytes, name, v))
                 self._rows += v.size
-            else:  # one %-format over the block's row template: a C loop, not one f-string per value
-                args = [mid] * (2 * v.size)
-                args[1::2] = v.tolist()
-                self._mbuf.append(block.agent_template(name) % tuple(args))
+            else:  # the record's (step, time, bytes) joined into the block's row template, then one
+                # %-format of the values: C loops, not one f-string per value
+                self._mbuf.append(mid.join(block.agent_parts(name)) % tuple(v.tolist()))
                 self._rows += v.size
             self._rows += len(block.group_selectors)
         self._pending.append((block, mid, items))  # curves.csv rows: formatted in batches by flush()
@@ -346,16 +345,19 @@ class Block:
             self.group_selectors += [(str(int(g)), group_of == g) for g in np.unique(group_of)]
         self.series: dict[str, list[np.ndarray]] = {}
         self.steps: list[int] = []
-        self._templates: dict[tuple[str, str], str] = {}
+        self._templates: dict[tuple, "str | list[str]"] = {}
 
-    def agent_template(self, metric: str) -> str:
-        """The metrics.csv rows of one record of ``metric`` as a %-format: for each normal agent
-        ``%s`` (step, time, bytes) then ``%.8g`` (its value)."""
+    def agent_parts(self, metric: str) -> list[str]:
+        """The metrics.csv rows of one record of ``metric`` as pieces to join with the record's
+        ``step,time,bytes`` text (which holds no ``%``): the joined text is a %-format with one
+        ``%.8g`` per normal agent (its value)."""
         key = ("agent", metric)
         if key not in self._templates:
             name = _percent(csv_field(metric))
-            self._templates[key] = "".join(f"{_percent(h)},%s,{_percent(t)},{name},%.8g\n"
-                                           for h, t in zip(self.heads, self.tails))
+            heads = [f"{_percent(h)}," for h in self.heads]
+            tails = [f",{_percent(t)},{name},%.8g\n" for t in self.tails]
+            self._templates[key] = ([heads[0]] + [t + h for t, h in zip(tails, heads[1:])] + [tails[-1]]
+                                    if heads else [""])
         return self._templates[key]
 
     def curve_template(self, metric: str, groups: Optional[int] = None) -> str:

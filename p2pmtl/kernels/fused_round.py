@@ -346,8 +346,10 @@ class FusedRound:
             weights[engine.edges.self_edge] = 1.0
             torch.add(sent, 0.0, out=theta)
         receivers = (fire[None, :] + engine.n0 * np.arange(engine.lanes)[:, None]).ravel().astype(np.int64)
-        use_inbox, use_delivered = inbox is not None, delivered is not None
-        rows = inbox.numpy() if use_inbox else np.zeros((1, 2))
+        # asynchronous gossip (``has`` given) reads what each edge holds, even before the first
+        # delivery (no inbox yet: nothing held but the own row), never the senders' current rows
+        use_inbox, use_delivered = has is not None, delivered is not None
+        rows = inbox.numpy() if inbox is not None else np.zeros((1, 2), dtype=sent.numpy().dtype)
         has = has if has is not None else np.zeros(1, dtype=bool)
         delivered = delivered if use_delivered else np.zeros(1, dtype=bool)
         edges = receivers.size * engine.edges.num_edges / engine.edges.num_nodes  # about, on average degrees

@@ -277,3 +277,42 @@ def test_generated_worlds_are_bit_identical(_):
             assert torch.equal(ref.rule_set.phi, fused.rule_set.phi), i
 
     check()
+
+
+def test_compiled_delivery_scan_matches_the_numpy_one():
+    """The delivery scan of asynchronous gossip (:mod:`p2pmtl.kernels.delivery`) gives the numpy
+    code's due messages, kept messages and receive counts on random flights: FIFO links with
+    several messages each, equal arrival times, receivers' cutoffs and agents back online."""
+    import numpy as np
+
+    from p2pmtl.experiments.runner import make_protocol
+    from conftest import tiny_config_dict
+
+    cfg = load_config(data=tiny_config_dict(iterations=2, network=ASYNC, kernel="numba"))
+    world = build_world(cfg, cfg.scenarios[0])
+    proto = make_protocol(cfg, world, make_engine(cfg, world, cfg.scenarios[0], cfg.rules.names), lambda *a: None)
+    assert proto._scan is not None
+    rng = np.random.default_rng(0)
+    n, e0 = proto.n0, proto.e0
+    compared = 0
+    for trial in range(200):
+        m = int(rng.integers(1, 60))
+        edge = rng.integers(0, e0, m)
+        arrival = np.round(rng.uniform(0, 4, m), 1)  # coarse: many equal times
+        order = np.lexsort((np.arange(m), edge))  # FIFO: a link's later messages arrive no earlier
+        arrival[order] = np.concatenate([np.sort(arrival[order][edge[order] == e]) for e in np.unique(edge)])
+        fl = proto.flight = type(proto.flight)()
+        fl.arrival, fl.edge, fl.call = arrival, edge.astype(np.int64), np.arange(m, dtype=np.int64)
+        proto.rejoined = np.where(rng.random(n) < 0.3, rng.uniform(0, 3, n), -np.inf)
+        cutoff = np.where(rng.random(n) < 0.5, rng.uniform(0, 4, n), np.inf)
+        t = float(rng.uniform(0, 4))
+        want, got = proto._due(t, cutoff), proto._scan_due(t, cutoff)
+        if want[0] is None:
+            assert got[0] is None
+            continue
+        assert np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1])
+        if len(want[1]):
+            assert np.array_equal(want[2], got[2])
+            compared += 1
+        assert (proto._last == -1).all()
+    assert compared > 100

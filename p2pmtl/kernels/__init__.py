@@ -10,6 +10,10 @@ worlds when numba is installed: from :data:`AUTO_MIN_EDGES` edges, or
 :data:`AUTO_MIN_EDGES_ASYNC` in asynchronous gossip), ``numba`` (wherever it applies) or
 ``torch`` (never).
 
+Asynchronous gossip on the compiled round also scans its messages in flight compiled
+(:mod:`p2pmtl.kernels.delivery`: which arrive now and which each link keeps), the same arrays
+as its numpy code.
+
 The kernels run on numba's own thread pool (``workqueue``), which takes parallel calls from
 one Python thread at a time: run experiments side by side as processes (``jobs``, sweeps),
 not as threads of one process, or set ``kernel = "torch"`` there.

@@ -337,6 +337,11 @@ class AsyncGossip:
         self.sends = 0  # batched send calls so far (a message's call orders equal arrivals)
         self.events = 0  # agent steps simulated
         self.batches = 0  # batched calls (distinct instants)
+        self._scan = None  # the compiled delivery scan, with the compiled round (engine.kernel)
+        if engine.kernel == "numba":
+            from ..kernels.delivery import due_messages
+
+            self._scan, self._last = due_messages, np.full(self.e0, -1, dtype=np.int64)
         self.env = simpy.Environment()
         self.env.process(self._loop())
 
@@ -456,18 +461,11 @@ class AsyncGossip:
         fl = self.flight
         if not fl.size:
             return
-        dst = self.dst[fl.edge]
-        due = (fl.arrival <= t) & (fl.arrival <= cutoff[dst])
-        if not due.any():
+        due, win, received = self._due(t, cutoff) if self._scan is None else self._scan_due(t, cutoff)
+        if due is None:
             return
-        idx = np.flatnonzero(due)
-        idx = idx[fl.arrival[idx] >= self.rejoined[dst[idx]]]  # arrived while online
-        if len(idx):
-            idx = idx[np.lexsort((fl.call[idx], fl.arrival[idx]))]  # delivery order
-            self.acc.received += self.net.message_bytes * np.bincount(dst[idx], minlength=self.n0)
-            rev = idx[::-1]
-            _, last = np.unique(fl.edge[rev], return_index=True)
-            win = rev[last]  # per link, the last message delivered
+        if len(win):
+            self.acc.received += self.net.message_bytes * received
             eids = fl.edge[win]
             self.has[eids] = True
             self.held_iter[eids] = fl.sender_step[win]
@@ -481,6 +479,32 @@ class AsyncGossip:
                 dst_rows = torch.from_numpy((fl.edge[sel][None, :] + self.e0 * lanes).ravel())
                 self.inbox[dst_rows] = values[src_rows]
         fl.keep(~due)
+
+    def _due(self, t: float, cutoff: np.ndarray):
+        """(messages due now, per link that gets one the message it keeps (by position), messages
+        received per agent); None first when nothing is due."""
+        fl = self.flight
+        dst = self.dst[fl.edge]
+        due = (fl.arrival <= t) & (fl.arrival <= cutoff[dst])
+        if not due.any():
+            return None, None, None
+        idx = np.flatnonzero(due)
+        idx = idx[fl.arrival[idx] >= self.rejoined[dst[idx]]]  # arrived while online
+        if not len(idx):
+            return due, idx, None
+        idx = idx[np.lexsort((fl.call[idx], fl.arrival[idx]))]  # delivery order
+        rev = idx[::-1]
+        _, last = np.unique(fl.edge[rev], return_index=True)
+        return due, np.sort(rev[last]), np.bincount(dst[idx], minlength=self.n0)  # per link, the last delivered
+
+    def _scan_due(self, t: float, cutoff: np.ndarray):
+        """:meth:`_due` by the compiled scan (:func:`p2pmtl.kernels.delivery.due_messages`)."""
+        fl = self.flight
+        received = np.zeros(self.n0, dtype=np.int64)
+        due, win = self._scan(fl.arrival, fl.edge, self.dst, cutoff, t, self.rejoined, received, self._last)
+        if not len(win) and not due.any():
+            return None, None, None
+        return due, win, received
 
 
 class _InFlight:

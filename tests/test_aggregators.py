@@ -435,16 +435,23 @@ def test_error_unknown_names_and_parameters():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_coordinate_median_selection_equals_two_torch_medians(dtype):
     """The introselect path (CPU float32/64) returns exactly the midpoint of torch's lower and
-    upper medians, ties and zero columns included, for odd and even n."""
+    upper medians, ties, zero columns, signed zeros and NaN included, for odd and even n (a
+    chunk whose middle value is a zero, or that holds a NaN, goes to torch's medians)."""
     from p2pmtl.robust.aggregators import coordinatewise_median
 
     g = torch.Generator().manual_seed(0)
     for n in (1, 2, 3, 4, 10, 13, 26, 100, 257):
-        x = torch.randn(n, 300, generator=g, dtype=dtype)
-        x[:, :20] = torch.randint(-1, 2, (n, 20), generator=g).to(dtype)  # ties and zeros
-        lower, upper = x.median(0).values, x.neg().median(0).values.neg()
-        want = lower if n % 2 else 0.5 * lower + 0.5 * upper
-        assert torch.equal(coordinatewise_median(x), want), n
+        for special in (False, True):
+            x = torch.randn(n, 300, generator=g, dtype=dtype)
+            x[:, :20] = torch.randint(-1, 2, (n, 20), generator=g).to(dtype)  # ties and zeros
+            if special:
+                x[:, 20:40] = torch.where(torch.rand(n, 20, generator=g) < 0.5, -0.0, 0.0).to(dtype)
+                x[torch.rand(n, 300, generator=g) < 0.02] = math.nan
+            lower, upper = x.median(0).values, x.neg().median(0).values.neg()
+            want = lower if n % 2 else 0.5 * lower + 0.5 * upper
+            got = coordinatewise_median(x)
+            assert torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0)), (n, special)
+            assert torch.equal(got.isnan(), want.isnan()) and torch.equal(got.signbit(), want.signbit()), (n, special)
 
 
 def test_aggregator_bench_reports_bounds_and_byzfl_when_installed():
@@ -481,3 +488,17 @@ def test_gram_distances_centred_on_2f_plus_1_rows_keep_honest_distances(first):
     if first == "byzantine":  # control: centring on Byzantine rows loses the honest distances
         bad = A._gram_sq_distances(x, finite=True, f=(f - 1) // 2)  # median of max(f, 9) rows: 5 Byzantine of 9
         assert not torch.allclose(bad[h, h], exact[h, h], rtol=1e-4, atol=1e-12)
+
+
+def test_mean_fast_path_proves_finiteness_by_a_sum():
+    """The mean's one-read path: a NaN or inf entry falls to the guarded path (the finite rows'
+    mean), and means whose float64 sum overflows (entries near 1e308) are still returned as
+    they are, as the element-wise check did."""
+    huge = torch.tensor([[1e308] * 4, [0.0] * 4], dtype=F64)  # means 5e307: finite, their sum is not
+    assert torch.equal(Mean()(huge), huge.mean(dim=0)) and torch.isfinite(huge.mean(dim=0)).all()
+    assert math.isinf(float(huge.mean(dim=0).sum()))
+    x = torch.tensor([[1.0, 2.0], [3.0, math.nan], [5.0, 6.0]], dtype=F64)
+    m = Mean()
+    assert torch.equal(m(x), t([3.0, 4.0])) and m.last_dropped == 1
+    y = torch.tensor([[1.0, math.inf], [3.0, -math.inf], [5.0, 6.0]], dtype=torch.float32)
+    assert torch.equal(m(y), torch.tensor([5.0, 6.0])) and m.last_dropped == 2

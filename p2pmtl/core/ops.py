@@ -21,6 +21,13 @@ def _ones(d: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.ones(d, dtype=dtype)
 
 
+def per_lane(mask: torch.Tensor, lanes: int) -> torch.Tensor:
+    """A world mask ``[N0]`` for every lane, ``[M*N0]`` (lane-major): ``mask.repeat(lanes)``,
+    or ``mask`` itself for one lane (``repeat`` costs about 30 us even then: a sixteenth of an
+    asynchronous batch at 1,000 agents)."""
+    return mask if lanes == 1 else mask.repeat(lanes)
+
+
 def rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Dot product over the last axis, with broadcasting: ``[..., D] x [..., D] -> [...]``."""
     return (a * b) @ _ones(a.shape[-1], a.dtype)

@@ -26,7 +26,7 @@ import torch
 from ..robust.attacks import Attack, AttackContext
 from ..core.edges import EdgeIndex
 from ..core.messages import Messages
-from ..core.ops import Workspace
+from ..core.ops import Workspace, per_lane
 from ..rules.combine import CombineContext, CombineStep
 from ..rules.weights import Average, RuleContext, RuleSet, WeightRule, normalise_scores
 from ..tasks.base import Population
@@ -176,7 +176,7 @@ class GossipEngine:
             ok = torch.ones(self.e0, dtype=torch.bool) if delivered is None else delivered.clone()
             if active is not None:
                 ok &= active[self.world_edges.dst]
-            ok = ok.repeat(self.lanes)
+            ok = per_lane(ok, self.lanes)
         if edge_values is not None:
             oe, ov = edge_values
             if overrides[0] is not None:  # stored values replace this step's forgeries on their edges

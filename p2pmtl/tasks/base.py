@@ -18,7 +18,7 @@ import torch
 
 from ..core.edges import EdgeIndex
 from ..core.messages import Messages
-from ..core.ops import rowdot
+from ..core.ops import per_lane, rowdot
 from ..registry import Registry
 
 TASKS: Registry[type["Population"]] = Registry("task")
@@ -126,7 +126,7 @@ class StackedPopulation(Population):
         ``[N0]`` bool or None for all): what :meth:`adapt` returns when some agents skip."""
         if active is None:
             return psi
-        return torch.where(active.repeat(self.lanes).unsqueeze(1), psi, self.theta)
+        return torch.where(per_lane(active, self.lanes).unsqueeze(1), psi, self.theta)
 
     _hold = hold
 

@@ -15,7 +15,7 @@ import torch
 
 from ..core.edges import EdgeIndex
 from ..core.messages import Messages
-from ..core.ops import Workspace, gather_rows, rowdot, rowdot_into, segment_sum_into
+from ..core.ops import Workspace, gather_rows, per_lane, rowdot, rowdot_into, segment_sum_into
 from .base import TASKS, StackedPopulation
 from pydantic import Field, field_validator
 from typing import Literal
@@ -268,7 +268,7 @@ class TargetLocalization(StackedPopulation):
             g = -(self.c - rowdot(theta, self.u)).unsqueeze(-1) * self.u
         g = g.reshape(self.num_nodes, -1)
         if active is not None:
-            g = torch.where(active.repeat(self.lanes).unsqueeze(1), g, 0.0)
+            g = torch.where(per_lane(active, self.lanes).unsqueeze(1), g, 0.0)
         return g
 
     def edge_losses(self, msgs: Messages, lane: int) -> torch.Tensor:

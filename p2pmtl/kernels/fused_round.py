@@ -346,13 +346,12 @@ class FusedRound:
     def _masked(self, engine: GossipEngine, sent: torch.Tensor, fire: np.ndarray, has=None, inbox=None,
                 delivered=None, everyone: bool = False) -> None:
         pop, rs = engine.pop, engine.rule_set
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
         u, c = pop.loss_terms()
         weights = rs.ws.get("weights", rs.phi.shape, rs.phi.dtype)
         theta = pop.next_theta()
         if not everyone:  # the others: weight 1 on themselves, their own row plus 0
             weights.zero_()
-            weights[engine.edges.self_edge] = 1.0
+            weights.numpy()[self.self_edge] = 1.0  # numpy's small scatter: a third of torch's cost
             torch.add(sent, 0.0, out=theta)
         receivers = (fire[None, :] + engine.n0 * np.arange(engine.lanes)[:, None]).ravel().astype(np.int64)
         # asynchronous gossip (``has`` given) reads what each edge holds, even before the first
@@ -363,6 +362,8 @@ class FusedRound:
         delivered = delivered if use_delivered else np.zeros(1, dtype=bool)
         edges = receivers.size * engine.edges.num_edges / engine.edges.num_nodes  # about, on average degrees
         kernel = receive_masked_serial if edges <= SERIAL_MAX_EDGES else receive_masked
+        if kernel is receive_masked:  # the serial build never launches numba's pool
+            numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
         kernel(receivers, self.offsets, self.src, self.self_edge, sent.contiguous().numpy(),
                pop.theta.contiguous().numpy(), u.contiguous().numpy(), c.contiguous().numpy(), rs.phi.numpy(),
                engine.n0, engine.e0, self.stat_kind, self.unfiltered, self.self_only, self.nu, has, rows, use_inbox,

@@ -475,9 +475,12 @@ class AsyncGossip:
                 values, k = fl.values[call], fl.sizes[call]
                 if self.inbox is None:
                     self.inbox = torch.zeros(self.m * self.e0, values.shape[1], dtype=values.dtype)
-                src_rows = torch.from_numpy((fl.pos[sel][None, :] + k * lanes).ravel())
-                dst_rows = torch.from_numpy((fl.edge[sel][None, :] + self.e0 * lanes).ravel())
-                self.inbox[dst_rows] = values[src_rows]
+                src_rows = (fl.pos[sel][None, :] + k * lanes).ravel()
+                dst_rows = (fl.edge[sel][None, :] + self.e0 * lanes).ravel()
+                if self._scan is not None:  # the compiled path's rows are CPU float64: numpy's small gathers
+                    self.inbox.numpy()[dst_rows] = values.numpy()[src_rows]
+                else:
+                    self.inbox[torch.from_numpy(dst_rows)] = values[torch.from_numpy(src_rows)]
         fl.keep(~due)
 
     def _due(self, t: float, cutoff: np.ndarray):
@@ -508,7 +511,8 @@ class AsyncGossip:
 
 
 class _InFlight:
-    """Messages on their links, as arrays: arrival time, edge id, the sender's step count, the
+    """Messages on their links, as arrays, in the order they were added (send calls numbered
+    increasingly): arrival time, edge id, the sender's step count, the
     send call that made it and its position in that call's values (``values[call]``: ``[M*k,
     D]``, lane-major rows of the call's k messages). A call's values are freed once none of its
     messages is in flight."""
@@ -542,8 +546,12 @@ class _InFlight:
             return
         self.arrival, self.edge, self.sender_step = self.arrival[mask], self.edge[mask], self.sender_step[mask]
         self.call, self.pos = self.call[mask], self.pos[mask]
-        live = set(np.unique(self.call).tolist())
-        for call in [c for c in self.values if c not in live]:
+        # calls are added in increasing order and kept in order, so `call` is sorted: a call is
+        # live when a binary search finds it (a few calls are stored, not worth a np.unique)
+        stored = np.fromiter(self.values, dtype=np.int64, count=len(self.values))
+        at = np.minimum(np.searchsorted(self.call, stored), max(self.call.size - 1, 0))
+        live = (self.call[at] == stored) if self.call.size else np.zeros(stored.size, dtype=bool)
+        for call in stored[~live].tolist():
             del self.values[call], self.sizes[call]
 
 

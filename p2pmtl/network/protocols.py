@@ -389,7 +389,7 @@ class AsyncGossip:
         cutoff[fire] = t
         self._send(fire, cutoff, sent, overrides)
         self._deliver(float(t.max()), cutoff)
-        in_edges = np.flatnonzero(active[self.dst])
+        in_edges = _ranges(self.in_offsets[fire], self.in_offsets[fire + 1] - self.in_offsets[fire])  # edges by receiver
         if not eng.consume_held(sent, fire, self.has, self.inbox):  # compiled: the firing agents' in-edges only
             held = self.has.copy()
             held[self.is_self] = True
@@ -416,9 +416,7 @@ class AsyncGossip:
     def _send(self, fire: np.ndarray, at: np.ndarray, sent: torch.Tensor, overrides) -> None:
         """psi (or forgeries) of the firing agents onto their out-links (present in the topology
         block of the sending time), in flight until arrival. ``at``: per node send time."""
-        counts = self.out_counts[fire]
-        first = np.repeat(self.out_starts[fire] - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
-        eids = self.out_order[first + np.arange(int(counts.sum()))]  # the firing agents' out-edges
+        eids = self.out_order[_ranges(self.out_starts[fire], self.out_counts[fire])]  # the firing agents' out-edges
         eids = eids[~self.is_self[eids]]
         eids = eids[self.net.link_free[eids] <= at[self.src[eids]]]  # a busy link skips this model
         if self.net.present_blocks is not None:
@@ -508,6 +506,12 @@ class AsyncGossip:
         if not len(win) and not due.any():
             return None, None, None
         return due, win, received
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + c) for s, c in zip(starts, counts)])``, vectorized."""
+    first = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+    return first + np.arange(int(counts.sum()))
 
 
 class _InFlight:

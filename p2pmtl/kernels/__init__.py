@@ -1,5 +1,5 @@
-"""Compiled kernels for the hot path of large synchronous runs (numba, a dependency; where it
-cannot be installed, ``auto`` runs torch).
+"""Compiled kernels for the hot paths: large synchronous runs and the aggregators' selections
+(numba, a dependency; where it cannot be installed, ``auto`` runs torch).
 
 A kernel fuses what the torch path does in about twenty memory-bound passes over the edge
 list into one pass per receiver, with the same floating-point operations in the same order,
@@ -13,6 +13,12 @@ worlds when numba is installed: from :data:`AUTO_MIN_EDGES` edges, or
 Asynchronous gossip on the compiled round also scans its messages in flight compiled
 (:mod:`p2pmtl.kernels.delivery`: which arrive now and which each link keeps), the same arrays
 as its numpy code.
+
+The robust aggregators take their coordinate-wise order statistics (the coordinate median, the
+centre of the Gram distances behind Krum, Multi-Krum, NNM, MDA, Bulyan and CAF) from a
+sorting network run across the columns (:mod:`p2pmtl.kernels.column_ranks`) on the CPU, with
+up to 128 rows: the exact values numpy's introselect gives, 2-4x sooner. It needs no setting
+(numpy's introselect without numba or above 128 rows).
 
 The kernels run on numba's own thread pool (``workqueue``), which takes parallel calls from
 one Python thread at a time: run experiments side by side as processes (``jobs``, sweeps),

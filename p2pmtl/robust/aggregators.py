@@ -195,8 +195,8 @@ def coordinatewise_median(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty(d, dtype=x.dtype, device=x.device)
     for sl in _column_slices(d):
         c = x[:, sl]
-        mid = _middle_values(c) if _selects_on_cpu(c) else None
-        if mid is not None:  # one introselect per column for both middle values
+        mid = _middle_values(x, sl) if _selects_on_cpu(c) else None
+        if mid is not None:  # one selection per column for both middle values
             out[sl] = mid[0] if n % 2 else 0.5 * mid[0] + 0.5 * mid[1]
         elif n % 2:
             out[sl] = c.median(dim=0).values
@@ -216,31 +216,63 @@ def coordinatewise_median(x: torch.Tensor) -> torch.Tensor:
 _ONE_SELECTION_MAX_N = 256
 
 
-def _middle_values(c: torch.Tensor) -> Optional[torch.Tensor]:
-    """``[2, k]``: the lower and upper middle values of every column of a CPU float32/float64
-    ``[n, k]`` chunk (equal for odd ``n``), by one introselect per column (numpy's
-    ``partition`` at ``n // 2`` on a column-major copy) and, for even ``n``, the max of the
-    values below it; None when the chunk holds a NaN (numpy puts NaN last, so a column's NaN lies
-    at or after ``n // 2``: found in half a pass) or a middle value is zero (a zero's sign could
-    differ from the one ``torch.median`` picks among equal values): the caller's torch medians
-    then give ``torch.median``'s exact answer. numpy's partition with the list ``[n//2 - 1,
-    n//2]`` was 5x slower than this, and a zero-or-NaN test of the whole chunk cost more than
-    the selection (measured at 100 x 65,536 float32, one thread)."""
-    n = c.shape[0]
-    cols = np.ascontiguousarray(c.detach().numpy().T)
+def _middle_values(x: torch.Tensor, sl: slice) -> Optional[torch.Tensor]:
+    """``[2, k]``: the lower and upper middle values of every column ``sl`` of a CPU
+    float32/float64 ``[n, d]`` stack (equal for odd ``n``); None when those columns hold a NaN
+    or a middle value is zero (a zero's sign could differ from the one ``torch.median`` picks
+    among equal values): the caller's torch medians then give ``torch.median``'s exact answer.
+
+    Up to :data:`p2pmtl.kernels.column_ranks.MAX_ROWS` rows (with numba), a sorting network
+    across the columns (:func:`~p2pmtl.kernels.column_ranks.column_ranks`: 2x faster at 100
+    rows). Otherwise one introselect per column (numpy's ``partition`` at ``n // 2`` on a
+    column-major copy; NaN lands last, so a column's NaN lies at or after ``n // 2``: found in
+    half a pass) and, for even ``n``, the max of the values below it (numpy's partition with the
+    list ``[n//2 - 1, n//2]`` was 5x slower, and a zero-or-NaN test of the whole chunk cost more
+    than the selection: measured at 100 x 65,536 float32, one thread)."""
+    n = x.shape[0]
     k = n // 2
-    part = np.partition(cols, k, axis=1)
-    if np.isnan(part[:, k:]).any():
-        return None
-    upper = part[:, k]
-    lower = upper if n % 2 else part[:, :k].max(axis=1)
+    if _network_rows(n):
+        mid = _network_ranks(x, sl, [k] if n % 2 else [k - 1, k])
+        if mid is None:
+            return None
+        lower, upper = mid[0], mid[-1]
+    else:
+        cols = np.ascontiguousarray(x[:, sl].detach().numpy().T)
+        part = np.partition(cols, k, axis=1)
+        if np.isnan(part[:, k:]).any():
+            return None
+        upper = part[:, k]
+        lower = upper if n % 2 else part[:, :k].max(axis=1)
     if not (upper.all() and lower.all()):
         return None
     return torch.from_numpy(np.stack([lower, upper]))
 
 
+def _network_rows(n: int) -> bool:
+    """Whether the compiled sorting network takes the order statistics of ``n`` rows (numba
+    installed, ``n`` up to its :data:`~p2pmtl.kernels.column_ranks.MAX_ROWS`)."""
+    from ..kernels import numba_available
+
+    return n <= _NETWORK_MAX_ROWS and numba_available()
+
+
+_NETWORK_MAX_ROWS = 128  # p2pmtl.kernels.column_ranks.MAX_ROWS, without importing numba here
+
+
+def _network_ranks(x: torch.Tensor, sl: slice, ranks: list[int]) -> Optional[np.ndarray]:
+    """``[len(ranks), k]``: the ``ranks``-th smallest values of columns ``sl`` of a CPU
+    float32/float64 stack by the sorting network, read in place when the stack is contiguous
+    (a chunk copy otherwise); None when the columns hold a NaN."""
+    from ..kernels.column_ranks import column_ranks  # numba: imported on first use
+
+    if x.is_contiguous():
+        return column_ranks(x.detach().numpy(), ranks, sl.start, sl.stop)
+    return column_ranks(x[:, sl].detach().contiguous().numpy(), ranks)
+
+
 def _selects_on_cpu(c: torch.Tensor) -> bool:
-    """True when :func:`_select_columns` runs numpy's introselect on ``c`` (CPU float32/64)."""
+    """True when :func:`_middle_values` and :func:`_lower_median` select on ``c`` with the
+    sorting network or numpy's introselect (CPU float32/64)."""
     return c.device.type == "cpu" and c.dtype in (torch.float32, torch.float64)
 
 
@@ -254,12 +286,20 @@ def _select_columns(c: torch.Tensor, ks: list[int]) -> torch.Tensor:
     return torch.from_numpy(np.partition(cols, ks, axis=1)[:, ks].T.copy())
 
 
-def _lower_median(c: torch.Tensor) -> torch.Tensor:
-    """Per-column lower median of a ``[n, k]`` chunk without NaN (the value ``torch.median``
-    returns): :func:`_select_columns` on CPU float32/float64, ``torch.median`` elsewhere."""
-    if not _selects_on_cpu(c):
-        return c.median(dim=0).values
-    return _select_columns(c, [(c.shape[0] - 1) // 2])[0]
+def _lower_median(x: torch.Tensor, sl: Optional[slice] = None) -> torch.Tensor:
+    """Per-column lower median (the value ``torch.median`` returns) of columns ``sl`` (all by
+    default) of a ``[n, d]`` stack without NaN: the sorting network up to its row limit and
+    :func:`_select_columns` above it on CPU float32/float64 (equal values may come from another
+    row than ``torch.median`` picks: only a zero's sign can differ), ``torch.median`` elsewhere."""
+    sl = slice(0, x.shape[1]) if sl is None else sl
+    if not _selects_on_cpu(x):
+        return x[:, sl].median(dim=0).values
+    k = (x.shape[0] - 1) // 2
+    if _network_rows(x.shape[0]):
+        mid = _network_ranks(x, sl, [k])
+        if mid is not None:
+            return torch.from_numpy(mid[0])
+    return _select_columns(x[:, sl], [k])[0]
 
 
 def pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
@@ -298,10 +338,11 @@ def _gram_sq_distances(x: torch.Tensor, finite: Optional[bool] = None, f: Option
         finite = math.isfinite(float(lo)) and math.isfinite(float(hi))
     gram = torch.zeros((n, n), dtype=torch.float64, device=x.device)
     buf = torch.empty((n, min(d, CHUNK_COLUMNS)), dtype=cdt, device=x.device)  # centred chunk, reused
+    head = x[:rows]  # the rows the centre is taken over
     for sl in _column_slices(d):
         c = x[:, sl]
         if finite:  # the usual case: one selection per column
-            center = _lower_median(c[:rows] if c.dtype == cdt else c[:rows].to(cdt))
+            center = _lower_median(head, sl) if head.dtype == cdt else _lower_median(c[:rows].to(cdt))
         else:
             center = c[:rows].to(cdt).nanmedian(dim=0).values.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         centred = torch.sub(c, center, out=buf[:, : sl.stop - sl.start])

@@ -1,0 +1,142 @@
+"""Order statistics of every column of a row-major ``[n, d]`` array by a sorting network run
+across the columns, compiled: the coordinate-wise median and the Gram distances' centre
+(:mod:`p2pmtl.robust.aggregators`) take their middle values from here on the CPU.
+
+numpy's ``partition`` selects one column at a time: the stack must first be transposed (a
+strided copy) and each introselect branches on every value. A sorting network is a fixed list
+of compare-exchange steps between rows; applied to a block of columns at once, each step is an
+element-wise min and max of two contiguous row segments, which the compiler vectorizes, and the
+rows are read in their own layout. The network is Batcher's odd-even merge sort (Knuth, TAOCP
+vol. 3, 5.3.4, Algorithm M) on the next power of two, with the padding rows (+inf) folded away
+and the steps that cannot reach the asked ranks dropped: 91 steps for the median of 21 rows, 898
+for both middle values of 100 (1,471 for a full sort of 128).
+
+A network only moves values, so the results are the exact order statistics numpy's
+``partition`` and ``torch.median`` return: the same floats, bar the sign of a zero among equal
+values (which row a tie comes from). NaN has no place in an order: a block holding one makes
+:func:`column_ranks` return None, and the caller selects with torch instead.
+
+Measured (float32, one thread, 1,000,000 columns): median of 21 rows 0.014 s against 0.065 s
+for the transpose and introselect; both middle values of 100 rows 0.17-0.19 s against 0.34 s.
+The network's size grows as ``n log^2 n`` against the introselect's ``n``, so it stops paying
+above :data:`MAX_ROWS` rows (the callers then keep numpy's partition).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional, Sequence
+
+import numpy as np
+from numba import njit
+
+MAX_ROWS = 128
+"""Up to this many rows the network beats numpy's introselect (measured: 2x at 100 rows)."""
+
+BLOCK_COLUMNS = 64
+"""Columns sorted together: ``n x 64`` values (25 KiB of float32 at n = 100) stay in L1."""
+
+
+def _odd_even_merge_sort(m: int) -> list[tuple[int, int]]:
+    """Batcher's odd-even merge sort on ``2**m`` wires as compare-exchange pairs ``(i, j)``,
+    ``i < j``: afterwards wire ``i`` holds the smaller value (Knuth's Algorithm M)."""
+    wires = 1 << m
+    steps: list[tuple[int, int]] = []
+    p = 1
+    while p < wires:
+        k = p
+        while k >= 1:
+            for j in range(k % p, wires - k, 2 * k):
+                for i in range(min(k, wires - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        steps.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return steps
+
+
+@functools.lru_cache(maxsize=64)
+def rank_network(n: int, ranks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, rows)`` for ``n`` rows: ``steps`` ``[s, 2]`` int64 compare-exchanges on physical
+    rows (min to the first, max to the second) after which row ``rows[r]`` holds the
+    ``ranks[r]``-th smallest value of every column (0-based).
+
+    Built from :func:`_odd_even_merge_sort` on ``2**ceil(log2 n)`` wires: the wires past ``n``
+    hold +inf, so a step whose upper wire is padding does nothing and one whose lower wire is
+    padding only swaps the wires' names (both are folded away); then, from the last step back,
+    only the steps that write a row the asked ranks still depend on are kept."""
+    if n < 1 or any(not 0 <= r < n for r in ranks):
+        raise ValueError(f"rank_network(n={n}, ranks={ranks}): ranks must lie in [0, {n})")
+    m = max(0, (n - 1).bit_length())
+    pad = -1
+    row_of = list(range(n)) + [pad] * ((1 << m) - n)  # wire -> physical row, or padding
+    steps = []
+    for i, j in _odd_even_merge_sort(m):
+        lo, hi = row_of[i], row_of[j]
+        if hi == pad:
+            continue
+        if lo == pad:
+            row_of[i], row_of[j] = hi, pad
+            continue
+        steps.append((lo, hi))
+    rows = [row_of[r] for r in ranks]
+    needed = set(rows)
+    kept = []
+    for lo, hi in reversed(steps):
+        if lo in needed or hi in needed:
+            kept.append((lo, hi))
+            needed.update((lo, hi))
+    kept.reverse()
+    return np.array(kept, dtype=np.int64).reshape(-1, 2), np.array(rows, dtype=np.int64)
+
+
+@njit(cache=True, boundscheck=False, nogil=True)
+def _select(x, start, stop, steps, rows, out, width):
+    """Columns ``start:stop`` of the C-contiguous ``x`` through the network, ``width`` columns
+    at a time: ``out[r, j - start]`` = row ``rows[r]`` after the steps. Returns True (and stops)
+    when a block holds a NaN."""
+    n = x.shape[0]
+    buf = np.empty((n, width), dtype=x.dtype)
+    for j0 in range(start, stop, width):
+        w = min(width, stop - j0)
+        nan = False
+        for i in range(n):
+            src = x[i]
+            dst = buf[i]
+            for j in range(w):
+                v = src[j0 + j]
+                nan |= v != v
+                dst[j] = v
+        if nan:
+            return True
+        for s in range(steps.shape[0]):
+            lo = buf[steps[s, 0]]
+            hi = buf[steps[s, 1]]
+            for j in range(w):
+                a = lo[j]
+                b = hi[j]
+                lo[j] = a if a < b else b
+                hi[j] = b if a < b else a
+        for r in range(rows.shape[0]):
+            src = buf[rows[r]]
+            for j in range(w):
+                out[r, j0 - start + j] = src[j]
+    return False
+
+
+def column_ranks(x: np.ndarray, ranks: Sequence[int], start: int = 0, stop: Optional[int] = None) -> Optional[np.ndarray]:
+    """``[len(ranks), stop - start]``: the ``ranks``-th smallest values (0-based) of columns
+    ``start:stop`` of the float32/float64 ``[n, d]`` array ``x`` (made C-contiguous if it is
+    not), or None when those columns hold a NaN. ``n`` at most :data:`MAX_ROWS`."""
+    if x.ndim != 2 or x.dtype not in (np.float32, np.float64):
+        raise ValueError(f"column_ranks: x must be a 2-D float32/float64 array, got {x.dtype} {x.shape}")
+    n, d = x.shape
+    if not 1 <= n <= MAX_ROWS:
+        raise ValueError(f"column_ranks: n = {n} rows; the network is built for 1..{MAX_ROWS}")
+    stop = d if stop is None else stop
+    if not 0 <= start <= stop <= d:
+        raise ValueError(f"column_ranks: columns {start}:{stop} outside 0:{d}")
+    steps, rows = rank_network(n, tuple(int(r) for r in ranks))
+    out = np.empty((len(rows), stop - start), dtype=x.dtype)
+    if _select(np.ascontiguousarray(x), start, stop, steps, rows, out, BLOCK_COLUMNS):
+        return None
+    return out

@@ -167,6 +167,7 @@ class _SubsetAverage(Aggregator):
     _rtol: ClassVar[float] = 0.0
 
     guarded = True
+    certifies = True
 
     def _init(self, f: int, max_subsets: int) -> None:
         self.f = _int_param("f", f, minimum=0)
@@ -191,7 +192,7 @@ class _SubsetAverage(Aggregator):
     def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         f = self._fit_f(n)
-        scores = self._subset_scores(_gram_sq_distances(x, finite=True, f=f), f)
+        scores = self._subset_scores(self._gram_distances(x, f), f)
         excluded = set(_unrank_combination(n, f, _lex_first_best(scores, self._rtol)))
         self.last_subset = [i for i in range(n) if i not in excluded]
         return _mean_of_rows(x, torch.tensor(self.last_subset, dtype=torch.long, device=x.device))
@@ -494,6 +495,7 @@ class Bulyan(Aggregator):
     """
 
     guarded = True
+    certifies = True
 
     def __init__(self, *, f: int) -> None:
         self.f = _int_param("f", f, minimum=0)
@@ -512,7 +514,7 @@ class Bulyan(Aggregator):
         f = self._fit_f(n)
         theta = n - 2 * f
         beta = theta - 2 * f
-        self.last_selection = _bulyan_selection(_gram_sq_distances(x, finite=True, f=f), f, theta)
+        self.last_selection = _bulyan_selection(self._gram_distances(x, f), f, theta)
         rows = torch.tensor(self.last_selection, dtype=torch.long, device=x.device)
         cdt = _compute_dtype(x.dtype)
         out = torch.empty(d, dtype=cdt, device=x.device)
@@ -567,6 +569,7 @@ class CovarianceBoundAgnosticFilter(Aggregator):
     """
 
     guarded = True
+    certifies = True
 
     def __init__(self, *, f: int) -> None:
         self.f = _int_param("f", f, minimum=0)
@@ -584,7 +587,7 @@ class CovarianceBoundAgnosticFilter(Aggregator):
         n = x.shape[0]
         f = self._fit_f(n)
         stop = n - 2 * f
-        d2 = _gram_sq_distances(x, finite=True, f=f)
+        d2 = self._gram_distances(x, f)
         c = torch.ones(n, dtype=torch.float64, device=x.device)
         best_c, best_total, best_lam, steps = c, float(n), math.inf, 0
         total = float(n)

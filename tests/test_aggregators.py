@@ -1,6 +1,7 @@
 """Robust aggregators: exact outputs on hand-computed cases, robustness properties, errors."""
 from __future__ import annotations
 
+import inspect
 import math
 import numpy as np
 import pytest
@@ -57,6 +58,29 @@ def test_registry_lists_everything():
     assert all(desc for _, desc in PRE_AGGREGATORS.describe())
 
 
+def _valid_for_11(name: str) -> dict:
+    """Parameters that make the registered ``name`` valid for n = 11 inputs."""
+    cls = AGGREGATORS.get(name) if name in AGGREGATORS.names() else PRE_AGGREGATORS.get(name)
+    params = inspect.signature(cls.__init__).parameters
+    given = {"f": 2, "tau": 1.0}
+    return {k: v for k, v in given.items() if k in params}
+
+
+@pytest.mark.parametrize("name", sorted(AGGREGATORS.names()) + sorted(PRE_AGGREGATORS.names()))
+@pytest.mark.parametrize("d", [1, 3, 70_000])
+def test_no_component_writes_into_its_input(name, d):
+    """A single column's transpose is contiguous: a sort or selection done in place on it would
+    reorder the caller's stack."""
+    g = torch.Generator().manual_seed(d)
+    x = torch.randn((11, d), generator=g)
+    before = x.clone()
+    if name in AGGREGATORS.names():
+        make_aggregator(name, **_valid_for_11(name))(x)
+    else:
+        make_aggregator("mean", pre=[name], **_valid_for_11(name))(x)
+    assert torch.equal(x, before)
+
+
 # ------------------------------------------------------------------ hand-computed outputs
 
 
@@ -107,6 +131,20 @@ def test_trimmed_mean_f1_on_five_values():
     assert out.tolist() == pytest.approx([3.0, 14 / 3], abs=1e-15)
     assert torch.equal(TrimmedMean(f=2)(col([1, 2, 3, 4, 100])), t([3]))
     assert torch.equal(TrimmedMean(f=0)(col([1, 2, 3, 4, 100])), t([22]))
+
+
+@pytest.mark.parametrize("n, f", [(5, 1), (13, 3), (33, 5), (100, 10), (300, 60)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_trimmed_mean_is_the_mean_of_each_sorted_columns_middle(n, f, dtype):
+    """Bit for bit the plain definition: sort each column, average its n - 2f middle values
+    (torch's sort and mean), with ties and signed zeros, over several column chunks."""
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn((n, 70_000 if n == 100 else 3_000), generator=g, dtype=dtype)
+    x[torch.rand(x.shape, generator=g) < 0.2] = 0.5
+    x[:, 3] = 0.0
+    x[: n // 2, 4] = -0.0
+    plain = x.T.contiguous().sort(dim=1).values[:, f:n - f].mean(dim=1)
+    assert torch.equal(TrimmedMean(f=f)(x), plain)
 
 
 def test_centered_clipping_hand_cases():

@@ -58,9 +58,9 @@ from .aggregators import (
     _column_slices,
     _compute_dtype,
     _distances_to,
-    _gram_sq_distances,
     _int_param,
     _register,
+    _sorted_columns,
     _weighted_sum,
     coordinatewise_median,
 )
@@ -86,7 +86,7 @@ def _mean_closest_to_median(c: torch.Tensor, k: int) -> torch.Tensor:
     median (midpoint of the two middle values for even ``m``). Ties in distance to the median
     go to the lower value (a stable sort of the ascending values by distance)."""
     m = c.shape[0]
-    s = c.T.sort(dim=1).values  # [chunk, m], ascending
+    s = _sorted_columns(c)  # [chunk, m], ascending
     if m % 2:
         med = s[:, m // 2]
     else:  # as coordinatewise_median: 0.5 * lower + 0.5 * upper middle value

@@ -472,9 +472,10 @@ def test_error_unknown_names_and_parameters():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_coordinate_median_selection_equals_two_torch_medians(dtype):
-    """The introselect path (CPU float32/64) returns exactly the midpoint of torch's lower and
-    upper medians, ties, zero columns, signed zeros and NaN included, for odd and even n (a
-    chunk whose middle value is a zero, or that holds a NaN, goes to torch's medians)."""
+    """The selection paths (CPU float32/64: the sorting network, numpy's sort above 128 rows)
+    return exactly the midpoint of torch's lower and upper medians, ties, zero columns, signed
+    zeros and NaN included, for odd and even n (a chunk whose middle value is a zero, or that
+    holds a NaN, goes to torch's medians)."""
     from p2pmtl.robust.aggregators import coordinatewise_median
 
     g = torch.Generator().manual_seed(0)

@@ -1,6 +1,6 @@
 """The compiled sorting network behind the coordinate-wise median and the Gram distances'
 centre (p2pmtl.kernels.column_ranks): exact order statistics, NaN reported, and the
-aggregators' results unchanged against numpy's introselect and torch's medians."""
+aggregators' results unchanged against numpy's sort and torch's medians."""
 from __future__ import annotations
 
 import itertools
@@ -78,7 +78,7 @@ def _without_network(monkeypatch):
 @pytest.mark.parametrize("n", [5, 20, 21, 100, 128])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_coordinate_median_is_unchanged_by_the_network(n, dtype, monkeypatch):
-    """Bit-identical to numpy's introselect and to torch's two medians, with ties, zeros
+    """Bit-identical to numpy's sort and to torch's two medians, with ties, zeros
     (whose chunks take torch's medians), infinities, and a transposed (non-contiguous) stack."""
     g = torch.Generator().manual_seed(n)
     x = torch.randn((n, 3000), generator=g, dtype=dtype)
@@ -109,3 +109,13 @@ def test_the_gram_distances_and_krum_are_unchanged_by_the_network(monkeypatch):
 
 def test_the_aggregators_row_limit_is_the_kernels():
     assert agg._NETWORK_MAX_ROWS == cr.MAX_ROWS
+
+
+@pytest.mark.parametrize("n", [129, 200, 301])
+def test_above_the_network_the_sort_gives_the_same_centre_and_median(n, monkeypatch):
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn((n, 5000), generator=g)
+    x[torch.rand(x.shape, generator=g) < 0.3] = -2.0
+    assert torch.equal(agg._lower_median(x), x.median(dim=0).values)
+    lower, upper = x.median(dim=0).values, x.neg().median(dim=0).values.neg()
+    assert torch.equal(agg.coordinatewise_median(x), lower if n % 2 else 0.5 * lower + 0.5 * upper)

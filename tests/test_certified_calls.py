@@ -4,6 +4,8 @@ path otherwise. Results, ``last_dropped`` and errors must be the usual path's, w
 input."""
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -14,8 +16,9 @@ CERTIFYING = sorted(name for name in AGGREGATORS.names() if AGGREGATORS.get(name
 CERTIFYING_PRE = sorted(name for name in PRE_AGGREGATORS.names() if PRE_AGGREGATORS.get(name).certifies)
 
 
-def test_the_gram_distance_rules_certify():
-    assert {"krum", "multi_krum", "bulyan", "caf", "mda"} <= set(CERTIFYING)
+def test_the_gram_distance_and_selection_rules_certify():
+    assert {"krum", "multi_krum", "bulyan", "caf", "mda", "coordinate_median", "trimmed_mean",
+            "centered_clipping"} <= set(CERTIFYING)
     assert CERTIFYING_PRE == ["nnm"]
 
 
@@ -42,8 +45,10 @@ def _usual(component):
     return component
 
 
-def _build(name: str, pre: bool):
-    kwargs = {"f": 2}
+def _build(name: str, pre: bool, **extra):
+    cls = PRE_AGGREGATORS.get(name) if pre else AGGREGATORS.get(name)
+    accepted = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in {"f": 2, "tau": 1.0, **extra}.items() if k in accepted}
     if pre:
         return make_aggregator("mean", pre=[name], **kwargs)
     return make_aggregator(name, **kwargs)
@@ -60,6 +65,26 @@ def test_certified_and_usual_calls_agree(name, dtype, kind):
     a, b = certified(x), usual(x)
     assert torch.equal(a, b), (name, kind)
     assert certified.last_dropped == usual.last_dropped
+
+
+@pytest.mark.parametrize("kind", ["ordinary", "nan row", "inf rows", "huge rows"])
+@pytest.mark.parametrize("n", [7, 150])
+def test_certified_selections_agree_on_both_selection_paths(kind, n):
+    """The sorting network (up to 128 rows) and numpy's sort (above) both bound the stack; the
+    trimmed mean with f = 0, the mean-centred clipping and several column chunks too."""
+    x = torch.randn((n, 70_000), generator=torch.Generator().manual_seed(n), dtype=torch.float32)
+    if kind == "nan row":
+        x[3, 66_000] = float("nan")
+    elif kind == "inf rows":
+        x[0, 5] = float("inf")
+    elif kind == "huge rows":
+        x[1, 69_999] = 1e30
+    for name, extra in (("coordinate_median", {}), ("trimmed_mean", {}), ("trimmed_mean", {"f": 0}),
+                        ("centered_clipping", {}), ("centered_clipping", {"center": "mean"})):
+        certified, usual = _build(name, False, **extra), _build(name, False, **extra)
+        _usual(usual)
+        assert torch.equal(certified(x), usual(x)), (name, extra, kind)
+        assert certified.last_dropped == usual.last_dropped
 
 
 def _count_finiteness_passes(monkeypatch) -> list[int]:
@@ -80,7 +105,7 @@ def test_an_ordinary_stack_skips_the_finiteness_pass(monkeypatch):
     x = _stack("ordinary", torch.float32)
     krum(x)
     assert calls == [] and krum.last_dropped == 0
-    make_aggregator("coordinate_median")(x)  # a component that does not certify
+    make_aggregator("geometric_median")(x)  # a component that does not certify
     assert calls == [1]
 
 

@@ -25,6 +25,7 @@ network / numpy sort 16 / 60 at 21 rows, 209 / 228 at 100, 313 / 373 at 128).
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -93,10 +94,13 @@ def rank_network(n: int, ranks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray
 @njit(cache=True, boundscheck=False, nogil=True)
 def _select(x, start, stop, steps, rows, out, width):
     """Columns ``start:stop`` of the C-contiguous ``x`` through the network, ``width`` columns
-    at a time: ``out[r, j - start]`` = row ``rows[r]`` after the steps. Returns True (and stops)
-    when a block holds a NaN."""
+    at a time: ``out[r, j - start]`` = row ``rows[r]`` after the steps. Returns ``max |x|`` over
+    those columns (inf when one is infinite), or NaN as soon as a block holds a NaN (then
+    ``out`` is incomplete). The max is kept per column of the block, so the copy loop stays
+    vectorized."""
     n = x.shape[0]
     buf = np.empty((n, width), dtype=x.dtype)
+    top = np.zeros(width, dtype=x.dtype)  # max |value| so far, per column of the block
     for j0 in range(start, stop, width):
         w = min(width, stop - j0)
         nan = False
@@ -106,9 +110,11 @@ def _select(x, start, stop, steps, rows, out, width):
             for j in range(w):
                 v = src[j0 + j]
                 nan |= v != v
+                a = abs(v)
+                top[j] = a if a > top[j] else top[j]
                 dst[j] = v
         if nan:
-            return True
+            return np.nan
         for s in range(steps.shape[0]):
             lo = buf[steps[s, 0]]
             hi = buf[steps[s, 1]]
@@ -121,13 +127,20 @@ def _select(x, start, stop, steps, rows, out, width):
             src = buf[rows[r]]
             for j in range(w):
                 out[r, j0 - start + j] = src[j]
-    return False
+    return float(top.max()) if stop > start else 0.0
 
 
 def column_ranks(x: np.ndarray, ranks: Sequence[int], start: int = 0, stop: Optional[int] = None) -> Optional[np.ndarray]:
     """``[len(ranks), stop - start]``: the ``ranks``-th smallest values (0-based) of columns
     ``start:stop`` of the float32/float64 ``[n, d]`` array ``x`` (made C-contiguous if it is
     not), or None when those columns hold a NaN. ``n`` at most :data:`MAX_ROWS`."""
+    return column_ranks_and_max(x, ranks, start, stop)[0]
+
+
+def column_ranks_and_max(x: np.ndarray, ranks: Sequence[int], start: int = 0,
+                         stop: Optional[int] = None) -> tuple[Optional[np.ndarray], float]:
+    """:func:`column_ranks` and ``max |x|`` over the same columns, taken on the way (NaN when
+    they hold a NaN, inf when they hold an infinity, 0.0 for no column)."""
     if x.ndim != 2 or x.dtype not in (np.float32, np.float64):
         raise ValueError(f"column_ranks: x must be a 2-D float32/float64 array, got {x.dtype} {x.shape}")
     n, d = x.shape
@@ -138,6 +151,5 @@ def column_ranks(x: np.ndarray, ranks: Sequence[int], start: int = 0, stop: Opti
         raise ValueError(f"column_ranks: columns {start}:{stop} outside 0:{d}")
     steps, rows = rank_network(n, tuple(int(r) for r in ranks))
     out = np.empty((len(rows), stop - start), dtype=x.dtype)
-    if _select(np.ascontiguousarray(x), start, stop, steps, rows, out, BLOCK_COLUMNS):
-        return None
-    return out
+    top = _select(np.ascontiguousarray(x), start, stop, steps, rows, out, BLOCK_COLUMNS)
+    return (None if math.isnan(top) else out), top

@@ -188,14 +188,20 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def coordinatewise_median(x: torch.Tensor) -> torch.Tensor:
+def coordinatewise_median(x: torch.Tensor, certify: bool = False) -> torch.Tensor:
     """Per-coordinate median of ``[n, d]``; for even ``n`` the midpoint of the two middle
-    values (``torch.median`` alone returns the lower one). Column-chunked."""
+    values (``torch.median`` alone returns the lower one). Column-chunked.
+
+    ``certify``: raise :class:`_Uncertified` unless ``x`` is proven finite and below the
+    overflow bound (a certified call, :attr:`_Component.certifies`), from the ``max |x|`` the
+    selection takes on the way (an ``aminmax`` of the chunks it does not select itself)."""
     n, d = _check_stack(x, "coordinatewise_median")
     out = torch.empty(d, dtype=x.dtype, device=x.device)
     for sl in _column_slices(d):
         c = x[:, sl]
-        mid = _middle_values(x, sl) if _selects_on_cpu(c) else None
+        mid, top = _middle_values(x, sl) if _selects_on_cpu(c) else (None, None)
+        if certify:
+            _check_certified(_abs_max(c) if top is None else top, x)
         if mid is not None:  # one selection per column for both middle values
             out[sl] = mid[0] if n % 2 else 0.5 * mid[0] + 0.5 * mid[1]
         elif n % 2:
@@ -216,11 +222,12 @@ def coordinatewise_median(x: torch.Tensor) -> torch.Tensor:
 _ONE_SELECTION_MAX_N = 256
 
 
-def _middle_values(x: torch.Tensor, sl: slice) -> Optional[torch.Tensor]:
-    """``[2, k]``: the lower and upper middle values of every column ``sl`` of a CPU
-    float32/float64 ``[n, d]`` stack (equal for odd ``n``); None when those columns hold a NaN
-    or a middle value is zero (a zero's sign could differ from the one ``torch.median`` picks
-    among equal values): the caller's torch medians then give ``torch.median``'s exact answer.
+def _middle_values(x: torch.Tensor, sl: slice) -> tuple[Optional[torch.Tensor], float]:
+    """``([2, k], max |x|)``: the lower and upper middle values of every column ``sl`` of a CPU
+    float32/float64 ``[n, d]`` stack (equal for odd ``n``), and the largest magnitude in those
+    columns (NaN when they hold a NaN). The values are None when the columns hold a NaN or a
+    middle value is zero (a zero's sign could differ from the one ``torch.median`` picks among
+    equal values): the caller's torch medians then give ``torch.median``'s exact answer.
 
     Up to :data:`p2pmtl.kernels.column_ranks.MAX_ROWS` rows (with numba), a sorting network
     across the columns (:func:`~p2pmtl.kernels.column_ranks.column_ranks`); above, numpy's
@@ -230,19 +237,21 @@ def _middle_values(x: torch.Tensor, sl: slice) -> Optional[torch.Tensor]:
     n = x.shape[0]
     k = n // 2
     if _network_rows(n):
-        mid = _network_ranks(x, sl, [k] if n % 2 else [k - 1, k])
+        mid, top = _network_ranks(x, sl, [k] if n % 2 else [k - 1, k])
         if mid is None:
-            return None
+            return None, top
         lower, upper = mid[0], mid[-1]
     else:
-        s = _sorted_columns(x[:, sl]).numpy()
+        s = _sorted_columns(x[:, sl])
+        top = _sorted_abs_max(s)
+        s = s.numpy()
         if np.isnan(s[:, -1]).any():
-            return None
+            return None, top
         upper = s[:, k]
         lower = upper if n % 2 else s[:, k - 1]
     if not (upper.all() and lower.all()):
-        return None
-    return torch.from_numpy(np.stack([lower, upper]))
+        return None, top
+    return torch.from_numpy(np.stack([lower, upper])), top
 
 
 def _network_rows(n: int) -> bool:
@@ -256,15 +265,16 @@ def _network_rows(n: int) -> bool:
 _NETWORK_MAX_ROWS = 128  # p2pmtl.kernels.column_ranks.MAX_ROWS, without importing numba here
 
 
-def _network_ranks(x: torch.Tensor, sl: slice, ranks: list[int]) -> Optional[np.ndarray]:
-    """``[len(ranks), k]``: the ``ranks``-th smallest values of columns ``sl`` of a CPU
-    float32/float64 stack by the sorting network, read in place when the stack is contiguous
-    (a chunk copy otherwise); None when the columns hold a NaN."""
-    from ..kernels.column_ranks import column_ranks  # numba: imported on first use
+def _network_ranks(x: torch.Tensor, sl: slice, ranks: list[int]) -> tuple[Optional[np.ndarray], float]:
+    """``([len(ranks), k], max |x|)``: the ``ranks``-th smallest values of columns ``sl`` of a
+    CPU float32/float64 stack by the sorting network, read in place when the stack is
+    contiguous (a chunk copy otherwise), and the largest magnitude met; (None, NaN) when the
+    columns hold a NaN."""
+    from ..kernels.column_ranks import column_ranks_and_max  # numba: imported on first use
 
     if x.is_contiguous():
-        return column_ranks(x.detach().numpy(), ranks, sl.start, sl.stop)
-    return column_ranks(x[:, sl].detach().contiguous().numpy(), ranks)
+        return column_ranks_and_max(x.detach().numpy(), ranks, sl.start, sl.stop)
+    return column_ranks_and_max(x[:, sl].detach().contiguous().numpy(), ranks)
 
 
 def _selects_on_cpu(c: torch.Tensor) -> bool:
@@ -285,6 +295,37 @@ def _sorted_columns(c: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(s)
 
 
+def _sorted_abs_max(s: torch.Tensor) -> float:
+    """``max |value|`` of a ``[k, n]`` tensor whose rows are sorted (NaN last): from its first
+    and last columns (NaN when a row holds a NaN)."""
+    if s.numel() == 0:
+        return 0.0
+    return _max_or_nan(_abs_max(s[:, :1]), _abs_max(s[:, -1:]))
+
+
+def _max_or_nan(a: float, b: float) -> float:
+    """``max(a, b)``, NaN when either is (Python's ``max`` keeps its first argument then)."""
+    return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
+
+
+def _abs_max(t: torch.Tensor) -> float:
+    """``max |t|`` in one ``aminmax`` pass: NaN when ``t`` holds a NaN, inf for an infinity."""
+    if t.numel() == 0:
+        return 0.0
+    lo, hi = t.aminmax()
+    lo, hi = float(lo), float(hi)
+    return math.nan if math.isnan(lo) or math.isnan(hi) else max(hi, -lo)
+
+
+def _check_certified(bound: float, x: torch.Tensor) -> None:
+    """Raise :class:`_Uncertified` unless ``bound`` (a known upper bound of ``max |x|``, NaN
+    when unknown) lies within the overflow limit of :func:`_safe_view` for ``x``: then the
+    usual path would have run the same computation on ``x`` itself."""
+    n, d = x.shape
+    if not bound <= _overflow_limit(_compute_dtype(x.dtype), n, d):  # also when NaN
+        raise _Uncertified
+
+
 def _lower_median(x: torch.Tensor, sl: Optional[slice] = None) -> torch.Tensor:
     """Per-column lower median (the value ``torch.median`` returns) of columns ``sl`` (all by
     default) of a ``[n, d]`` stack without NaN: the sorting network up to its row limit and
@@ -295,7 +336,7 @@ def _lower_median(x: torch.Tensor, sl: Optional[slice] = None) -> torch.Tensor:
         return x[:, sl].median(dim=0).values
     k = (x.shape[0] - 1) // 2
     if _network_rows(x.shape[0]):
-        mid = _network_ranks(x, sl, [k])
+        mid, _ = _network_ranks(x, sl, [k])
         if mid is not None:
             return torch.from_numpy(mid[0])
     return _sorted_columns(x[:, sl])[:, k].contiguous()
@@ -354,13 +395,11 @@ def _gram_sq_distances(x: torch.Tensor, finite: Optional[bool] = None, f: Option
         else:
             center = c[:rows].to(cdt).nanmedian(dim=0).values.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         if certify:
-            centre_max = max(centre_max, float(center.abs().max()))  # NaN sticks: max(x, nan) is nan
+            centre_max = _max_or_nan(centre_max, float(center.abs().max()))
         centred = torch.sub(c, center, out=buf[:, : sl.stop - sl.start])
         gram += (centred @ centred.T).to(torch.float64)
     if certify:
-        bound = 2.0 * math.sqrt(float(gram.diagonal().max())) + centre_max if n and d else 0.0
-        if not bound <= _overflow_limit(cdt, n, d):  # also when NaN
-            raise _Uncertified
+        _check_certified(2.0 * math.sqrt(float(gram.diagonal().max())) + centre_max if n and d else 0.0, x)
     gram = 0.5 * (gram + gram.T)
     sq = gram.diagonal().clone()
     dist = (sq[:, None] + sq[None, :]).sub_(gram, alpha=2.0).clamp_min_(0.0)
@@ -450,11 +489,14 @@ class _Component:
     name: ClassVar[str] = "?"
 
     certifies: ClassVar[bool] = False
-    """True for components whose computation starts with the Gram distances of their whole
-    input, taken with :meth:`_gram_distances`. A call then skips the finiteness pass over the
-    stack (one ``aminmax``, a fifth of Krum's time at 100 x 1,000,000): the Gram matrix proves
-    the stack finite and below the overflow bound, or the call starts again on the usual path
-    (dropping non-finite rows, guarding huge ones). Either way the result is the usual path's."""
+    """True for components whose computation starts with a pass that can prove their whole
+    input ordinary on the way: the Gram distances (:meth:`_gram_distances`: every entry obeys
+    ``|x_ij| <= sqrt(G_ii) + max |c|``), the coordinate median's selection or the trimmed
+    mean's sort (the largest magnitude met). A call then skips the finiteness pass over the
+    stack (one ``aminmax``, a fifth of Krum's time at 100 x 1,000,000): that pass proves the
+    stack finite and below the overflow bound, or the call starts again on the usual path
+    (dropping non-finite rows, guarding huge ones). Either way the result is the usual path's.
+    A subclass that computes something else first should set it False."""
 
     _certifying: Optional[torch.Tensor] = None  # the stack of a certified attempt in progress
     _certified: bool = False  # the attempt's Gram distances proved that stack ordinary
@@ -539,15 +581,19 @@ class _Component:
             self._certifying = None
         return out.to(x.dtype) if self._certified else None
 
+    def _certifying_on(self, x: torch.Tensor) -> bool:
+        """Whether this call is a certified attempt (:attr:`certifies`) on ``x``, its whole
+        stack: the caller then passes ``certify=True`` to the kernel, which proves ``x``
+        ordinary or raises :class:`_Uncertified` (abandoning the attempt)."""
+        whole = x is self._certifying
+        self._certified = self._certified or whole
+        return whole
+
     def _gram_distances(self, x: torch.Tensor, f: int) -> torch.Tensor:
         """``[n, n]`` float64 squared distances of the rows of ``x`` (finite, as every component
         sees them) centred on the first ``2f + 1`` rows (:func:`_gram_sq_distances`); in a
-        certified attempt (:attr:`certifies`) on the attempt's whole stack they also prove it
-        ordinary, or raise."""
-        whole = x is self._certifying
-        d2 = _gram_sq_distances(x, finite=True, f=f, certify=whole)
-        self._certified = self._certified or whole
-        return d2
+        certified attempt on the attempt's whole stack they also prove it ordinary, or raise."""
+        return _gram_sq_distances(x, finite=True, f=f, certify=self._certifying_on(x))
 
 
 class Aggregator(_Component):
@@ -895,9 +941,10 @@ class CoordinateMedian(Aggregator):
     """
 
     guarded = True
+    certifies = True
 
     def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
-        return coordinatewise_median(x)
+        return coordinatewise_median(x, certify=self._certifying_on(x))
 
 
 class HonestMinority:
@@ -945,16 +992,23 @@ class TrimmedMean(HonestMajority, Aggregator):
     """
 
     guarded = True
+    certifies = True
 
 
     def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
         n, d = x.shape
         f = self._fit_f(n)
+        certify = self._certifying_on(x)
         if f == 0:
+            if certify:
+                _check_certified(_abs_max(x), x)
             return x.mean(dim=0)
         out = torch.empty(d, dtype=x.dtype, device=x.device)
         for sl in _column_slices(d):
-            out[sl] = _sorted_columns(x[:, sl])[:, f:n - f].mean(dim=1)
+            s = _sorted_columns(x[:, sl])
+            if certify:
+                _check_certified(_sorted_abs_max(s), x)
+            out[sl] = s[:, f:n - f].mean(dim=1)
         return out
 
 
@@ -989,6 +1043,7 @@ class CenteredClipping(Aggregator):
     """
 
     guarded = True
+    certifies = True
 
     def __init__(self, *, tau: float, iters: int = 1, center: str = "median") -> None:
         self.tau = _positive_param("tau", tau, allow_inf=True)
@@ -998,7 +1053,13 @@ class CenteredClipping(Aggregator):
         self.center = center
 
     def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
-        v0 = coordinatewise_median(x) if self.center == "median" else x.mean(dim=0)
+        certify = self._certifying_on(x)
+        if self.center == "median":
+            v0 = coordinatewise_median(x, certify=certify)
+        else:
+            if certify:
+                _check_certified(_abs_max(x), x)
+            v0 = x.mean(dim=0)
         return self._iterate(x, v0)
 
     def from_center(self, x: torch.Tensor, v0: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
-"""Certified calls (``_Component.certifies``): the Gram-distance components skip the stack's
-finiteness pass when their Gram matrix proves the stack ordinary, and start again on the usual
-path otherwise. Results, ``last_dropped`` and errors must be the usual path's, whatever the
-input."""
+"""Certified calls (``_Component.certifies``): the Gram-distance and selection components skip
+the stack's finiteness pass when their first pass (the Gram matrix, the sorting network, the
+sort) proves the stack ordinary, and start again on the usual path otherwise. Results,
+``last_dropped`` and errors must be the usual path's, whatever the input."""
 from __future__ import annotations
 
 import inspect

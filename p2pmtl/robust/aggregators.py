@@ -30,7 +30,10 @@ Hostile inputs. Every registered aggregator and pre-aggregation step (called dir
   multiplied back and clamped to the dtype's finite range. The outputs are then finite; the
   "Hostile inputs" paragraph of each component says what more it guarantees. Ordinary inputs
   (all finite, below that bound) take the unguarded path and give bit-for-bit the same results
-  as before; the fast-path cost is one ``aminmax`` pass over ``x``.
+  as before; the fast-path cost is one ``aminmax`` pass over ``x``, or none for the components
+  that prove the stack ordinary during their own first pass (``certifies``: the Gram-distance
+  rules, the coordinate median, the trimmed mean, centered clipping, NNM), which start again
+  on the usual path when they cannot.
 
 The public kernels (:func:`pairwise_sq_distances`, :func:`distances_to`, :func:`weiszfeld`)
 scale before squaring as well; a distance that involves a non-finite input counts as +inf, and a

@@ -18,7 +18,7 @@ CERTIFYING_PRE = sorted(name for name in PRE_AGGREGATORS.names() if PRE_AGGREGAT
 
 def test_the_gram_distance_and_selection_rules_certify():
     assert {"krum", "multi_krum", "bulyan", "caf", "mda", "coordinate_median", "trimmed_mean",
-            "centered_clipping"} <= set(CERTIFYING)
+            "centered_clipping", "geometric_median"} <= set(CERTIFYING)
     assert CERTIFYING_PRE == ["nnm"]
 
 
@@ -80,7 +80,9 @@ def test_certified_selections_agree_on_both_selection_paths(kind, n):
     elif kind == "huge rows":
         x[1, 69_999] = 1e30
     for name, extra in (("coordinate_median", {}), ("trimmed_mean", {}), ("trimmed_mean", {"f": 0}),
-                        ("centered_clipping", {}), ("centered_clipping", {"center": "mean"})):
+                        ("centered_clipping", {}), ("centered_clipping", {"center": "mean"}),
+                        ("geometric_median", {"max_iter": 3}),
+                        ("geometric_median", {"max_iter": 2, "segments": [30_000, 40_000]})):
         certified, usual = _build(name, False, **extra), _build(name, False, **extra)
         _usual(usual)
         assert torch.equal(certified(x), usual(x)), (name, extra, kind)
@@ -105,7 +107,7 @@ def test_an_ordinary_stack_skips_the_finiteness_pass(monkeypatch):
     x = _stack("ordinary", torch.float32)
     krum(x)
     assert calls == [] and krum.last_dropped == 0
-    make_aggregator("geometric_median")(x)  # a component that does not certify
+    make_aggregator("meamed", f=2)(x)  # a component that does not certify
     assert calls == [1]
 
 

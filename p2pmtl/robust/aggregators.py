@@ -32,8 +32,8 @@ Hostile inputs. Every registered aggregator and pre-aggregation step (called dir
   (all finite, below that bound) take the unguarded path and give bit-for-bit the same results
   as before; the fast-path cost is one ``aminmax`` pass over ``x``, or none for the components
   that prove the stack ordinary during their own first pass (``certifies``: the Gram-distance
-  rules, the coordinate median, the trimmed mean, centered clipping, NNM), which start again
-  on the usual path when they cannot.
+  rules, the coordinate median, the trimmed mean, centered clipping, the geometric median,
+  NNM), which start again on the usual path when they cannot.
 
 The public kernels (:func:`pairwise_sq_distances`, :func:`distances_to`, :func:`weiszfeld`)
 scale before squaring as well; a distance that involves a non-finite input counts as +inf, and a
@@ -724,14 +724,23 @@ def weiszfeld(
     return _unscale(z, s, _compute_dtype(x.dtype)), it
 
 
-def _weiszfeld(x: torch.Tensor, *, nu: float, tol: float, max_iter: int, start: str) -> tuple[torch.Tensor, int]:
-    """The kernel of :func:`weiszfeld`, without the overflow guard."""
+def _weiszfeld(x: torch.Tensor, *, nu: float, tol: float, max_iter: int, start: str,
+               certify_for: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, int]:
+    """The kernel of :func:`weiszfeld`, without the overflow guard.
+
+    ``certify_for``: the whole stack of a certified call (``x`` is its columns or all of it):
+    the first distances prove ``x`` finite and below that stack's overflow bound, since
+    ``|x_ij| <= ||x_i - z|| + |z_j|`` (a factor 2 for rounding), or :class:`_Uncertified` is
+    raised."""
     cdt = _compute_dtype(x.dtype)
     z = x.to(cdt).mean(dim=0) if start == "mean" else coordinatewise_median(x).to(cdt)
     it = 0
     while it < max_iter:
         it += 1
-        b = 1.0 / _distances_to(x, z).clamp_min(nu)
+        dist = _distances_to(x, z)
+        if certify_for is not None and it == 1:
+            _check_certified(2.0 * _max_or_nan(_abs_max(dist), _abs_max(z)), certify_for)
+        b = 1.0 / dist.clamp_min(nu)
         z_new = _weighted_sum(b / b.sum(), x)
         step = torch.linalg.vector_norm(z_new.to(torch.float64) - z.to(torch.float64)).item()
         scale = max(torch.linalg.vector_norm(z.to(torch.float64)).item(), _TINY)
@@ -780,6 +789,7 @@ class GeometricMedian(Aggregator):
     """
 
     guarded = True
+    certifies = True
 
     def __init__(
         self,
@@ -810,9 +820,11 @@ class GeometricMedian(Aggregator):
             )
         nu = self.nu / self._unit
         begin = "median" if self._guarded_call else "mean"
+        whole = x if self._certifying_on(x) else None
         parts, self.last_iterations, start = [], [], 0
         for size in segments:
-            z, it = _weiszfeld(x[:, start:start + size], nu=nu, tol=self.tol, max_iter=self.max_iter, start=begin)
+            z, it = _weiszfeld(x[:, start:start + size], nu=nu, tol=self.tol, max_iter=self.max_iter, start=begin,
+                               certify_for=whole)
             parts.append(z)
             self.last_iterations.append(it)
             start += size

@@ -17,9 +17,9 @@ as its numpy code.
 The robust aggregators take their coordinate-wise order statistics (the coordinate median, the
 centre of the Gram distances behind Krum, Multi-Krum, NNM, MDA, Bulyan and CAF) from a
 sorting network run across the columns (:mod:`p2pmtl.kernels.column_ranks`) on the CPU, with
-up to 128 rows: the exact values numpy's introselect gives, 1.1-7x sooner than numpy's sort and
-2-7x sooner than its introselect. It needs no setting (numpy's sort without numba or above
-128 rows).
+up to 128 rows: the exact values numpy's introselect gives, 1.1-3.8x sooner than numpy's sort
+and 1.9-7.4x sooner than its introselect (21 to 128 rows). It needs no setting (numpy's sort
+without numba or above 128 rows).
 
 The kernels run on numba's own thread pool (``workqueue``), which takes parallel calls from
 one Python thread at a time: run experiments side by side as processes (``jobs``, sweeps),

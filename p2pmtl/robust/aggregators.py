@@ -502,7 +502,7 @@ class _Component:
     A subclass that computes something else first should set it False."""
 
     _certifying: Optional[torch.Tensor] = None  # the stack of a certified attempt in progress
-    _certified: bool = False  # the attempt's Gram distances proved that stack ordinary
+    _certified: bool = False  # a kernel of the attempt was asked to prove that stack ordinary (and did not raise)
 
     guarded: ClassVar[bool] = False
     """True for components whose ``_aggregate``/``_apply`` handle the guarded path (huge finite
@@ -568,11 +568,10 @@ class _Component:
         finally:
             self._known_bad, self._unit, self._guarded_call = 0, 1.0, False
 
-
     def _attempt_certified(self, x: torch.Tensor,
                            compute: Callable[[torch.Tensor], torch.Tensor]) -> Optional[torch.Tensor]:
-        """``compute(x)`` without the finiteness pass, or None when its Gram distances did not
-        prove ``x`` ordinary (or it raised a ``ValueError``: the usual path then raises its own,
+        """``compute(x)`` without the finiteness pass, or None when its first pass did not prove
+        ``x`` ordinary (or it raised a ``ValueError``: the usual path then raises its own,
         naming dropped rows where there were some)."""
         self._certifying, self._certified = x, False
         try:

@@ -177,12 +177,13 @@ ASYNC = {"protocol": "async", "latency": {"kind": "uniform", "low": 0.05, "high"
 @pytest.mark.parametrize("attack,serial_max", [({"name": "uniform", "low": 15.0, "high": 16.0}, 20_000),
                                                ({"name": "uniform", "low": 15.0, "high": 16.0}, 0),
                                                ({"name": "inf"}, 20_000),
-                                               ({"name": "uniform", "low": 1e200, "high": 2e200}, 20_000)])
+                                               ({"name": "uniform", "low": 1e200, "high": 2e200}, 20_000),
+                                               ({"name": "two_faced", "low": 15.0, "high": 16.0}, 20_000)])
 def test_asynchronous_gossip_is_bit_identical(tmp_path, attack, serial_max, monkeypatch):
     """Asynchronous gossip with per-message latencies, losses, bandwidth and churn, all four
     rules as lanes: the compiled round over the firing agents' held messages (serial for small
     batches, parallel with ``serial_max = 0``) writes the torch path's files, under forged,
-    infinite and overflowing messages."""
+    infinite and overflowing messages and per-edge forgeries (two-faced senders)."""
     from conftest import tiny_config_dict
     from p2pmtl.kernels import fused_round
 
@@ -279,40 +280,70 @@ def test_generated_worlds_are_bit_identical(_):
     check()
 
 
-def test_compiled_delivery_scan_matches_the_numpy_one():
-    """The delivery scan of asynchronous gossip (:mod:`p2pmtl.kernels.delivery`) gives the numpy
-    code's due messages, kept messages and receive counts on random flights: FIFO links with
-    several messages each, equal arrival times, receivers' cutoffs and agents back online."""
+def test_compiled_flight_store_delivers_as_one_message_at_a_time():
+    """The compiled flight store of asynchronous gossip (:mod:`p2pmtl.kernels.delivery`) on
+    random flights (FIFO links with several messages each, many equal arrival times, receivers'
+    cutoffs, agents back online, lost messages, two lanes): after each delivery the inbox, held
+    flags, senders' step counts, bytes sent and received and the messages left in flight are
+    those of delivering the due messages one by one in (arrival, send) order."""
     import numpy as np
 
-    from p2pmtl.experiments.runner import make_protocol
-    from conftest import tiny_config_dict
+    from p2pmtl.kernels.delivery import CompiledFlight
 
-    cfg = load_config(data=tiny_config_dict(iterations=2, network=ASYNC, kernel="numba"))
-    world = build_world(cfg, cfg.scenarios[0])
-    proto = make_protocol(cfg, world, make_engine(cfg, world, cfg.scenarios[0], cfg.rules.names), lambda *a: None)
-    assert proto._scan is not None
     rng = np.random.default_rng(0)
-    n, e0 = proto.n0, proto.e0
+    n, e0, lanes, dim, mb = 7, 20, 2, 3, 16.0
+    dst, src = rng.integers(0, n, e0), rng.integers(0, n, e0)
     compared = 0
-    for trial in range(200):
-        m = int(rng.integers(1, 60))
-        edge = rng.integers(0, e0, m)
-        arrival = np.round(rng.uniform(0, 4, m), 1)  # coarse: many equal times
-        order = np.lexsort((np.arange(m), edge))  # FIFO: a link's later messages arrive no earlier
-        arrival[order] = np.concatenate([np.sort(arrival[order][edge[order] == e]) for e in np.unique(edge)])
-        fl = proto.flight = type(proto.flight)()
-        fl.arrival, fl.edge, fl.call = arrival, edge.astype(np.int64), np.arange(m, dtype=np.int64)
-        proto.rejoined = np.where(rng.random(n) < 0.3, rng.uniform(0, 3, n), -np.inf)
+    for trial in range(150):
+        fl = CompiledFlight(n, e0, lanes)
+        ref = []  # (arrival, position, edge, sender step, rows [lanes, dim])
+        acc_sent, want_sent = np.zeros(n), np.zeros(n)
+        link_last = np.full(e0, -np.inf)
+        for call in range(int(rng.integers(1, 5))):
+            eids = rng.choice(e0, int(rng.integers(1, e0)), replace=False)
+            arrival = np.maximum(np.round(rng.uniform(0, 4, eids.size), 1), link_last[eids])  # FIFO links
+            link_last[eids] = arrival
+            lost = rng.random(eids.size) < 0.2
+            iters = rng.integers(0, 50, n)
+            sent = rng.standard_normal((lanes * n, dim))
+            start, stop = fl.add(eids, arrival, lost, src, iters, sent, mb, acc_sent)
+            want_sent += mb * np.bincount(src[eids], minlength=n)
+            kept = eids[~lost]
+            assert stop - start == kept.size
+            for j, e in enumerate(kept):
+                rows = np.stack([sent[src[e] + n * lane] for lane in range(lanes)])
+                ref.append((arrival[~lost][j], len(ref), e, float(iters[src[e]]), rows))
+        assert np.array_equal(acc_sent, want_sent)
+        has, held = rng.random(e0) < 0.3, rng.uniform(0, 9, e0)
+        inbox, received = rng.standard_normal((lanes * e0, dim)), rng.uniform(0, 100, n)
+        rejoined = np.where(rng.random(n) < 0.3, rng.uniform(0, 3, n), -np.inf)
         cutoff = np.where(rng.random(n) < 0.5, rng.uniform(0, 4, n), np.inf)
         t = float(rng.uniform(0, 4))
-        want, got = proto._due(t, cutoff), proto._scan_due(t, cutoff)
-        if want[0] is None:
-            assert got[0] is None
-            continue
-        assert np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1])
-        if len(want[1]):
-            assert np.array_equal(want[2], got[2])
-            compared += 1
-        assert (proto._last == -1).all()
-    assert compared > 100
+        want = has.copy(), held.copy(), inbox.copy(), received.copy()
+        counts = np.zeros(n, dtype=np.int64)
+        left = []
+        for a, pos, e, step, rows in sorted(ref, key=lambda m: (m[0], m[1])):  # the reference: one at a time
+            k = dst[e]
+            if a > t or a > cutoff[k]:
+                left.append(pos)
+                continue
+            if a < rejoined[k]:
+                continue
+            want[0][e], want[1][e] = True, step
+            for lane in range(lanes):
+                want[2][e + e0 * lane] = rows[lane]
+            counts[k] += 1
+        want[3][:] += mb * counts  # the numpy path's accounts: bytes of all messages received, added once
+        any_due = fl.deliver(dst, cutoff, t, rejoined, has, held, inbox, received, mb)
+        assert any_due == (len(left) < len(ref))
+        for got, exp in zip((has, held, inbox, received), want):
+            assert np.array_equal(got, exp)
+        assert fl.size == len(left)
+        left = sorted(left)  # kept in sending order
+        assert np.array_equal(fl.edge[:fl.size], [ref[p][2] for p in left])
+        assert np.array_equal(fl.arrival[:fl.size], [ref[p][0] for p in left])
+        assert np.array_equal(fl.sender_step[:fl.size], [ref[p][3] for p in left])
+        assert np.array_equal(fl.values[:fl.size], np.array([ref[p][4] for p in left]).reshape(-1, lanes, dim))
+        assert (fl._last == -1).all() and (fl._count == 0).all()
+        compared += len(ref) - len(left)
+    assert compared > 500

@@ -10,9 +10,9 @@ worlds when numba is installed: from :data:`AUTO_MIN_EDGES` edges, or
 :data:`AUTO_MIN_EDGES_ASYNC` in asynchronous gossip), ``numba`` (wherever it applies) or
 ``torch`` (never).
 
-Asynchronous gossip on the compiled round also scans its messages in flight compiled
-(:mod:`p2pmtl.kernels.delivery`: which arrive now and which each link keeps), the same arrays
-as its numpy code.
+Asynchronous gossip on the compiled round also keeps its messages in flight compiled
+(:mod:`p2pmtl.kernels.delivery`: preallocated arrays, one call to send a batch's messages and
+one to deliver what arrived), leaving the numpy code's inbox and accounts after every batch.
 
 The robust aggregators take their coordinate-wise order statistics (the coordinate median, the
 centre of the Gram distances behind Krum, Multi-Krum, NNM, MDA, Bulyan and CAF) from a

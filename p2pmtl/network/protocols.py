@@ -333,15 +333,17 @@ class AsyncGossip:
         self.lookahead = net.min_delay()
         self._present: dict[int, Optional[np.ndarray]] = {}
         self.acc = _Accounts(self.n0)
-        self.flight = _InFlight()  # messages on their links
         self.sends = 0  # batched send calls so far (a message's call orders equal arrivals)
         self.events = 0  # agent steps simulated
         self.batches = 0  # batched calls (distinct instants)
-        self._scan = None  # the compiled delivery scan, with the compiled round (engine.kernel)
-        if engine.kernel == "numba":
-            from ..kernels.delivery import due_messages
+        self._compiled = engine.kernel == "numba"  # with the compiled round: the compiled flight store
+        if self._compiled:
+            from ..kernels import delivery
 
-            self._scan, self._last = due_messages, np.full(self.e0, -1, dtype=np.int64)
+            self._kernels = delivery
+            self.flight = delivery.CompiledFlight(self.n0, self.e0, self.m)  # messages on their links
+        else:
+            self.flight = _InFlight()
         self.env = simpy.Environment()
         self.env.process(self._loop())
 
@@ -387,24 +389,16 @@ class AsyncGossip:
         sent, overrides = eng.produce(self.batches, active_t)
         cutoff = np.full(self.n0, np.inf)
         cutoff[fire] = t
-        self._send(fire, cutoff, sent, overrides)
-        self._deliver(float(t.max()), cutoff)
-        in_edges = _ranges(self.in_offsets[fire], self.in_offsets[fire + 1] - self.in_offsets[fire])  # edges by receiver
-        if not eng.consume_held(sent, fire, self.has, self.inbox):  # compiled: the firing agents' in-edges only
-            held = self.has.copy()
-            held[self.is_self] = True
-            edge_values = None
-            if self.inbox is not None:
-                ids = np.flatnonzero(self.has & active[self.dst])
-                lane_ids = torch.from_numpy((ids[None, :] + self.e0 * np.arange(self.m)[:, None]).ravel())
-                edge_values = (lane_ids, self.inbox[lane_ids])
-            eng.consume(eng.messages(sent, overrides, torch.from_numpy(held), active_t, edge_values))
-        # staleness: how many newer steps each sender has taken since the model k holds
-        nb = in_edges[self.has[in_edges] & ~self.is_self[in_edges]]
-        stale = self.iters[self.src[nb]] - self.held_iter[nb]
-        sums = np.bincount(self.dst[nb], weights=stale, minlength=self.n0)
-        cnt = np.bincount(self.dst[nb], minlength=self.n0)
-        self.acc.staleness[fire] = np.where(cnt[fire] > 0, sums[fire] / np.maximum(cnt[fire], 1), 0.0)
+        if self._compiled:
+            self._send_compiled(fire, cutoff, sent, overrides)
+            self._deliver_compiled(float(t.max()), cutoff)
+            eng.consume_held(sent, fire, self.has, self.inbox)  # the firing agents' in-edges only
+            self._kernels.mean_staleness(fire, self.in_offsets, self.has, self.is_self, self.iters, self.src,
+                                         self.held_iter, self.acc.staleness)
+        else:
+            self._send(fire, cutoff, sent, overrides)
+            self._deliver(float(t.max()), cutoff)
+            self._consume_torch(fire, active, active_t, sent, overrides)
         c = net.compute_times(fire)
         self.acc.compute[fire] += c
         self.acc.now[fire] = t
@@ -413,21 +407,31 @@ class AsyncGossip:
         self.events += len(fire)
         self.batches += 1
 
+    def _consume_torch(self, fire, active, active_t, sent, overrides) -> None:
+        """The receiving half on torch ops (the whole world masked), and the staleness accounts."""
+        eng = self.engine
+        in_edges = _ranges(self.in_offsets[fire], self.in_offsets[fire + 1] - self.in_offsets[fire])  # edges by receiver
+        held = self.has.copy()
+        held[self.is_self] = True
+        edge_values = None
+        if self.inbox is not None:
+            ids = np.flatnonzero(self.has & active[self.dst])
+            lane_ids = torch.from_numpy((ids[None, :] + self.e0 * np.arange(self.m)[:, None]).ravel())
+            edge_values = (lane_ids, self.inbox[lane_ids])
+        eng.consume(eng.messages(sent, overrides, torch.from_numpy(held), active_t, edge_values))
+        # staleness: how many newer steps each sender has taken since the model k holds
+        nb = in_edges[self.has[in_edges] & ~self.is_self[in_edges]]
+        stale = self.iters[self.src[nb]] - self.held_iter[nb]
+        sums = np.bincount(self.dst[nb], weights=stale, minlength=self.n0)
+        cnt = np.bincount(self.dst[nb], minlength=self.n0)
+        self.acc.staleness[fire] = np.where(cnt[fire] > 0, sums[fire] / np.maximum(cnt[fire], 1), 0.0)
+
     def _send(self, fire: np.ndarray, at: np.ndarray, sent: torch.Tensor, overrides) -> None:
         """psi (or forgeries) of the firing agents onto their out-links (present in the topology
         block of the sending time), in flight until arrival. ``at``: per node send time."""
         eids = self.out_order[_ranges(self.out_starts[fire], self.out_counts[fire])]  # the firing agents' out-edges
         eids = eids[~self.is_self[eids]]
-        eids = eids[self.net.link_free[eids] <= at[self.src[eids]]]  # a busy link skips this model
-        if self.net.present_blocks is not None:
-            block = (at[self.src[eids]] // self.block_seconds).astype(np.int64) if self.block_seconds > 0 else np.zeros(len(eids), np.int64)
-            keep = np.zeros(len(eids), dtype=bool)
-            for b in np.unique(block).tolist():
-                if b not in self._present:
-                    self._present = {b: self.net.present(b)}  # blocks only move forward
-                sel = block == b
-                keep[sel] = self._present[b][eids[sel]]
-            eids = eids[keep]
+        eids = self._present_now(eids[self.net.link_free[eids] <= at[self.src[eids]]], at)  # a busy link skips this model
         if not len(eids):
             return
         arrival, lost = self.net.send(at[self.src[eids]], eids)
@@ -449,6 +453,54 @@ class AsyncGossip:
         self.flight.add(self.sends, eids, arrival, self.iters[self.src[eids]].astype(np.float64), values)
         self.sends += 1
 
+    def _present_now(self, eids: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """The links ``eids`` present in the topology block of their sender's send time ``at``."""
+        if self.net.present_blocks is None:
+            return eids
+        block = (at[self.src[eids]] // self.block_seconds).astype(np.int64) if self.block_seconds > 0 else np.zeros(len(eids), np.int64)
+        keep = np.zeros(len(eids), dtype=bool)
+        for b in np.unique(block).tolist():
+            if b not in self._present:
+                self._present = {b: self.net.present(b)}  # blocks only move forward
+            sel = block == b
+            keep[sel] = self._present[b][eids[sel]]
+        return eids[keep]
+
+    def _send_compiled(self, fire: np.ndarray, at: np.ndarray, sent: torch.Tensor, overrides) -> None:
+        """:meth:`_send` on the compiled flight store (:mod:`p2pmtl.kernels.delivery`): the
+        same messages, accounts and rows (per-edge forgeries written over theirs)."""
+        k = self._kernels
+        eids = k.out_edges(fire, self.out_starts, self.out_counts, self.out_order, self.is_self, self.net.link_free,
+                           at, self.src)
+        eids = self._present_now(eids, at)
+        if not len(eids):
+            return
+        arrival, lost = self.net.send(at[self.src[eids]], eids)
+        start, stop = self.flight.add(eids, arrival, lost, self.src, self.iters, sent.numpy(), self.net.message_bytes,
+                                      self.acc.sent)
+        if overrides[0] is not None and stop > start:  # per-edge forgeries of Byzantine senders
+            kept = self.flight.edge[start:stop]  # distinct, in sending order: searched through a sorted order
+            forged = overrides[0].numpy()
+            lane, edge = forged // self.e0, forged % self.e0
+            order = np.argsort(kept, kind="stable")
+            at_pos = np.minimum(np.searchsorted(kept, edge, sorter=order), kept.size - 1)
+            hit = kept[order[at_pos]] == edge
+            if hit.any():
+                self.flight.values[start + order[at_pos[hit]], lane[hit]] = overrides[1][torch.from_numpy(
+                    np.flatnonzero(hit))].numpy()
+        self.sends += 1
+
+    def _deliver_compiled(self, t: float, cutoff: np.ndarray) -> None:
+        """:meth:`_deliver` on the compiled flight store: the same inbox, held flags, step counts
+        and bytes received."""
+        fl = self.flight
+        if not fl.size:
+            return
+        if self.inbox is None:  # created at the first message in flight; rows are read only where held
+            self.inbox = torch.zeros(self.m * self.e0, fl.values.shape[2], dtype=torch.float64)
+        fl.deliver(self.dst, cutoff, t, self.rejoined, self.has, self.held_iter, self.inbox.numpy(),
+                   self.acc.received, self.net.message_bytes)
+
     def _deliver(self, t: float, cutoff: np.ndarray) -> None:
         """Every message that arrived by ``t`` replaces what its receiver held on that link
         (FIFO links: a later arrival is a newer model); arrivals at offline agents are lost.
@@ -459,7 +511,7 @@ class AsyncGossip:
         fl = self.flight
         if not fl.size:
             return
-        due, win, received = self._due(t, cutoff) if self._scan is None else self._scan_due(t, cutoff)
+        due, win, received = self._due(t, cutoff)
         if due is None:
             return
         if len(win):
@@ -475,10 +527,7 @@ class AsyncGossip:
                     self.inbox = torch.zeros(self.m * self.e0, values.shape[1], dtype=values.dtype)
                 src_rows = (fl.pos[sel][None, :] + k * lanes).ravel()
                 dst_rows = (fl.edge[sel][None, :] + self.e0 * lanes).ravel()
-                if self._scan is not None:  # the compiled path's rows are CPU float64: numpy's small gathers
-                    self.inbox.numpy()[dst_rows] = values.numpy()[src_rows]
-                else:
-                    self.inbox[torch.from_numpy(dst_rows)] = values[torch.from_numpy(src_rows)]
+                self.inbox[torch.from_numpy(dst_rows)] = values[torch.from_numpy(src_rows)]
         fl.keep(~due)
 
     def _due(self, t: float, cutoff: np.ndarray):
@@ -497,15 +546,6 @@ class AsyncGossip:
         rev = idx[::-1]
         _, last = np.unique(fl.edge[rev], return_index=True)
         return due, np.sort(rev[last]), np.bincount(dst[idx], minlength=self.n0)  # per link, the last delivered
-
-    def _scan_due(self, t: float, cutoff: np.ndarray):
-        """:meth:`_due` by the compiled scan (:func:`p2pmtl.kernels.delivery.due_messages`)."""
-        fl = self.flight
-        received = np.zeros(self.n0, dtype=np.int64)
-        due, win = self._scan(fl.arrival, fl.edge, self.dst, cutoff, t, self.rejoined, received, self._last)
-        if not len(win) and not due.any():
-            return None, None, None
-        return due, win, received
 
 
 def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -45,6 +45,22 @@ def test_ranks_equal_numpy_partition(n, dtype):
     np.testing.assert_array_equal(cr.column_ranks(x, ranks, 70, 300), np.sort(x[:, 70:300], axis=0)[ranks])
 
 
+@pytest.mark.parametrize("n", [21, 100, 128])
+def test_every_block_width_gives_the_same_ranks(n):
+    """The block width is a speed choice only (:func:`block_columns`): 64, 128 and 256 columns
+    at a time give numpy's values, on a column count with a partial last block."""
+    rng = np.random.default_rng(n)
+    x = _values(rng, n, 700, np.float32)
+    steps, rows = cr.rank_network(n, ((n - 1) // 2, n // 2))
+    want = np.sort(x, axis=0)[[(n - 1) // 2, n // 2]]
+    for width in (64, 128, 256):
+        out = np.empty((2, 700), dtype=np.float32)
+        top = cr._select(x, 0, 700, steps, rows, out, width)
+        np.testing.assert_array_equal(out, want)
+        assert top == np.abs(x).max()
+    assert cr.block_columns(n, 4) in (64, 128, 256) and cr.block_columns(n, 8) <= cr.block_columns(n, 4)
+
+
 def test_the_pruned_network_is_smaller_than_the_sort():
     full, _ = cr.rank_network(100, tuple(range(100)))
     median, rows = cr.rank_network(100, (49, 50))

@@ -17,8 +17,8 @@ one to deliver what arrived), leaving the numpy code's inbox and accounts after 
 The robust aggregators take their coordinate-wise order statistics (the coordinate median, the
 centre of the Gram distances behind Krum, Multi-Krum, NNM, MDA, Bulyan and CAF) from a
 sorting network run across the columns (:mod:`p2pmtl.kernels.column_ranks`) on the CPU, with
-up to 128 rows: the exact values numpy's introselect gives, 1.1-3.8x sooner than numpy's sort
-and 1.9-7.4x sooner than its introselect (21 to 128 rows). It needs no setting (numpy's sort
+up to 128 rows: the exact values numpy's introselect gives, 1.3-3.8x sooner than numpy's sort
+and 2.3-7.4x sooner than its introselect (21 to 128 rows). It needs no setting (numpy's sort
 without numba or above 128 rows).
 
 The kernels run on numba's own thread pool (``workqueue``), which takes parallel calls from

@@ -17,10 +17,11 @@ values (which row a tie comes from). NaN has no place in an order: a block holdi
 :func:`column_ranks` return None, and the caller selects with torch instead.
 
 Measured (float32, one thread, 1,000,000 columns): median of 21 rows 0.014 s against 0.065 s
-for the transpose and introselect; both middle values of 100 rows 0.17-0.19 s against 0.34 s.
+for the transpose and introselect; both middle values of 100 rows 0.17 s against 0.34 s.
 The network's size grows as ``n log^2 n``, so it stops paying above :data:`MAX_ROWS` rows,
 where numpy's vectorized sort catches up (the callers then sort; ns per column, float32:
-network / numpy sort 16 / 60 at 21 rows, 209 / 228 at 100, 313 / 373 at 128).
+network / numpy sort 16 / 60 at 21 rows, 169 / 228 at 100, 214 / 373 at 128, the network's
+blocks as wide as :func:`block_columns` says).
 """
 from __future__ import annotations
 
@@ -34,8 +35,18 @@ from numba import njit
 MAX_ROWS = 128
 """Up to this many rows the network beats numpy's sort and introselect (see the module text)."""
 
-BLOCK_COLUMNS = 64
-"""Columns sorted together: ``n x 64`` values (25 KiB of float32 at n = 100) stay in L1."""
+def block_columns(n: int, itemsize: int) -> int:
+    """Columns sorted together: 256 when the ``n x 256`` block holds at most 100 KiB, else 128
+    when ``n x 128`` holds at most 64 KiB, else 64. Measured (one thread, ns per column; widths
+    64 / 128 / 256): float32 median of 100 rows 242 / 209 / 169, of 128 rows 295 / 214 / 231, of
+    21 rows 14.3 / 13.7 / 12.6; float64 median of 100 rows 288 / 319 / 313. Wider blocks spread
+    each step's fixed cost (two row addresses, the loop set-up) over more columns until the
+    block falls out of the faster caches."""
+    if n * 256 * itemsize <= 100 * 1024:
+        return 256
+    if n * 128 * itemsize <= 64 * 1024:
+        return 128
+    return 64
 
 
 def _odd_even_merge_sort(m: int) -> list[tuple[int, int]]:
@@ -151,5 +162,5 @@ def column_ranks_and_max(x: np.ndarray, ranks: Sequence[int], start: int = 0,
         raise ValueError(f"column_ranks: columns {start}:{stop} outside 0:{d}")
     steps, rows = rank_network(n, tuple(int(r) for r in ranks))
     out = np.empty((len(rows), stop - start), dtype=x.dtype)
-    top = _select(np.ascontiguousarray(x), start, stop, steps, rows, out, BLOCK_COLUMNS)
+    top = _select(np.ascontiguousarray(x), start, stop, steps, rows, out, block_columns(n, x.itemsize))
     return (None if math.isnan(top) else out), top

@@ -236,7 +236,7 @@ def _middle_values(x: torch.Tensor, sl: slice) -> tuple[Optional[torch.Tensor], 
     across the columns (:func:`~p2pmtl.kernels.column_ranks.column_ranks`); above, numpy's
     vectorized sort of each column (:func:`_sorted_columns`, NaN last). Both beat numpy's
     introselect with its transposed copy, float32, one thread, in ns per column: 16 / 60 / 119
-    at 21 rows, 209 / 228 / 392 at 100, 3,010 (sort) / 4,053 at 1,000."""
+    at 21 rows, 169 / 228 / 392 at 100, 3,010 (sort) / 4,053 at 1,000."""
     n = x.shape[0]
     k = n // 2
     if _network_rows(n):

@@ -289,7 +289,8 @@ def scale_process_time(n: int = 100_000, iterations: int = 500, repeats: int = 3
 
 def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
-    parts = set(args.only or ["linear", "scale", "digits", "server", "aggregators", "network", "resam", "process"])
+    parts = set(args.only or ["linear", "scale", "graphs", "digits", "server", "aggregators", "network", "resam",
+                              "process"])
     if "linear" in parts:
         print(f"torch {torch.__version__}, 1 thread; target localization, 100 agents, 20 Byzantine")
         print(f"{'rule':<48} {'reference ms/it':>15} {'batched ms/it':>14} {'speed-up':>9}")
@@ -311,6 +312,10 @@ def main(args: argparse.Namespace) -> int:
                       f"{rs[0]['device']} as {rs[0]['bank']}, {torch.get_num_threads()} thread(s): "
                       f"{rs[0]['seconds_per_round']:.2f} s/round")
         torch.set_num_threads(1)
+    if "graphs" in parts:
+        from .graphs import main as graphs_main
+
+        graphs_main(args.graph_sizes, args.graph_networkx_max)
     if "digits" in parts:
         r = digits_round()
         print(f"\ndigits: one loss-based round, 10 CNN agents ({r['params']:,} parameters each), batch 64, "

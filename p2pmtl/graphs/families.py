@@ -18,6 +18,7 @@ import networkx as nx
 import numpy as np
 from pydantic import Field
 
+from ..kernels import numba_available
 from ..registry import Registry
 from ..resources import bundled_dir
 from ..validation import plain
@@ -176,8 +177,12 @@ def grid_2d(*, rows: Side, cols: Side, periodic: bool = False) -> EdgeListGraph:
 
 
 @GRAPHS.register("erdos_renyi", "G(n, p): each pair linked with probability p")
-def erdos_renyi(*, n: Nodes, p: Probability, directed: bool = False, seed: Seed = 0) -> nx.Graph:
-    return nx.fast_gnp_random_graph(n, p, seed=seed, directed=directed)
+def erdos_renyi(*, n: Nodes, p: Probability, directed: bool = False, seed: Seed = 0) -> EdgeListGraph:
+    """networkx's ``fast_gnp_random_graph(n, p, seed, directed)``, the same edges, built as
+    arrays (:func:`p2pmtl.graphs.random_families.erdos_renyi_arrays`)."""
+    from .random_families import erdos_renyi_arrays
+
+    return EdgeListGraph(n, *erdos_renyi_arrays(n, p, seed, directed), directed=directed)
 
 
 def _ws_check(p: dict) -> None:
@@ -185,8 +190,15 @@ def _ws_check(p: dict) -> None:
 
 
 @GRAPHS.register("watts_strogatz", "small world: ring of k nearest neighbours, rewired with p", check=_ws_check)
-def watts_strogatz(*, n: Nodes, k: Annotated[int, Field(ge=1)], p: Probability, seed: Seed = 0) -> nx.Graph:
-    return nx.watts_strogatz_graph(n, k, p, seed=seed)
+def watts_strogatz(*, n: Nodes, k: Annotated[int, Field(ge=1)], p: Probability, seed: Seed = 0) -> EdgeListGraph:
+    """networkx's ``watts_strogatz_graph(n, k, p, seed)``: from
+    :data:`~p2pmtl.graphs.random_families.COMPILED_MIN_EDGES` edges the same edges built as
+    arrays (:func:`~p2pmtl.graphs.random_families.watts_strogatz_arrays`), below by networkx."""
+    from .random_families import COMPILED_MIN_EDGES, watts_strogatz_arrays
+
+    if n * (k // 2) < COMPILED_MIN_EDGES or not numba_available():
+        return nx.watts_strogatz_graph(n, k, p, seed=seed)
+    return EdgeListGraph(n, *watts_strogatz_arrays(n, k, p, seed), directed=False)
 
 
 def _ba_check(p: dict) -> None:
@@ -194,8 +206,15 @@ def _ba_check(p: dict) -> None:
 
 
 @GRAPHS.register("barabasi_albert", "preferential attachment, m edges per new node (scale-free)", check=_ba_check)
-def barabasi_albert(*, n: Nodes, m: Annotated[int, Field(ge=1)], seed: Seed = 0) -> nx.Graph:
-    return nx.barabasi_albert_graph(n, m, seed=seed)
+def barabasi_albert(*, n: Nodes, m: Annotated[int, Field(ge=1)], seed: Seed = 0) -> EdgeListGraph:
+    """networkx's ``barabasi_albert_graph(n, m, seed)``: from
+    :data:`~p2pmtl.graphs.random_families.COMPILED_MIN_EDGES` edges the same edges built as
+    arrays (:func:`~p2pmtl.graphs.random_families.barabasi_albert_arrays`), below by networkx."""
+    from .random_families import COMPILED_MIN_EDGES, barabasi_albert_arrays
+
+    if (n - m) * m < COMPILED_MIN_EDGES or not numba_available():
+        return nx.barabasi_albert_graph(n, m, seed=seed)
+    return EdgeListGraph(n, *barabasi_albert_arrays(n, m, seed), directed=False)
 
 
 def _file_check(p: dict) -> None:

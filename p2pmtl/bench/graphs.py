@@ -1,0 +1,61 @@
+"""Benchmark of the random graph families built as edge arrays (``p2pmtl bench --only graphs``):
+seconds from the family's parameters to the engine's edge index, ours
+(:mod:`p2pmtl.graphs.random_families`, the same graphs as networkx) against networkx's
+generator and its graph object (the naive way), at average degree 10. Figures are printed,
+never asserted."""
+from __future__ import annotations
+
+import math
+import resource
+import time
+from typing import Callable
+
+import networkx as nx
+
+from ..core.edges import EdgeIndex
+from ..graphs.edge_list import EdgeListGraph
+from ..graphs import random_families as rf
+
+
+def _families(n: int) -> dict[str, tuple[Callable, Callable]]:
+    """Per family: (ours, networkx's), both returning a graph the engine reads."""
+    p = 10 / max(n - 1, 1)
+    return {
+        "erdos_renyi p=10/n": (lambda: EdgeListGraph(n, *rf.erdos_renyi_arrays(n, p, 0, False), directed=False),
+                               lambda: nx.fast_gnp_random_graph(n, p, seed=0)),
+        "watts_strogatz k=10 p=0.1": (lambda: EdgeListGraph(n, *rf.watts_strogatz_arrays(n, 10, 0.1, 0), directed=False),
+                                      lambda: nx.watts_strogatz_graph(n, 10, 0.1, seed=0)),
+        "barabasi_albert m=5": (lambda: EdgeListGraph(n, *rf.barabasi_albert_arrays(n, 5, 0), directed=False),
+                                lambda: nx.barabasi_albert_graph(n, 5, seed=0)),
+    }
+
+
+def _timed(build: Callable) -> tuple[float, int]:
+    t = time.perf_counter()
+    edges = EdgeIndex.from_graph(build()).num_edges
+    return time.perf_counter() - t, edges
+
+
+def graph_build_times(sizes: list[int], networkx_max: int) -> list[dict]:
+    """Per family and size: seconds to the edge index, ours and (up to ``networkx_max``
+    agents) networkx's; directed edges of the index (self loops included)."""
+    for ours, _ in _families(100).values():  # untimed: numba's import and the passes' cache load
+        ours()
+    out = []
+    for n in sizes:
+        for name, (ours, naive) in _families(n).items():
+            ours_s, edges = _timed(ours)
+            naive_s = _timed(naive)[0] if n <= networkx_max else math.nan
+            out.append({"family": name, "agents": n, "edges": edges, "ours_s": ours_s, "networkx_s": naive_s})
+    return out
+
+
+def main(sizes: list[int], networkx_max: int) -> None:
+    print(f"\nrandom graph families: parameters -> edge index, ours (edge arrays, networkx's graphs) vs networkx "
+          f"(up to {networkx_max:,} agents)")
+    print(f"{'family':<28} {'agents':>9} {'edges':>10} {'ours s':>8} {'networkx s':>11} {'networkx/ours':>14}")
+    for r in graph_build_times(sizes, networkx_max):
+        ratio = r["networkx_s"] / r["ours_s"]
+        print(f"{r['family']:<28} {r['agents']:>9,} {r['edges']:>10,} {r['ours_s']:>8.2f} {r['networkx_s']:>11.2f} "
+              f"{ratio:>13.1f}x")
+    print(f"  peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")

@@ -154,6 +154,34 @@ def test_csv_fields_round_trip_any_name(tmp_path):
     assert csv_field("plain") == "plain"
 
 
+def test_curve_rows_of_interleaved_blocks_keep_record_order(tmp_path):
+    """curves.csv rows of two blocks recorded in turn (one named with a line break, whose rows
+    are formatted one record at a time; the other's whole batch at once), two groups: each
+    record's rows in recording order, with their groups' mean, min and max."""
+    import numpy as np
+    import torch
+
+    rec = RunRecorder(tmp_path)
+    groups = np.array([0, 0, 1], dtype=np.int64)
+    a = rec.open_block("plain", "r", np.ones(3, dtype=bool), groups, 1, 3)
+    b = rec.open_block("two\nlines", "r", np.ones(3, dtype=bool), groups, 1, 3)
+    for step in range(3):
+        for block, shift in ((a, 0.0), (b, 10.0)):
+            rec.record(block, step, float(step), 0.0, {"m": torch.tensor([1.0, 2.0, 4.0]) * (step + 1) + shift})
+    rec.close("finished")
+    with open(tmp_path / "curves.csv", newline="") as f:
+        rows = [(r["scenario"], r["group"], r["step"], float(r["mean"]), float(r["min"]), float(r["max"]))
+                for r in csv.DictReader(f)]
+    want = []
+    for step in range(3):
+        for name, shift in (("plain", 0.0), ("two\nlines", 10.0)):
+            v = np.array([1.0, 2.0, 4.0]) * (step + 1) + shift
+            for g, sel in (("all", [0, 1, 2]), ("0", [0, 1]), ("1", [2])):
+                want.append((name, g, str(step), v[sel].mean(), v[sel].min(), v[sel].max()))
+    assert [r[:3] for r in rows] == [w[:3] for w in want]
+    assert np.allclose([r[3:] for r in rows], [w[3:] for w in want], rtol=1e-7)
+
+
 # --------------------------------------------------------------------------- damaged state
 
 

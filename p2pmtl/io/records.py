@@ -122,8 +122,7 @@ class RunRecorder:
                 for g, (_, sel) in enumerate(block.group_selectors[:groups]):
                     w = np.ascontiguousarray(arr[:, sel])
                     cells[:, g, 1], cells[:, g, 2], cells[:, g, 3] = w.mean(axis=1), w.min(axis=1), w.max(axis=1)
-                template = block.curve_template(name, groups)
-                texts[key] = iter([template % tuple(row) for row in cells.reshape(len(idx), -1).tolist()])
+                texts[key] = iter(_curve_texts(block.curve_template(name, groups), groups, cells))
         for block, _, items in pending:
             for name, _ in items:
                 self._cbuf.append(next(texts[(id(block), name)]))
@@ -370,6 +369,20 @@ class Block:
             self._templates[key] = "".join(f"{head},{_percent(g)},{name},%s,%.8g,%.8g,%.8g\n"
                                            for g, _ in self.group_selectors[:groups])
         return self._templates[key]
+
+
+def _curve_texts(template: str, groups: int, cells: np.ndarray) -> list[str]:
+    """Each record's curves.csv text from its ``cells [groups, 4]`` (``cells [records, groups,
+    4]``): one %-format of the template repeated over all records, split back at the line
+    breaks (a C loop over the values, not one call per record); one call per record when a
+    name holds a line break (a quoted CSV field)."""
+    records = cells.shape[0]
+    if template.count("\n") != groups:
+        return [template % tuple(row) for row in cells.reshape(records, -1).tolist()]
+    lines = ((template * records) % tuple(cells.reshape(-1).tolist())).split("\n")
+    if groups == 1:
+        return [line + "\n" for line in lines[:-1]]
+    return ["\n".join(lines[r * groups:(r + 1) * groups]) + "\n" for r in range(records)]
 
 
 def _percent(text: str) -> str:

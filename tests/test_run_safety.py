@@ -182,6 +182,36 @@ def test_curve_rows_of_interleaved_blocks_keep_record_order(tmp_path):
     assert np.allclose([r[3:] for r in rows], [w[3:] for w in want], rtol=1e-7)
 
 
+def test_shared_metrics_are_recorded_as_per_block_ones(tmp_path):
+    """World-level metrics given once as ``shared`` (copied once per iteration and normal set,
+    their curve rows computed once) write the files of the same metrics given to each block,
+    also when the caller reuses its dict and arrays from one iteration to the next."""
+    import numpy as np
+    import torch
+
+    def run(out, share):
+        rec = RunRecorder(out, curves_only=("acc",))
+        normal = np.array([True, False, True, True])
+        blocks = [rec.open_block("s", r, normal, np.zeros(4, dtype=np.int64), 1, 4) for r in ("a", "b")]
+        acc = np.zeros(4)
+        extras = {"acc": acc}
+        for step in range(4):
+            acc += np.arange(4.0) * (step + 1)  # in place: the same array and dict every iteration
+            for j, block in enumerate(blocks):
+                own = {"loss": torch.tensor([1.0, 2.0, 3.0, 4.0]) * (j + step)}
+                if share:
+                    rec.record(block, step, float(step), 8.0 * step, own, shared=extras)
+                else:
+                    rec.record(block, step, float(step), 8.0 * step, {**own, **extras})
+            rec.flush()
+        for block in blocks:
+            rec.end_block(block, window=2)
+        rec.close("finished")
+        return [(out / f).read_bytes() for f in ("metrics.csv", "curves.csv")], rec.summary["results"]
+
+    assert run(tmp_path / "shared", True) == run(tmp_path / "plain", False)
+
+
 # --------------------------------------------------------------------------- damaged state
 
 

@@ -269,11 +269,10 @@ def _network_rounds(cfg: ExperimentConfig, rec: RunRecorder, engine: GossipEngin
 
     def on_record(step: int, now: float, extras: dict) -> None:
         metrics = engine.pop.metrics()
-        net_rows = extras  # numpy arrays, copied by the recorder
         total = float(extras["bytes_sent"].sum()) / len(world.setups)
-        for j, block in enumerate(blocks):
-            rec.record(block, step, now, total, {**{k: engine.lane_values(v, j) for k, v in metrics.items()},
-                                                 **net_rows})
+        for j, block in enumerate(blocks):  # the accounts are the world's: one dict shared by every lane
+            rec.record(block, step, now, total, {k: engine.lane_values(v, j) for k, v in metrics.items()},
+                       shared=extras)
         bar.update(len(blocks) * (step - last[0]))
         last[0] = step
 

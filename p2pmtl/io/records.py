@@ -56,6 +56,7 @@ class RunRecorder:
         self._cbuf: list[str] = []  # the same for curves.csv
         self._pending: list[tuple] = []  # (block, mid, [(metric, series index)]) not yet in curves.csv
         self._rows = 0  # rows buffered (written or pending)
+        self._shared: Optional[tuple] = None  # (shared metrics, (step, now), their copies per normal set)
         self.summary: dict = {"status": "running", "finished": False, "interrupted": False, "results": {}}
         self._flushed = time.monotonic()
 
@@ -67,21 +68,42 @@ class RunRecorder:
         return Block(scenario, rule, normal, groups, runs, n)
 
     def record(self, block: "Block", step: int, now: float, nbytes: float,
-               metrics: dict[str, torch.Tensor | np.ndarray]) -> None:
+               metrics: dict[str, torch.Tensor | np.ndarray],
+               shared: Optional[dict[str, np.ndarray]] = None) -> None:
         """Append one iteration of a block at simulated time ``now``; ``metrics`` are per-node
-        values of that block's world (tensors or numpy arrays; they are copied). A non-robust
-        rule under attack may give inf or NaN: those are recorded as they are, without numpy's
-        overflow warnings."""
+        values of that block's world (tensors or numpy arrays; they are copied). ``shared``:
+        more metrics, the same dict object given unchanged to every block of this iteration
+        (world-level accounts, such as the network's): copied once for all blocks with the
+        same normal agents, and their curve rows computed once. A non-robust rule under attack
+        may give inf or NaN: those are recorded as they are, without numpy's overflow warnings."""
         with np.errstate(over="ignore", invalid="ignore"):
-            self._record(block, step, now, nbytes, metrics)
+            self._record(block, step, now, nbytes, metrics, shared)
 
-    def _record(self, block: "Block", step: int, now: float, nbytes: float, metrics: dict[str, torch.Tensor]) -> None:
+    def _shared_copy(self, shared: dict, name: str, block: "Block", step: int, now: float) -> np.ndarray:
+        """The normal agents' values of ``shared[name]``, one copy per ``shared`` dict, iteration
+        and normal set (the dict stays referenced while its copies are cached)."""
+        if self._shared is None or self._shared[0] is not shared or self._shared[1] != (step, now):
+            self._shared = (shared, (step, now), {})
+        key = (name, block.normal_token)
+        copies = self._shared[2]
+        if key not in copies:
+            values = shared[name]
+            arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
+            copies[key] = np.asarray(arr[block.normal_idx], dtype=np.float64)
+        return copies[key]
+
+    def _record(self, block: "Block", step: int, now: float, nbytes: float, metrics: dict[str, torch.Tensor],
+                shared: Optional[dict] = None) -> None:
         block.steps.append(step)
         mid = f"{step},{now:.6g},{nbytes:.6g}"
         items = []
-        for name, values in metrics.items():
-            arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
-            v = np.asarray(arr[block.normal_idx], dtype=np.float64)  # a copy: the caller may reuse its array
+        every = metrics.items() if not shared else [*metrics.items(), *((k, None) for k in shared)]
+        for name, values in every:
+            if values is None:
+                v = self._shared_copy(shared, name, block, step, now)
+            else:
+                arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
+                v = np.asarray(arr[block.normal_idx], dtype=np.float64)  # a copy: the caller may reuse its array
             rows = block.series.setdefault(name, [])
             rows.append(v)
             items.append((name, len(rows) - 1))
@@ -112,16 +134,18 @@ class RunRecorder:
                 b[2].append(i)
                 b[3].append(mid)
         texts: dict[tuple[int, str], Iterator[str]] = {}
+        computed: dict[tuple, np.ndarray] = {}  # shared rows (the same objects) of several blocks: cells once
         with np.errstate(over="ignore", invalid="ignore"):
             for key, (block, name, idx, mids) in batches.items():
                 series = block.series[name]
-                arr = np.stack([series[i] for i in idx])  # [records, normal agents]
+                rows = [series[i] for i in idx]
                 groups = 1 if name in self.curves_only else len(block.group_selectors)  # accounts: all agents
-                cells = np.empty((len(idx), groups, 4), dtype=object)
-                cells[:, :, 0] = np.array(mids, dtype=object)[:, None]
-                for g, (_, sel) in enumerate(block.group_selectors[:groups]):
-                    w = np.ascontiguousarray(arr[:, sel])
-                    cells[:, g, 1], cells[:, g, 2], cells[:, g, 3] = w.mean(axis=1), w.min(axis=1), w.max(axis=1)
+                same = (name, groups, tuple(mids), tuple(map(id, rows))) if groups == 1 else None
+                cells = computed.get(same) if same is not None else None
+                if cells is None:
+                    cells = _curve_cells(np.stack(rows), mids, block.group_selectors[:groups])
+                    if same is not None:
+                        computed[same] = cells
                 texts[key] = iter(_curve_texts(block.curve_template(name, groups), groups, cells))
         for block, _, items in pending:
             for name, _ in items:
@@ -332,6 +356,7 @@ class Block:
     def __init__(self, scenario: str, rule: str, normal: np.ndarray, groups: np.ndarray, runs: int, n: int):
         self.scenario, self.rule, self.runs = scenario, rule, runs
         self.normal_idx = np.nonzero(normal)[0]
+        self.normal_token = (len(normal), self.normal_idx.tobytes())  # blocks with the same normal agents
         self.run_of = self.normal_idx // n
         agent_of = self.normal_idx % n
         group_of = groups[self.normal_idx]
@@ -369,6 +394,18 @@ class Block:
             self._templates[key] = "".join(f"{head},{_percent(g)},{name},%s,%.8g,%.8g,%.8g\n"
                                            for g, _ in self.group_selectors[:groups])
         return self._templates[key]
+
+
+def _curve_cells(arr: np.ndarray, mids: list[str], selectors: list) -> np.ndarray:
+    """``[records, groups, 4]`` objects: each record's ``step,time,bytes`` text, then mean, min
+    and max over each group's agents of ``arr [records, normal agents]`` (row-wise reductions
+    over C-contiguous rows, bit-identical to those of each record's own vector)."""
+    cells = np.empty((arr.shape[0], len(selectors), 4), dtype=object)
+    cells[:, :, 0] = np.array(mids, dtype=object)[:, None]
+    for g, (_, sel) in enumerate(selectors):
+        w = np.ascontiguousarray(arr[:, sel])
+        cells[:, g, 1], cells[:, g, 2], cells[:, g, 3] = w.mean(axis=1), w.min(axis=1), w.max(axis=1)
+    return cells
 
 
 def _curve_texts(template: str, groups: int, cells: np.ndarray) -> list[str]:

@@ -105,37 +105,44 @@ def watts_strogatz(n, k, p, words):
 
 
 @njit(cache=True, nogil=True, boundscheck=False)
+def _insert_clean(table, mask, x):
+    """Put ``x`` (not in the table) in the first empty slot of its CPython probe sequence:
+    ``x & mask``, then up to 9 slots after it when they exist (LINEAR_PROBES), then the
+    perturbed jump ``i * 5 + 1 + (perturb >>= 5)`` (setobject.c, ``set_insert_clean``; for a
+    new key ``set_add_entry`` takes the same slot)."""
+    i = x & mask
+    perturb = x
+    while True:
+        probes = 9 if i + 9 <= mask else 0
+        j = i
+        while True:
+            if table[j] == -1:
+                table[j] = x
+                return
+            if probes == 0:
+                break
+            probes -= 1
+            j += 1
+        perturb >>= 5
+        i = (i * 5 + 1 + perturb) & mask
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
 def set_order(values, count, table):
     """The iteration order of a CPython ``set`` of small non-negative ints after adding
     ``values[:count]`` in turn (duplicates already removed): ``table`` is scratch space of
-    at least 8 slots, returned holding the values in slot order (-1 empty)."""
+    at least 8 slots, returned holding the values in slot order (-1 empty); returns the
+    table's size. The table starts at 8 slots and, when an insertion leaves it 3/5 full,
+    grows to the first power of two above 4 times the entries (2 times above 50,000), the
+    entries re-inserted in slot order (``set_table_resize``)."""
     size = 8
     table[:size] = -1
     fill = 0
     for c in range(count):
-        x = values[c]
         mask = size - 1
-        i = x & mask
-        perturb = x
-        while True:
-            probes = 9 if i + 9 <= mask else 0
-            placed = False
-            j = i
-            while True:
-                if table[j] == -1:
-                    table[j] = x
-                    placed = True
-                    break
-                if probes == 0:
-                    break
-                probes -= 1
-                j += 1
-            if placed:
-                break
-            perturb >>= 5
-            i = (i * 5 + 1 + perturb) & mask
+        _insert_clean(table, mask, values[c])
         fill += 1
-        if fill * 5 >= mask * 3:  # set_table_resize(so, used * 4 (used * 2 above 50,000))
+        if fill * 5 >= mask * 3:
             minused = fill * 2 if fill > 50000 else fill * 4
             new = 8
             while new <= minused:
@@ -143,28 +150,9 @@ def set_order(values, count, table):
             old = table[:size].copy()
             size = new
             table[:size] = -1
-            mask = size - 1
-            for y in old:  # set_insert_clean, in the old table's order
-                if y < 0:
-                    continue
-                i = y & mask
-                perturb = y
-                done = False
-                while not done:
-                    probes = 9 if i + 9 <= mask else 0
-                    j = i
-                    while True:
-                        if table[j] == -1:
-                            table[j] = y
-                            done = True
-                            break
-                        if probes == 0:
-                            break
-                        probes -= 1
-                        j += 1
-                    if not done:
-                        perturb >>= 5
-                        i = (i * 5 + 1 + perturb) & mask
+            for y in old:
+                if y >= 0:
+                    _insert_clean(table, size - 1, y)
     return size
 
 

@@ -347,3 +347,18 @@ def test_compiled_flight_store_delivers_as_one_message_at_a_time():
         assert (fl._last == -1).all() and (fl._count == 0).all()
         compared += len(ref) - len(left)
     assert compared > 500
+
+
+def test_the_kernel_never_takes_an_engine_off_the_cpu():
+    """An engine whose models live on another device (a plugin task's linear models on a GPU;
+    the built-in linear tasks stay on the CPU; here the meta device stands in) is left to
+    torch: the kernel reads its arrays through numpy."""
+    from p2pmtl.kernels.fused_round import applies
+
+    cfg = _attack({"name": "uniform", "low": 15.0, "high": 16.0})
+    world = build_world(cfg, cfg.scenarios[0])
+    engine = make_engine(cfg.model_copy(update={"kernel": "numba"}), world, cfg.scenarios[0], ["loss"])
+    assert applies(engine) is None and engine.kernel == "numba"
+    engine.pop.theta = engine.pop.theta.to("meta")
+    assert "on the CPU" in applies(engine)
+

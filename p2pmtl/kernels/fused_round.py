@@ -282,6 +282,8 @@ def applies(engine: GossipEngine) -> Optional[str]:
         return f"task {type(pop).__name__} has no loss_terms()"
     if pop.dtype != torch.float64 or getattr(pop, "theta", None) is None or pop.theta.shape[1] != 2:
         return "the kernel runs float64 2-D linear models"
+    if pop.theta.device.type != "cpu" or engine.edges.src.device.type != "cpu":
+        return f"the kernel runs on the CPU; this engine is on {pop.theta.device}"
     if engine.general or engine.slow_combines or engine.roles is not None:
         return "a rule with its own scores, a combine step other than the weighted average, or server roles"
     if any(r.needs not in (None, "loss", "distance") for r in engine.rules):

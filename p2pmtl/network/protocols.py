@@ -488,7 +488,7 @@ class AsyncGossip:
             if hit.any():
                 self.flight.values[start + order[at_pos[hit]], lane[hit]] = overrides[1][torch.from_numpy(
                     np.flatnonzero(hit))].numpy()
-        self.sends += 1
+        self.sends += stop > start  # calls that put a message in flight, as :meth:`_send` counts them
 
     def _deliver_compiled(self, t: float, cutoff: np.ndarray) -> None:
         """:meth:`_deliver` on the compiled flight store: the same inbox, held flags, step counts

@@ -11,6 +11,7 @@ from p2pmtl.graphs import random_families as rf
 from p2pmtl.graphs.edge_list import EdgeListGraph
 from p2pmtl.graphs.families import build_graph
 
+EXAMPLES = max(settings.default.max_examples, 100)  # cheap and exact: more than the profile's few (the slow profile's 400)
 SEEDS = st.one_of(st.integers(0, 20), st.integers(0, 2**31 - 1), st.just(2**40 + 3))
 
 
@@ -31,7 +32,7 @@ def test_the_stream_is_pythons():
         assert rf._uniforms(words).tolist() == [r.random() for _ in range(1000)]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(n=st.integers(1, 120), p=st.one_of(st.floats(0.0, 1.0), st.sampled_from([0.0, 1e-17, 1e-3, 0.999, 1.0])),
        seed=SEEDS, directed=st.booleans())
 def test_erdos_renyi_is_networkx_fast_gnp(n, p, seed, directed):
@@ -49,7 +50,7 @@ def test_erdos_renyi_draws_in_chunks_as_networkx(monkeypatch):
             assert _edges(*rf.erdos_renyi_arrays(60, 0.2, seed, directed), directed) == want
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(data=st.data(), seed=SEEDS)
 def test_watts_strogatz_is_networkx(data, seed):
     n = data.draw(st.integers(2, 60))
@@ -68,7 +69,7 @@ def test_watts_strogatz_saturated_nodes_skip_their_rewiring():
                 nx.watts_strogatz_graph(n, k, 1.0, seed=seed))
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(data=st.data(), seed=SEEDS)
 def test_barabasi_albert_is_networkx(data, seed):
     n = data.draw(st.integers(2, 120))
@@ -78,7 +79,7 @@ def test_barabasi_albert_is_networkx(data, seed):
     assert _edges(src, dst, False) == _nx_edges(nx.barabasi_albert_graph(n, m, seed=seed))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(values=st.lists(st.one_of(st.integers(0, 64), st.integers(0, 10**7)), min_size=1, max_size=80, unique=True))
 def test_set_order_is_cpythons(values):
     """Barabasi-Albert appends a new node's targets in the iteration order of a Python set:

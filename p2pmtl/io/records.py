@@ -97,7 +97,8 @@ class RunRecorder:
         block.steps.append(step)
         mid = f"{step},{now:.6g},{nbytes:.6g}"
         items = []
-        every = metrics.items() if not shared else [*metrics.items(), *((k, None) for k in shared)]
+        every = metrics.items() if not shared else [*((k, v) for k, v in metrics.items() if k not in shared),
+                                                     *((k, None) for k in shared)]  # shared wins, as in {**m, **s}
         for name, values in every:
             if values is None:
                 v = self._shared_copy(shared, name, block, step, now)

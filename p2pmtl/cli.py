@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bank: the layouts timed (default: both on the CPU, batched on a GPU)")
     b.add_argument("--bank-clients", type=int, default=100, metavar="N",
                    help="bank: clients of the timed BR-MTRL server round on --device (0: no server round)")
-    b.add_argument("--graph-sizes", type=int, nargs="*", default=[100_000, 1_000_000], metavar="N",
+    b.add_argument("--graph-sizes", type=_positive_int, nargs="*", default=[100_000, 1_000_000], metavar="N",
                    help="graphs: agents of the random families built (default 100,000 and 1,000,000)")
     b.add_argument("--graph-networkx-max", type=int, default=100_000, metavar="N",
                    help="graphs: time networkx's generators up to this many agents (default 100,000)")

@@ -135,6 +135,7 @@ def test_bench_graphs_times_both_builders_on_the_same_graph(capsys):
     rows = graphs.graph_build_times([3000], networkx_max=3000)
     assert {r["family"].split()[0] for r in rows} == {"erdos_renyi", "watts_strogatz", "barabasi_albert"}
     assert all(r["ours_s"] > 0 and r["networkx_s"] > 0 and r["edges"] > 3000 for r in rows)
-    assert main(["bench", "--only", "graphs", "--graph-sizes", "2000", "--graph-networkx-max", "0"]) == 0
+    assert main(["bench", "--only", "graphs", "--graph-sizes", "2000", "1", "6", "--graph-networkx-max", "6"]) == 0
     out = capsys.readouterr().out
     assert "watts_strogatz k=10 p=0.1" in out and "nan" in out  # networkx not timed above its maximum
+    assert "watts_strogatz k=5 p=0.1" in out and "barabasi_albert m=5" in out  # 6 agents: smaller degrees

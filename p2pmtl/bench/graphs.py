@@ -18,16 +18,19 @@ from ..graphs import random_families as rf
 
 
 def _families(n: int) -> dict[str, tuple[Callable, Callable]]:
-    """Per family: (ours, networkx's), both returning a graph the engine reads."""
-    p = 10 / max(n - 1, 1)
-    return {
-        "erdos_renyi p=10/n": (lambda: EdgeListGraph(n, *rf.erdos_renyi_arrays(n, p, 0, False), directed=False),
-                               lambda: nx.fast_gnp_random_graph(n, p, seed=0)),
-        "watts_strogatz k=10 p=0.1": (lambda: EdgeListGraph(n, *rf.watts_strogatz_arrays(n, 10, 0.1, 0), directed=False),
-                                      lambda: nx.watts_strogatz_graph(n, 10, 0.1, seed=0)),
-        "barabasi_albert m=5": (lambda: EdgeListGraph(n, *rf.barabasi_albert_arrays(n, 5, 0), directed=False),
-                                lambda: nx.barabasi_albert_graph(n, 5, seed=0)),
-    }
+    """Per family: (ours, networkx's), both returning a graph the engine reads; average degree
+    10 (less on graphs too small for it)."""
+    p = min(1.0, 10 / max(n - 1, 1))
+    k, m = min(10, n - 1), min(5, n - 1)
+    out = {f"erdos_renyi p={p:.3g}": (lambda: EdgeListGraph(n, *rf.erdos_renyi_arrays(n, p, 0, False), directed=False),
+                                      lambda: nx.fast_gnp_random_graph(n, p, seed=0))}
+    if k >= 1:
+        out[f"watts_strogatz k={k} p=0.1"] = (
+            lambda: EdgeListGraph(n, *rf.watts_strogatz_arrays(n, k, 0.1, 0), directed=False),
+            lambda: nx.watts_strogatz_graph(n, k, 0.1, seed=0))
+        out[f"barabasi_albert m={m}"] = (lambda: EdgeListGraph(n, *rf.barabasi_albert_arrays(n, m, 0), directed=False),
+                                         lambda: nx.barabasi_albert_graph(n, m, seed=0))
+    return out
 
 
 def _timed(build: Callable) -> tuple[float, int]:

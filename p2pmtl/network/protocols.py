@@ -443,13 +443,9 @@ class AsyncGossip:
         rows = torch.from_numpy((self.src[eids][None, :] + self.n0 * lanes).ravel())
         values = sent[rows]
         if overrides[0] is not None:  # per-edge forgeries of Byzantine senders
-            lane_eids = (eids[None, :] + self.e0 * lanes).ravel()
-            forged = overrides[0].numpy()
-            hit = np.isin(forged, lane_eids)
-            if hit.any():  # the rows of those lane edges (each lane edge occurs once in lane_eids)
-                order = np.argsort(lane_eids, kind="stable")
-                at_row = order[np.searchsorted(lane_eids, forged[hit], sorter=order)]
-                values[torch.from_numpy(at_row)] = overrides[1][torch.from_numpy(np.flatnonzero(hit))]
+            hit, pos, lane = _forged_positions(eids, overrides[0].numpy(), self.e0)
+            if len(hit):  # values are lane-major: row lane * k + position
+                values[torch.from_numpy(lane * len(eids) + pos)] = overrides[1][torch.from_numpy(hit)]
         self.flight.add(self.sends, eids, arrival, self.iters[self.src[eids]].astype(np.float64), values)
         self.sends += 1
 
@@ -479,15 +475,9 @@ class AsyncGossip:
         start, stop = self.flight.add(eids, arrival, lost, self.src, self.iters, sent.numpy(), self.net.message_bytes,
                                       self.acc.sent)
         if overrides[0] is not None and stop > start:  # per-edge forgeries of Byzantine senders
-            kept = self.flight.edge[start:stop]  # distinct, in sending order: searched through a sorted order
-            forged = overrides[0].numpy()
-            lane, edge = forged // self.e0, forged % self.e0
-            order = np.argsort(kept, kind="stable")
-            at_pos = np.minimum(np.searchsorted(kept, edge, sorter=order), kept.size - 1)
-            hit = kept[order[at_pos]] == edge
-            if hit.any():
-                self.flight.values[start + order[at_pos[hit]], lane[hit]] = overrides[1][torch.from_numpy(
-                    np.flatnonzero(hit))].numpy()
+            hit, pos, lane = _forged_positions(self.flight.edge[start:stop], overrides[0].numpy(), self.e0)
+            if len(hit):
+                self.flight.values[start + pos, lane] = overrides[1][torch.from_numpy(hit)].numpy()
         self.sends += stop > start  # calls that put a message in flight, as :meth:`_send` counts them
 
     def _deliver_compiled(self, t: float, cutoff: np.ndarray) -> None:
@@ -546,6 +536,19 @@ class AsyncGossip:
         rev = idx[::-1]
         _, last = np.unique(fl.edge[rev], return_index=True)
         return due, np.sort(rev[last]), np.bincount(dst[idx], minlength=self.n0)  # per link, the last delivered
+
+
+def _forged_positions(eids: np.ndarray, forged: np.ndarray, e0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-edge forgeries among a send call's messages: ``forged`` lane edge ids (``lane * e0 +
+    edge``), ``eids`` the call's distinct world edges. Returns (indices into ``forged`` of those
+    on the call's edges, their positions in ``eids``, their lanes)."""
+    lane, edge = forged // e0, forged % e0
+    if not len(eids):
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
+    order = np.argsort(eids, kind="stable")
+    at = np.minimum(np.searchsorted(eids, edge, sorter=order), eids.size - 1)
+    hit = np.flatnonzero(eids[order[at]] == edge)
+    return hit, order[at[hit]], lane[hit]
 
 
 def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -190,7 +190,7 @@ def _ws_check(p: dict) -> None:
 
 
 @GRAPHS.register("watts_strogatz", "small world: ring of k nearest neighbours, rewired with p", check=_ws_check)
-def watts_strogatz(*, n: Nodes, k: Annotated[int, Field(ge=1)], p: Probability, seed: Seed = 0) -> EdgeListGraph:
+def watts_strogatz(*, n: Nodes, k: Annotated[int, Field(ge=1)], p: Probability, seed: Seed = 0) -> AnyGraph:
     """networkx's ``watts_strogatz_graph(n, k, p, seed)``: from
     :data:`~p2pmtl.graphs.random_families.COMPILED_MIN_EDGES` edges the same edges built as
     arrays (:func:`~p2pmtl.graphs.random_families.watts_strogatz_arrays`), below by networkx."""
@@ -206,7 +206,7 @@ def _ba_check(p: dict) -> None:
 
 
 @GRAPHS.register("barabasi_albert", "preferential attachment, m edges per new node (scale-free)", check=_ba_check)
-def barabasi_albert(*, n: Nodes, m: Annotated[int, Field(ge=1)], seed: Seed = 0) -> EdgeListGraph:
+def barabasi_albert(*, n: Nodes, m: Annotated[int, Field(ge=1)], seed: Seed = 0) -> AnyGraph:
     """networkx's ``barabasi_albert_graph(n, m, seed)``: from
     :data:`~p2pmtl.graphs.random_families.COMPILED_MIN_EDGES` edges the same edges built as
     arrays (:func:`~p2pmtl.graphs.random_families.barabasi_albert_arrays`), below by networkx."""

@@ -55,11 +55,13 @@ from .aggregators import (
     _check_f_below_n,
     _check_stack,
     _clip_scales,
+    _chunk_results,
     _column_slices,
     _compute_dtype,
     _distances_to,
     _int_param,
     _register,
+    _selected_mean_columns,
     _sorted_columns,
     _weighted_sum,
     coordinatewise_median,
@@ -102,7 +104,7 @@ def _mean_of_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     d = x.shape[1]
     cdt = _compute_dtype(x.dtype)
     out = torch.empty(d, dtype=cdt, device=x.device)
-    for sl in _column_slices(d):
+    for sl in _column_slices(d, _selected_mean_columns(rows.numel(), torch.empty((), dtype=cdt).element_size())):
         out[sl] = x[:, sl].index_select(0, rows).to(cdt).mean(dim=0)
     return out
 
@@ -358,8 +360,8 @@ class MeanAroundMedian(HonestMajority, Aggregator):
         k = n - self._fit_f(n)
         cdt = _compute_dtype(x.dtype)
         out = torch.empty(d, dtype=cdt, device=x.device)
-        for sl in _column_slices(d):
-            out[sl] = _mean_closest_to_median(x[:, sl].to(cdt), k)
+        for sl, mean in _chunk_results(lambda sl: _mean_closest_to_median(x[:, sl].to(cdt), k), x):
+            out[sl] = mean
         return out
 
 
@@ -518,8 +520,10 @@ class Bulyan(Aggregator):
         rows = torch.tensor(self.last_selection, dtype=torch.long, device=x.device)
         cdt = _compute_dtype(x.dtype)
         out = torch.empty(d, dtype=cdt, device=x.device)
-        for sl in _column_slices(d):
-            out[sl] = _mean_closest_to_median(x[:, sl].index_select(0, rows).to(cdt), beta)
+        for sl, mean in _chunk_results(
+            lambda sl: _mean_closest_to_median(x[:, sl].index_select(0, rows).to(cdt), beta), x
+        ):
+            out[sl] = mean
         return out
 
 

@@ -50,14 +50,19 @@ Implementation notes (memory and speed for n ~ 1000, d ~ 1e6):
   centre still lies between honest values in every coordinate, for a smaller selection;
 - coordinate-wise rules (median, trimmed mean) and the distance-to-a-point passes of the
   iterative rules work on column chunks of :data:`CHUNK_COLUMNS` columns, so temporaries stay
-  at ``n x CHUNK_COLUMNS`` instead of ``n x d``.
+  at ``n x CHUNK_COLUMNS`` instead of ``n x d``;
+- on the CPU they use the threads torch is set to: the sorting network of the order statistics
+  splits its columns over numba's threads, and the sort-based rules compute whole chunks on a
+  pool of Python threads (:func:`_chunk_results`), each column as on one thread (same bits).
 """
 from __future__ import annotations
 
 import inspect
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral, Real
-from typing import Any, Callable, ClassVar, Iterator, Optional, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Optional, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -112,6 +117,35 @@ def _column_slices(d: int, chunk: Optional[int] = None) -> Iterator[slice]:
     step = CHUNK_COLUMNS if chunk is None else chunk
     for start in range(0, d, step):
         yield slice(start, min(start + step, d))
+
+
+_T = TypeVar("_T")
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+"""Thread pools of :func:`_chunk_results`, by size; a forked child starts without them (their
+threads do not exist there)."""
+os.register_at_fork(after_in_child=_POOLS.clear)
+
+
+def _chunk_results(compute: Callable[[slice], _T], x: torch.Tensor) -> Iterator[tuple[slice, _T]]:
+    """``(sl, compute(sl))`` for the column chunks of ``x`` (:func:`_column_slices`), in order.
+
+    On the CPU, with torch set to several threads (``torch.get_num_threads()``, the thread count
+    of the whole run) and at least two chunks, the chunks are computed on that many Python
+    threads at once: numpy's sorts and copies release the GIL, so the sort-based rules (trimmed
+    mean, MeaMed, Bulyan, the median above 128 rows) scale with the cores. Each chunk is
+    computed alone, by the same calls, so the results are the serial ones bit for bit; an
+    exception is raised at its chunk's turn, as in a plain loop. ``compute`` must not start
+    numba's threads (the sorting network splits its own columns over them)."""
+    slices = list(_column_slices(x.shape[1]))
+    threads = torch.get_num_threads()
+    if threads < 2 or len(slices) < 2 or x.device.type != "cpu":
+        for sl in slices:
+            yield sl, compute(sl)
+        return
+    pool = _POOLS.get(threads)
+    if pool is None:
+        pool = _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="p2pmtl-chunks")
+    yield from zip(slices, pool.map(compute, slices))
 
 
 # --------------------------------------------------------------------------- hostile-input guards
@@ -200,25 +234,32 @@ def coordinatewise_median(x: torch.Tensor, certify: bool = False) -> torch.Tenso
     selection takes on the way (an ``aminmax`` of the chunks it does not select itself)."""
     n, d = _check_stack(x, "coordinatewise_median")
     out = torch.empty(d, dtype=x.dtype, device=x.device)
-    for sl in _column_slices(d):
+
+    def median(sl: slice) -> torch.Tensor:
         c = x[:, sl]
         mid, top = _middle_values(x, sl) if _selects_on_cpu(c) else (None, None)
         if certify:
             _check_certified(_abs_max(c) if top is None else top, x)
         if mid is not None:  # one selection per column for both middle values
-            out[sl] = mid[0] if n % 2 else 0.5 * mid[0] + 0.5 * mid[1]
-        elif n % 2:
-            out[sl] = c.median(dim=0).values
-        elif n <= _ONE_SELECTION_MAX_N and not bool(((c == 0) | c.isnan()).any()):
+            return mid[0] if n % 2 else 0.5 * mid[0] + 0.5 * mid[1]
+        if n % 2:
+            return c.median(dim=0).values
+        if n <= _ONE_SELECTION_MAX_N and not bool(((c == 0) | c.isnan()).any()):
             # one selection gives both middle values (faster up to a few hundred rows). Among
             # equal values it may pick another element than two medians would, which shows only
             # in the sign of a zero or a NaN's payload: chunks holding either take two medians
             mid = c.topk(n // 2 + 1, dim=0, largest=False).values[-2:]
-            out[sl] = 0.5 * mid[0] + 0.5 * mid[1]
-        else:  # the upper middle value is minus the lower median of -c
-            lower = c.median(dim=0).values
-            upper = c.neg().median(dim=0).values.neg_()
-            out[sl] = 0.5 * lower + 0.5 * upper
+            return 0.5 * mid[0] + 0.5 * mid[1]
+        # the upper middle value is minus the lower median of -c
+        lower = c.median(dim=0).values
+        upper = c.neg().median(dim=0).values.neg_()
+        return 0.5 * lower + 0.5 * upper
+
+    # the sorting network splits each chunk's columns over the threads itself; numpy's sort
+    # (above its rows) takes whole chunks on several threads
+    chunks = ((sl, median(sl)) for sl in _column_slices(d)) if _network_rows(n) else _chunk_results(median, x)
+    for sl, values in chunks:
+        out[sl] = values
     return out
 
 
@@ -460,6 +501,18 @@ def _cache_columns(n: int, dtype: torch.dtype) -> int:
     1.6-2.3 reads at 256 KiB or 16 MiB chunks and 3.6 reads with ``torch.cdist``)."""
     itemsize = torch.empty((), dtype=dtype).element_size()
     return max(1024, (4 << 20) // (max(n, 1) * itemsize))
+
+
+def _selected_mean_columns(rows: int, itemsize: int) -> int:
+    """Columns per chunk for the mean of selected rows (``index_select`` then ``mean``): the
+    copy of about 384 KiB, so it is read back from the core's cache, in a multiple of 256
+    columns (torch's column mean then adds each column's values in the same order as in a
+    64Ki-column chunk: the same bits, checked for widths that are multiples of 256; other widths
+    change the vector alignment and the last bit). Measured for 90 of 100 float32 rows of 1e6
+    columns, one thread: 0.057 s at 65,536 columns, 0.047-0.050 s at 2,048, 0.045-0.047 s at
+    1,024, 0.054 s at 512 (a read of the whole stack: 0.049 s)."""
+    fit = (384 << 10) // max(1, rows * itemsize)
+    return max(256, fit - fit % 256)
 
 
 def _weighted_sum(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -937,7 +990,7 @@ class MultiKrum(Aggregator):
         scores = _krum_scores(self._gram_distances(x, f), f)
         keep = torch.sort(scores, stable=True).indices[:m]
         out = torch.empty(d, dtype=x.dtype, device=x.device)
-        for sl in _column_slices(d):
+        for sl in _column_slices(d, _selected_mean_columns(m, x.element_size())):
             out[sl] = x[:, sl].index_select(0, keep).mean(dim=0)
         return out
 
@@ -1018,11 +1071,15 @@ class TrimmedMean(HonestMajority, Aggregator):
                 _check_certified(_abs_max(x), x)
             return x.mean(dim=0)
         out = torch.empty(d, dtype=x.dtype, device=x.device)
-        for sl in _column_slices(d):
+
+        def trimmed(sl: slice) -> torch.Tensor:
             s = _sorted_columns(x[:, sl])
             if certify:
                 _check_certified(_sorted_abs_max(s), x)
-            out[sl] = s[:, f:n - f].mean(dim=1)
+            return s[:, f:n - f].mean(dim=1)
+
+        for sl, mean in _chunk_results(trimmed, x):
+            out[sl] = mean
         return out
 
 

@@ -407,6 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--agg-n", type=int, default=1000, help="aggregators: number of client vectors")
     b.add_argument("--agg-dim", type=int, default=1_000_000,
                    help="aggregators: vector dimension (the default 1000 x 1M needs ~10 GB of memory)")
+    b.add_argument("--agg-threads", type=_positive_int, default=1, metavar="T",
+                   help="aggregators: torch threads, which the aggregators' selections use too (default 1)")
+    b.add_argument("--agg-repeats", type=_positive_int, default=1, metavar="R",
+                   help="aggregators: timed calls per rule, the best one reported (default 1)")
     b.set_defaults(func=_cmd_bench)
     return p
 

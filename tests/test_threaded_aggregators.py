@@ -182,3 +182,19 @@ def _starts_on_pool_threads(_: int) -> list[int]:
         return got
     finally:
         agg.CHUNK_COLUMNS = old
+
+
+def test_bench_times_the_aggregators_on_the_threads_asked(capsys):
+    """`p2pmtl bench --only aggregators --agg-threads 2 --agg-repeats 2` (tiny sizes; figures are
+    never asserted): the table says so, and the caller's thread count is restored."""
+    from p2pmtl.cli import main
+
+    before = torch.get_num_threads()
+    main(["bench", "--only", "aggregators", "--agg-n", "12", "--agg-dim", "3000", "--agg-threads", "2",
+          "--agg-repeats", "2"])
+    out = capsys.readouterr().out
+    assert "2 thread(s), best of 2" in out and "coordinate_median" in out and "ByzFL/ours" in out
+    assert torch.get_num_threads() == before
+    with pytest.raises(SystemExit):
+        main(["bench", "--only", "aggregators", "--agg-threads", "0"])
+    assert "--agg-threads: 0: allowed: an integer >= 1" in capsys.readouterr().err

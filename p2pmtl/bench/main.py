@@ -330,8 +330,10 @@ def main(args: argparse.Namespace) -> int:
     if "aggregators" in parts:
         from .aggregators import benchmark_aggregators, format_table
 
-        print(f"\naggregators: {args.agg_n} clients x {args.agg_dim:,} parameters, 20% far outliers, f = {args.agg_n // 10}")
-        print(format_table(benchmark_aggregators(n=args.agg_n, dim=args.agg_dim, f=args.agg_n // 10)))
+        print(f"\naggregators: {args.agg_n} clients x {args.agg_dim:,} parameters, 20% far outliers, "
+              f"f = {args.agg_n // 10}, {args.agg_threads} thread(s), best of {args.agg_repeats}")
+        print(format_table(benchmark_aggregators(n=args.agg_n, dim=args.agg_dim, f=args.agg_n // 10,
+                                                 threads=args.agg_threads, repeats=args.agg_repeats)))
     if "network" in parts:
         from .network import main as network_main
 

@@ -135,3 +135,25 @@ def test_above_the_network_the_sort_gives_the_same_centre_and_median(n, monkeypa
     assert torch.equal(agg._lower_median(x), x.median(dim=0).values)
     lower, upper = x.median(dim=0).values, x.neg().median(dim=0).values.neg()
     assert torch.equal(agg.coordinatewise_median(x), lower if n % 2 else 0.5 * lower + 0.5 * upper)
+
+
+@pytest.mark.parametrize("n", [1, 2, 9, 21, 64, 100, 128])
+def test_the_fixed_width_kernel_gives_the_runtime_width_ranks(n):
+    """float32 stacks go through blocks of exactly NARROW columns, the rest through the
+    runtime-width kernel: the same values and max as the latter alone, at a column offset; a
+    NaN in the whole blocks or in the rest is reported."""
+    rng = np.random.default_rng(n)
+    d = 7 * cr.NARROW + 13
+    x = _values(rng, n, d, np.float32)
+    ranks = sorted({0, (n - 1) // 2, n // 2, n - 1})
+    steps, rows = cr.rank_network(n, tuple(ranks))
+    want = np.empty((len(rows), d - 3), dtype=np.float32)
+    top = cr._select(x, 3, d, steps, rows, want, 64)
+    got = np.full_like(want, 7.0)
+    assert cr._select_columns(x, 3, d, steps, rows, got, 64, 3, True) == top
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, np.sort(x[:, 3:], axis=0)[ranks])
+    for col in (3 + cr.NARROW + 1, d - 2):  # in a whole block, then in the rest
+        y = x.copy()
+        y[n - 1, col] = np.nan
+        assert np.isnan(cr._select_columns(y, 3, d, steps, rows, got, 64, 3, True))

@@ -198,3 +198,50 @@ def test_bench_times_the_aggregators_on_the_threads_asked(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--only", "aggregators", "--agg-threads", "0"])
     assert "--agg-threads: 0: allowed: an integer >= 1" in capsys.readouterr().err
+
+
+def test_the_kernels_keep_torchs_thread_count(threads):
+    """numba's OpenMP layer would set the shared OpenMP runtime's thread count when it starts
+    (torch at 1 thread went to 2 at the first striped selection): the kernels use numba's own
+    pool, and torch keeps the count it was given."""
+    import numba
+
+    rng = np.random.default_rng(5)
+    x = _values(rng, 9, 40 * 256, np.float32)
+    steps, rows = cr.rank_network(9, (4,))
+    for k in (1, 2, 1):
+        threads(k)
+        cr._select_striped(x, 0, x.shape[1], steps, rows, np.empty((1, x.shape[1]), np.float32), 256, 2, True)
+        cr.column_ranks(x, [4])
+        assert torch.get_num_threads() == k
+    assert numba.threading_layer() == "workqueue"
+
+
+CONCURRENT = r"""
+import threading, numpy as np, torch
+torch.set_num_threads(2)
+from p2pmtl.kernels import column_ranks as cr
+x = np.random.default_rng(0).standard_normal((100, 64 * 256)).astype(np.float32)
+want = np.sort(x, axis=0)[[49, 50]]
+bad = []
+def work():
+    for _ in range(40):
+        got = cr.column_ranks(x, [49, 50])
+        if not np.array_equal(got, want):
+            bad.append(1)
+ts = [threading.Thread(target=work) for _ in range(3)]
+[t.start() for t in ts]
+[t.join() for t in ts]
+print("bad", len(bad))
+"""
+
+
+def test_parallel_selections_from_several_python_threads_take_turns():
+    """numba's own pool takes one parallel call at a time (two at once abort the process, so
+    this runs in a child): the launches take turns behind a lock, with the right values."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", CONCURRENT], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "bad 0"

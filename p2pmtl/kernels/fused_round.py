@@ -35,24 +35,19 @@ masks the whole world). Rounds with per-edge forgeries run the torch path.
 from __future__ import annotations
 
 import math
-import os
 import sys
 from typing import Any, Optional
 
-import numba
 import numpy as np
 import torch
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from ..core.ops import all_finite
+from .threads import launch  # before the first launch: picks numba's own thread pool
 
 GossipEngine = Any  # p2pmtl.engine.gossip.GossipEngine (not imported: the engine imports this module)
 
-# numba's own thread pool, unless the user chose a layer: its OpenMP layer shares the OpenMP
-# runtime with torch and sets that runtime's thread count, so torch's `threads` would change too
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
 
 TINY = sys.float_info.min ** 0.5  # inverse_score's floor, torch.finfo(float64).tiny ** 0.5
 
@@ -298,7 +293,7 @@ class FusedRound:
         why = applies(engine)
         if why is not None:
             raise ValueError(f"the fused kernel does not apply: {why}")
-        e, rs = engine.edges, engine.rule_set
+        e = engine.edges
         self.offsets, self.src, self.self_edge = e.offsets.numpy(), e.src.numpy(), e.self_edge.numpy()
         lanes = engine.rules
         self.stat_kind = np.array([{None: 0, "loss": 1, "distance": 2}[r.needs] for r in lanes], dtype=np.int8)
@@ -313,14 +308,14 @@ class FusedRound:
         if not all_finite(sent):
             return False
         pop, rs = engine.pop, engine.rule_set
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
         u, c = pop.loss_terms()
         weights = rs.ws.get("weights", rs.phi.shape, rs.phi.dtype)
         theta = pop.next_theta()
-        receive_round(self.offsets, self.src, self.self_edge, sent.contiguous().numpy(),
-                      pop.theta.contiguous().numpy(), u.contiguous().numpy(), c.contiguous().numpy(), rs.phi.numpy(),
-                      engine.n0, self.stat_kind, self.unfiltered, self.self_only, self.nu, weights.numpy(),
-                      theta.numpy())
+        with launch():
+            receive_round(self.offsets, self.src, self.self_edge, sent.contiguous().numpy(),
+                          pop.theta.contiguous().numpy(), u.contiguous().numpy(), c.contiguous().numpy(),
+                          rs.phi.numpy(), engine.n0, self.stat_kind, self.unfiltered, self.self_only, self.nu,
+                          weights.numpy(), theta.numpy())
         pop.theta = theta
         engine.weights = weights
         self.rounds += 1
@@ -364,12 +359,15 @@ class FusedRound:
         delivered = delivered if use_delivered else np.zeros(1, dtype=bool)
         edges = receivers.size * engine.edges.num_edges / engine.edges.num_nodes  # about, on average degrees
         kernel = receive_masked_serial if edges <= SERIAL_MAX_EDGES else receive_masked
-        if kernel is receive_masked:  # the serial build never launches numba's pool
-            numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-        kernel(receivers, self.offsets, self.src, self.self_edge, sent.contiguous().numpy(),
-               pop.theta.contiguous().numpy(), u.contiguous().numpy(), c.contiguous().numpy(), rs.phi.numpy(),
-               engine.n0, engine.e0, self.stat_kind, self.unfiltered, self.self_only, self.nu, has, rows, use_inbox,
-               delivered, use_delivered, weights.numpy(), theta.numpy())
+        args = (receivers, self.offsets, self.src, self.self_edge, sent.contiguous().numpy(),
+                pop.theta.contiguous().numpy(), u.contiguous().numpy(), c.contiguous().numpy(), rs.phi.numpy(),
+                engine.n0, engine.e0, self.stat_kind, self.unfiltered, self.self_only, self.nu, has, rows, use_inbox,
+                delivered, use_delivered, weights.numpy(), theta.numpy())
+        if kernel is receive_masked:
+            with launch():
+                kernel(*args)
+        else:  # the serial build never launches numba's pool
+            kernel(*args)
         pop.theta = theta
         engine.weights = weights
         self.rounds += 1

@@ -200,21 +200,52 @@ def test_bench_times_the_aggregators_on_the_threads_asked(capsys):
     assert "--agg-threads: 0: allowed: an integer >= 1" in capsys.readouterr().err
 
 
-def test_the_kernels_keep_torchs_thread_count(threads):
-    """numba's OpenMP layer would set the shared OpenMP runtime's thread count when it starts
-    (torch at 1 thread went to 2 at the first striped selection): the kernels use numba's own
-    pool, and torch keeps the count it was given."""
+FIRST_LAUNCH = r"""
+import sys, numpy as np, torch
+import numba
+from p2pmtl.kernels import column_ranks as cr
+from p2pmtl.kernels.threads import launch
+torch.get_num_threads()  # torch's default read first (then numba's start resets the count)
+torch.set_num_threads(1)
+x = np.random.default_rng(0).standard_normal((9, 40 * 256)).astype(np.float32)
+steps, rows = cr.rank_network(9, (4,))
+out = np.empty((1, x.shape[1]), np.float32)
+if sys.argv[1] == "launch":
+    with launch(2):
+        cr._select_striped(x, 0, x.shape[1], steps, rows, out, 256, 2, True)
+    cr.column_ranks(x, [4])
+    torch.set_num_threads(2)
+    cr.column_ranks(x, [4])  # striped, through launch
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(1)
+else:
+    cr._select_striped(x, 0, x.shape[1], steps, rows, out, 256, 2, True)
+print(torch.get_num_threads(), numba.threading_layer())
+"""
+
+
+def test_the_kernels_keep_torchs_thread_count():
+    """numba's OpenMP layer, started by a bare first parallel call, sets the OpenMP runtime it
+    shares with torch to numba's thread count (a fresh process each): torch at 1 thread then
+    reads 2 (the control, where numba runs that layer on 2 or more threads); through
+    ``p2pmtl.kernels.threads.launch`` it stays at 1, and a striped selection on 2 threads leaves
+    2. (Fails if ``launch`` neither sets numba's count first nor puts torch's back.)"""
+    import subprocess
+    import sys
+
     import numba
 
-    rng = np.random.default_rng(5)
-    x = _values(rng, 9, 40 * 256, np.float32)
-    steps, rows = cr.rank_network(9, (4,))
-    for k in (1, 2, 1):
-        threads(k)
-        cr._select_striped(x, 0, x.shape[1], steps, rows, np.empty((1, x.shape[1]), np.float32), 256, 2, True)
-        cr.column_ranks(x, [4])
-        assert torch.get_num_threads() == k
-    assert numba.threading_layer() == "workqueue"
+    def first_launch(how: str) -> tuple[int, str]:
+        done = subprocess.run([sys.executable, "-c", FIRST_LAUNCH, how], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        count, layer = done.stdout.split()
+        return int(count), layer
+
+    assert first_launch("launch")[0] == 1
+    bare, layer = first_launch("bare")
+    if layer == "omp" and numba.config.NUMBA_NUM_THREADS >= 2:
+        assert bare == 2
 
 
 CONCURRENT = r"""

@@ -21,11 +21,11 @@ up to 128 rows: the exact values numpy's introselect gives, 1.3-3.8x sooner than
 and 2.3-7.4x sooner than its introselect (21 to 128 rows). It needs no setting (numpy's sort
 without numba or above 128 rows).
 
-The kernels run on numba's own thread pool (``workqueue``, chosen in
-:mod:`p2pmtl.kernels.threads`: numba's OpenMP layer would reset torch's thread count), on as
-many threads as torch is set to. That pool takes parallel calls from one Python thread at a
-time, so the launches take turns behind a lock: run experiments side by side as processes
-(``jobs``, sweeps) rather than as threads of one process.
+The kernels run on as many of numba's threads as torch is set to, launched by
+:mod:`p2pmtl.kernels.threads` (which keeps torch's thread count as it was: numba's OpenMP layer
+resets it when it starts). Launches take turns behind a lock (numba's own ``workqueue`` layer
+takes one at a time): run experiments side by side as processes (``jobs``, sweeps) rather than
+as threads of one process.
 """
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ from typing import Optional, Sequence
 import numpy as np
 from numba import njit, prange
 
-from .threads import kernel_threads, launch  # before the first launch: picks numba's own thread pool
+from .threads import kernel_threads, launch
 
 MAX_ROWS = 128
 """Up to this many rows the network beats numpy's sort and introselect (see the module text)."""

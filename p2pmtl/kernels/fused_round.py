@@ -44,7 +44,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from ..core.ops import all_finite
-from .threads import launch  # before the first launch: picks numba's own thread pool
+from .threads import launch
 
 GossipEngine = Any  # p2pmtl.engine.gossip.GossipEngine (not imported: the engine imports this module)
 

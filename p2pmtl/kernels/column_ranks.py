@@ -213,9 +213,11 @@ def _select_columns(x, start, stop, steps, rows, out, width, origin, narrow):
 
 @njit(cache=True, boundscheck=False, nogil=True, parallel=True)
 def _select_striped(x, start, stop, steps, rows, out, width, stripes, narrow=False):
-    """:func:`_select` on ``stripes`` runs of whole blocks at once (numba threads): each
-    column goes through the same steps whichever thread takes it, so ``out`` is the serial
-    result bit for bit; the max is the stripes' max, NaN when one met a NaN."""
+    """:func:`_select_columns` on ``stripes`` runs of whole ``width``-column blocks at once
+    (numba threads; ``width`` a multiple of :data:`NARROW`, so only the last run has a partial
+    narrow block): each column goes through the same steps whichever thread takes it, so
+    ``out`` is the serial result bit for bit; the max is the stripes' max, NaN when one met a
+    NaN."""
     blocks = (stop - start + width - 1) // width
     tops = np.zeros(stripes)
     for p in prange(stripes):

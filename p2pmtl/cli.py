@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 log = logging.getLogger("p2pmtl")
 
@@ -70,13 +70,33 @@ def _one_line(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def _positive_int(text: str) -> int:
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``, or an error naming the value and the range
+    (argparse adds the option's name)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; allowed: an integer >= {minimum}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{v}: allowed: an integer >= {minimum}")
+        return v
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
+
+
+def _probability(text: str) -> float:
     try:
-        v = int(text)
+        v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; allowed: an integer >= 1") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v}: allowed: an integer >= 1")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; allowed: a probability in [0, 1]") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{v}: allowed: a probability in [0, 1]")
     return v
 
 
@@ -369,43 +389,43 @@ def build_parser() -> argparse.ArgumentParser:
     b = add("bench", help="time the batched engine against a per-agent numpy loop",
                        description="Target localization: batched engine vs the per-agent loop of the "
                                    "published reference code, then scaling to large graphs.")
-    b.add_argument("--iterations", type=int, default=200, help="timed iterations at 100 agents")
-    b.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000, 100000],
+    b.add_argument("--iterations", type=_positive_int, default=200, help="timed iterations at 100 agents")
+    b.add_argument("--sizes", type=_int_at_least(2), nargs="*", default=[1000, 10000, 100000],
                    help="agent counts for the scaling part")
-    b.add_argument("--scale-iterations", type=int, default=100, help="iterations per scaling size")
+    b.add_argument("--scale-iterations", type=_positive_int, default=100, help="iterations per scaling size")
     b.add_argument("--scale-kernels", nargs="*", default=["torch", "numba"], choices=["torch", "numba", "auto"],
                    metavar="KERNEL", help="scale: the kernels timed at every size (torch, numba, auto; default both)")
     b.add_argument("--scale-rules", nargs="+", default=["loss"], metavar="RULE",
                    help="scale: the weight rules, as lanes of one engine (default: loss)")
-    b.add_argument("--scale-loss", type=float, default=0.0, metavar="P",
+    b.add_argument("--scale-loss", type=_probability, default=0.0, metavar="P",
                    help="scale: the synchronous network model drops each message with probability P (default 0: "
                         "no network model)")
-    b.add_argument("--scale-threads", type=int, default=1,
+    b.add_argument("--scale-threads", type=_positive_int, default=1,
                    help="scale: torch (and kernel) threads of the timed iterations and of the whole-process run")
-    b.add_argument("--process-agents", type=int, default=100_000,
+    b.add_argument("--process-agents", type=_non_negative_int, default=100_000,
                    help="scale: agents of the whole-process run (0: skip it; default 100,000)")
-    b.add_argument("--process-iterations", type=int, default=500, help="scale: iterations of the whole-process run")
+    b.add_argument("--process-iterations", type=_positive_int, default=500, help="scale: iterations of the whole-process run")
     b.add_argument("--device", default="cpu", metavar="DEVICE",
                    help="bank: where the batched bank runs (cpu, cuda, cuda:N or auto); per-agent modules always on the CPU")
-    b.add_argument("--bank-sizes", type=int, nargs="*", metavar="N",
+    b.add_argument("--bank-sizes", type=_int_at_least(2), nargs="*", metavar="N",
                    help="bank: agents per timed round (default 10 on the CPU; 10, 100 and 1000 on a GPU)")
-    b.add_argument("--bank-threads", type=int, default=1, metavar="T",
+    b.add_argument("--bank-threads", type=_positive_int, default=1, metavar="T",
                    help="bank: torch threads of the timed rounds (the 2-core CPU baseline: 2)")
     b.add_argument("--bank-layouts", nargs="*", choices=["modules", "batched"], metavar="BANK",
                    help="bank: the layouts timed (default: both on the CPU, batched on a GPU)")
-    b.add_argument("--bank-clients", type=int, default=100, metavar="N",
+    b.add_argument("--bank-clients", type=_non_negative_int, default=100, metavar="N",
                    help="bank: clients of the timed BR-MTRL server round on --device (0: no server round)")
     b.add_argument("--graph-sizes", type=_positive_int, nargs="*", default=[100_000, 1_000_000], metavar="N",
                    help="graphs: agents of the random families built (default 100,000 and 1,000,000)")
-    b.add_argument("--graph-networkx-max", type=int, default=100_000, metavar="N",
+    b.add_argument("--graph-networkx-max", type=_non_negative_int, default=100_000, metavar="N",
                    help="graphs: time networkx's generators up to this many agents (default 100,000)")
     b.add_argument("--only", nargs="*", choices=["linear", "bank", "scale", "graphs", "digits", "server", "aggregators",
                                                    "network", "resam", "process"],
                    help="run only these parts (default: all)")
     b.add_argument("--process-repeats", type=_positive_int, default=5,
                    help="process: alternated runs of `p2pmtl run target_localization` and a bare torch import")
-    b.add_argument("--agg-n", type=int, default=1000, help="aggregators: number of client vectors")
-    b.add_argument("--agg-dim", type=int, default=1_000_000,
+    b.add_argument("--agg-n", type=_int_at_least(3), default=1000, help="aggregators: number of client vectors")
+    b.add_argument("--agg-dim", type=_positive_int, default=1_000_000,
                    help="aggregators: vector dimension (the default 1000 x 1M needs ~10 GB of memory)")
     b.add_argument("--agg-threads", type=_positive_int, default=1, metavar="T",
                    help="aggregators: torch threads, which the aggregators' selections use too (default 1)")

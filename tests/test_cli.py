@@ -140,3 +140,39 @@ def test_importing_and_plotting_never_change_the_matplotlib_backend(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "svg"
     assert (tmp_path / "r" / "loss.png").is_file()
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--only", "scale", "--sizes", "0"], "argument --sizes: 0: allowed: an integer >= 2"),
+    (["--only", "scale", "--scale-iterations", "0"], "argument --scale-iterations: 0: allowed: an integer >= 1"),
+    (["--only", "scale", "--scale-threads", "0"], "argument --scale-threads: 0: allowed: an integer >= 1"),
+    (["--only", "scale", "--scale-loss", "2"], "argument --scale-loss: 2.0: allowed: a probability in [0, 1]"),
+    (["--only", "scale", "--scale-loss", "x"], "argument --scale-loss: 'x' is not a number"),
+    (["--only", "scale", "--process-agents", "-5"], "argument --process-agents: -5: allowed: an integer >= 0"),
+    (["--only", "scale", "--process-iterations", "0"], "argument --process-iterations: 0: allowed: an integer >= 1"),
+    (["--only", "linear", "--iterations", "0"], "argument --iterations: 0: allowed: an integer >= 1"),
+    (["--only", "bank", "--bank-threads", "0"], "argument --bank-threads: 0: allowed: an integer >= 1"),
+    (["--only", "bank", "--bank-sizes", "1"], "argument --bank-sizes: 1: allowed: an integer >= 2"),
+    (["--only", "bank", "--bank-clients", "-1"], "argument --bank-clients: -1: allowed: an integer >= 0"),
+    (["--only", "graphs", "--graph-networkx-max", "-1"], "argument --graph-networkx-max: -1: allowed: an integer >= 0"),
+    (["--only", "aggregators", "--agg-n", "2"], "argument --agg-n: 2: allowed: an integer >= 3"),
+    (["--only", "aggregators", "--agg-dim", "0"], "argument --agg-dim: 0: allowed: an integer >= 1"),
+])
+def test_bench_refuses_bad_numbers_before_any_timing(args, said, capsys):
+    """Every numeric option of `p2pmtl bench` is checked as it is parsed (these used to fail
+    deep inside a child process, a division by zero or networkx), naming the option, the value
+    and what is allowed."""
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", *args])
+    assert exc.value.code == 2
+    assert said in capsys.readouterr().err
+
+
+def test_bench_refuses_a_client_count_the_server_round_cannot_run(capsys, tmp_path, monkeypatch):
+    """Too few clients for the Table II config's Krum: refused before the bank rounds are timed
+    (the config is the bundled one, found from any folder: it was read from the working folder)."""
+    monkeypatch.chdir(tmp_path)
+    code = main(["bench", "--only", "bank", "--bank-sizes", "2", "--bank-clients", "5"])
+    out = capsys.readouterr()
+    assert code != 0 and "agents/s" not in out.out
+    assert "--bank-clients 5: the BR-MTRL server round cannot run" in out.err and "server.f" in out.err

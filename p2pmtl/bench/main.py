@@ -19,6 +19,8 @@ import torch
 
 from ..core.device import resolve_device
 from ..experiments.config import load_config
+from ..resources import resolve_config
+from ..validation import ConfigError
 from .common import bench_config, best_time
 from ..experiments.runner import build_world, make_engine
 from ..engine.reference import ReferenceDiffusion
@@ -196,6 +198,12 @@ def digits_round(repeats: int = 3) -> dict:
     return {"naive_s": t_naive, "ours_s": t_ours, "params": pop.bank.num_params}
 
 
+def table2_config(clients: int = 100):
+    """The bundled ``br_mtrl_table2`` config with ``clients`` clients (a ConfigError naming the
+    setting that the count breaks, e.g. too few clients for Krum's f)."""
+    return load_config(resolve_config("br_mtrl_table2"), [f"graph.n={clients + 1}"] if clients != 100 else [])
+
+
 def server_round(rounds: int = 3, device: str = "cpu",
                  methods: tuple[str, ...] = ("fedavg", "fedper+krum", "fedrep", "br-mtrl+gm", "br-mtrl+krum"),
                  clients: int = 100, bank: str = "auto") -> list[dict]:
@@ -208,10 +216,7 @@ def server_round(rounds: int = 3, device: str = "cpu",
     from ..server.run import server_world
     from ..engine.world import run_seeds
 
-    path = Path("experiments/br_mtrl_table2.toml")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the benchmark from the repository root")
-    cfg = load_config(path, [f"graph.n={clients + 1}"] if clients != 100 else [])
+    cfg = table2_config(clients)
     seeds = run_seeds(cfg.seed)
     scenario = cfg.scenarios[-1]
     _, setup, byz = server_world(cfg, scenario, seeds)
@@ -291,6 +296,12 @@ def main(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     parts = set(args.only or ["linear", "scale", "graphs", "digits", "server", "aggregators", "network", "resam",
                               "process"])
+    if "bank" in parts and args.bank_clients:  # a client count the config refuses stops before any timing
+        try:
+            table2_config(args.bank_clients)
+        except ConfigError as e:
+            raise ConfigError(f"--bank-clients {args.bank_clients}: the BR-MTRL server round cannot run with that "
+                              f"many clients: {e}") from None
     if "linear" in parts:
         print(f"torch {torch.__version__}, 1 thread; target localization, 100 agents, 20 Byzantine")
         print(f"{'rule':<48} {'reference ms/it':>15} {'batched ms/it':>14} {'speed-up':>9}")

@@ -9,9 +9,10 @@ import argparse
 import json
 import logging
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
+
+from .arg_types import int_at_least, non_negative_int, positive_int, probability
 
 log = logging.getLogger("p2pmtl")
 
@@ -70,34 +71,6 @@ def _one_line(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``minimum``, or an error naming the value and the range
-    (argparse adds the option's name)."""
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; allowed: an integer >= {minimum}") from None
-        if v < minimum:
-            raise argparse.ArgumentTypeError(f"{v}: allowed: an integer >= {minimum}")
-        return v
-
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
-
-
-def _probability(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; allowed: a probability in [0, 1]") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"{v}: allowed: a probability in [0, 1]")
-    return v
 
 
 def format_summary(summary: dict, metric: str = "loss") -> str:
@@ -334,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set iterations=100 --set scenarios.1.byzantine=5")
-    r.add_argument("--jobs", type=_positive_int,
+    r.add_argument("--jobs", type=positive_int,
                    help="run scenarios in this many parallel processes (default: config's jobs)")
     r.add_argument("--device", metavar="DEVICE", help="where neural models train and are scored: auto, cpu, cuda or cuda:N (the config's device)")
     r.add_argument("--overwrite", action="store_true",
@@ -354,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", help="sweep directory (default runs/NAME-sweep; rerun to resume)")
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config value, e.g. --set iterations=100 --set 'sweep.seeds=[0]'")
-    sw.add_argument("--jobs", type=_positive_int, help="parallel cells (local backend; default: sweep.jobs or CPU count)")
+    sw.add_argument("--jobs", type=positive_int, help="parallel cells (local backend; default: sweep.jobs or CPU count)")
     sw.add_argument("--device", metavar="DEVICE", help="where neural models train and are scored: auto, cpu, cuda or cuda:N (the config's device)")
     sw.add_argument("--backend", choices=["local", "ray"], default="local",
                     help="local processes (default) or Ray tasks (pip install 'p2pmtl[ray]')")
@@ -379,8 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="input counts and Byzantine counts (default 10:1 10:3 26:5)")
     rb.add_argument("--aggregators", nargs="*", help="aggregators to measure (default: all registered)")
     rb.add_argument("--pre", nargs="*", default=[], help="pre-aggregation steps before each aggregator")
-    rb.add_argument("--dim", type=_positive_int, default=20, help="dimension of the vectors")
-    rb.add_argument("--trials", type=_positive_int, default=10, help="honest draws per (n, f)")
+    rb.add_argument("--dim", type=positive_int, default=20, help="dimension of the vectors")
+    rb.add_argument("--trials", type=positive_int, default=10, help="honest draws per (n, f)")
     rb.add_argument("--seed", type=int, default=0)
     rb.add_argument("--uploads", metavar="NPZ", help="honest rows from a server run instead of Gaussian draws: "
                     "RUN/arrays/uploads__SCENARIO__METHOD.npz (written with server.log_uploads > 0); "
@@ -389,47 +362,47 @@ def build_parser() -> argparse.ArgumentParser:
     b = add("bench", help="time the batched engine against a per-agent numpy loop",
                        description="Target localization: batched engine vs the per-agent loop of the "
                                    "published reference code, then scaling to large graphs.")
-    b.add_argument("--iterations", type=_positive_int, default=200, help="timed iterations at 100 agents")
-    b.add_argument("--sizes", type=_int_at_least(2), nargs="*", default=[1000, 10000, 100000],
+    b.add_argument("--iterations", type=positive_int, default=200, help="timed iterations at 100 agents")
+    b.add_argument("--sizes", type=int_at_least(2), nargs="*", default=[1000, 10000, 100000],
                    help="agent counts for the scaling part")
-    b.add_argument("--scale-iterations", type=_positive_int, default=100, help="iterations per scaling size")
+    b.add_argument("--scale-iterations", type=positive_int, default=100, help="iterations per scaling size")
     b.add_argument("--scale-kernels", nargs="*", default=["torch", "numba"], choices=["torch", "numba", "auto"],
                    metavar="KERNEL", help="scale: the kernels timed at every size (torch, numba, auto; default both)")
     b.add_argument("--scale-rules", nargs="+", default=["loss"], metavar="RULE",
                    help="scale: the weight rules, as lanes of one engine (default: loss)")
-    b.add_argument("--scale-loss", type=_probability, default=0.0, metavar="P",
+    b.add_argument("--scale-loss", type=probability, default=0.0, metavar="P",
                    help="scale: the synchronous network model drops each message with probability P (default 0: "
                         "no network model)")
-    b.add_argument("--scale-threads", type=_positive_int, default=1,
+    b.add_argument("--scale-threads", type=positive_int, default=1,
                    help="scale: torch (and kernel) threads of the timed iterations and of the whole-process run")
-    b.add_argument("--process-agents", type=_non_negative_int, default=100_000,
+    b.add_argument("--process-agents", type=non_negative_int, default=100_000,
                    help="scale: agents of the whole-process run (0: skip it; default 100,000)")
-    b.add_argument("--process-iterations", type=_positive_int, default=500, help="scale: iterations of the whole-process run")
+    b.add_argument("--process-iterations", type=positive_int, default=500, help="scale: iterations of the whole-process run")
     b.add_argument("--device", default="cpu", metavar="DEVICE",
                    help="bank: where the batched bank runs (cpu, cuda, cuda:N or auto); per-agent modules always on the CPU")
-    b.add_argument("--bank-sizes", type=_int_at_least(2), nargs="*", metavar="N",
+    b.add_argument("--bank-sizes", type=int_at_least(2), nargs="*", metavar="N",
                    help="bank: agents per timed round (default 10 on the CPU; 10, 100 and 1000 on a GPU)")
-    b.add_argument("--bank-threads", type=_positive_int, default=1, metavar="T",
+    b.add_argument("--bank-threads", type=positive_int, default=1, metavar="T",
                    help="bank: torch threads of the timed rounds (the 2-core CPU baseline: 2)")
     b.add_argument("--bank-layouts", nargs="*", choices=["modules", "batched"], metavar="BANK",
                    help="bank: the layouts timed (default: both on the CPU, batched on a GPU)")
-    b.add_argument("--bank-clients", type=_non_negative_int, default=100, metavar="N",
+    b.add_argument("--bank-clients", type=non_negative_int, default=100, metavar="N",
                    help="bank: clients of the timed BR-MTRL server round on --device (0: no server round)")
-    b.add_argument("--graph-sizes", type=_positive_int, nargs="*", default=[100_000, 1_000_000], metavar="N",
+    b.add_argument("--graph-sizes", type=positive_int, nargs="*", default=[100_000, 1_000_000], metavar="N",
                    help="graphs: agents of the random families built (default 100,000 and 1,000,000)")
-    b.add_argument("--graph-networkx-max", type=_non_negative_int, default=100_000, metavar="N",
+    b.add_argument("--graph-networkx-max", type=non_negative_int, default=100_000, metavar="N",
                    help="graphs: time networkx's generators up to this many agents (default 100,000)")
     b.add_argument("--only", nargs="*", choices=["linear", "bank", "scale", "graphs", "digits", "server", "aggregators",
                                                    "network", "resam", "process"],
                    help="run only these parts (default: all)")
-    b.add_argument("--process-repeats", type=_positive_int, default=5,
+    b.add_argument("--process-repeats", type=positive_int, default=5,
                    help="process: alternated runs of `p2pmtl run target_localization` and a bare torch import")
-    b.add_argument("--agg-n", type=_int_at_least(3), default=1000, help="aggregators: number of client vectors")
-    b.add_argument("--agg-dim", type=_positive_int, default=1_000_000,
+    b.add_argument("--agg-n", type=int_at_least(3), default=1000, help="aggregators: number of client vectors")
+    b.add_argument("--agg-dim", type=positive_int, default=1_000_000,
                    help="aggregators: vector dimension (the default 1000 x 1M needs ~10 GB of memory)")
-    b.add_argument("--agg-threads", type=_positive_int, default=1, metavar="T",
+    b.add_argument("--agg-threads", type=positive_int, default=1, metavar="T",
                    help="aggregators: torch threads, which the aggregators' selections use too (default 1)")
-    b.add_argument("--agg-repeats", type=_positive_int, default=1, metavar="R",
+    b.add_argument("--agg-repeats", type=positive_int, default=1, metavar="R",
                    help="aggregators: timed calls per rule, the best one reported (default 1)")
     b.set_defaults(func=_cmd_bench)
     return p

@@ -541,3 +541,22 @@ def test_mean_fast_path_proves_finiteness_by_a_sum():
     assert torch.equal(m(x), t([3.0, 4.0])) and m.last_dropped == 1
     y = torch.tensor([[1.0, math.inf], [3.0, -math.inf], [5.0, 6.0]], dtype=torch.float32)
     assert torch.equal(m(y), torch.tensor([5.0, 6.0])) and m.last_dropped == 2
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--n", "2"], "argument --n: 2: allowed: an integer >= 3"),
+    (["--n", "5", "--dim", "0"], "argument --dim: 0: allowed: an integer >= 1"),
+    (["--n", "5", "--f", "-1"], "argument --f: -1: allowed: an integer >= 0"),
+    (["--n", "5", "--f", "2"], "--f 2 with --n 5: allowed: n >= 2f + 3"),
+    (["--n", "5", "--threads", "0"], "argument --threads: 0: allowed: an integer >= 1"),
+])
+def test_aggregator_bench_refuses_bad_sizes_before_timing(argv, said, capsys):
+    """`python -m p2pmtl.bench.aggregators` names the option, the value and the range (these
+    failed inside a rule: "m = -98: must be an integer >= 1"); so does the function."""
+    from p2pmtl.bench.aggregators import benchmark_aggregators, main as bench_main
+
+    with pytest.raises(SystemExit) as exc:
+        bench_main(argv)
+    assert exc.value.code == 2 and said in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"n = 5, dim = 10, f = 2: allowed: n >= 3, dim >= 1 and 0 <= f"):
+        benchmark_aggregators(n=5, dim=10, f=2)

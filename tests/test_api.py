@@ -90,3 +90,20 @@ def test_sweep_results_tables(tmp_path):
     assert set(res.matrix["defence"]) == {"average", "loss"}
     assert set(res.matrix["attack"]) == {"none", "uniform"}
     assert isinstance(p2pmtl.load_results(tmp_path / "sw"), p2pmtl.SweepResults)
+
+
+def test_a_run_leaves_the_callers_torch_thread_count():
+    """`p2pmtl.run` runs on the config's `threads` and then gives the caller its own count back
+    (it used to stay at the config's: a notebook's torch went from 1 thread to 2)."""
+    import torch
+
+    import p2pmtl
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        p2pmtl.run({"name": "t", "iterations": 3, "threads": 2, "graph": {"family": "ring", "n": 6},
+                    "scenarios": [{"name": "clean", "byzantine": 0}], "output": {"figures": False}})
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

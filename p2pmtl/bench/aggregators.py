@@ -26,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from ..arg_types import int_at_least, non_negative_int, positive_int
 from ..robust.aggregators import make_aggregator
 from .common import best_time
 
@@ -106,6 +107,9 @@ def benchmark_aggregators(
         raise ValueError(f"repeats = {repeats}: must be >= 1")
     if threads < 1:
         raise ValueError(f"threads = {threads}: must be >= 1")
+    if n < 3 or dim < 1 or not 0 <= f <= (n - 3) // 2:
+        raise ValueError(f"n = {n}, dim = {dim}, f = {f}: allowed: n >= 3, dim >= 1 and 0 <= f <= (n - 3) / 2 "
+                         f"(Krum's n >= 2f + 3, the tightest of the rules timed)")
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -150,12 +154,16 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m p2pmtl.bench.aggregators", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=1000, help="number of client vectors (default 1000)")
-    ap.add_argument("--dim", type=int, default=1_000_000, help="vector dimension (default 1,000,000)")
-    ap.add_argument("--f", type=int, default=100, help="Byzantine inputs the aggregators assume (default 100)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    ap.add_argument("--repeats", type=int, default=1, help="timed calls per aggregator, best kept (default 1)")
+    ap.add_argument("--n", type=int_at_least(3), default=1000, help="number of client vectors (default 1000)")
+    ap.add_argument("--dim", type=positive_int, default=1_000_000, help="vector dimension (default 1,000,000)")
+    ap.add_argument("--f", type=non_negative_int, default=100,
+                    help="Byzantine inputs the aggregators assume (default 100; n >= 2f + 3 for Krum)")
+    ap.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--repeats", type=positive_int, default=1, help="timed calls per aggregator, best kept (default 1)")
     args = ap.parse_args(argv)
+    if args.n < 2 * args.f + 3:
+        ap.error(f"--f {args.f} with --n {args.n}: allowed: n >= 2f + 3 (Krum's condition, the tightest of the "
+                 f"rules timed)")
     print(f"n = {args.n}, dim = {args.dim}, f = {args.f} assumed ({round(0.2 * args.n)} outliers), "
           f"float32, threads = {args.threads}, best of {args.repeats}")
     print(format_table(benchmark_aggregators(args.n, args.dim, args.f, args.threads, args.repeats)))

@@ -121,7 +121,8 @@ def run_experiment(
     KeyboardInterrupt. Any other error marks the run ``failed`` with the error message in
     ``summary.json`` (what finished before stays readable) and is re-raised. With ``jobs > 1``
     scenarios run in parallel processes (one torch thread each), each writing a part directory
-    that is merged into the run directory at the end.
+    that is merged into the run directory at the end. The run uses ``cfg.threads`` torch threads
+    and leaves the caller's thread count as it found it.
     """
     from ..io.rundir import claim
 
@@ -143,7 +144,11 @@ def run_experiment(
             if jobs > 1:
                 summary, interrupted = _run_parallel(cfg, out_dir, jobs, progress)
             else:
-                summary, interrupted = _run_scenarios(cfg, out_dir, progress)
+                caller_threads = torch.get_num_threads()  # the run sets cfg.threads; the caller keeps its own
+                try:
+                    summary, interrupted = _run_scenarios(cfg, out_dir, progress)
+                finally:
+                    torch.set_num_threads(caller_threads)
         except KeyboardInterrupt:
             raise
         except BaseException as e:

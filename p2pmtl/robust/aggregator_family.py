@@ -52,7 +52,6 @@ from .aggregators import (
     HonestMajority,
     HonestMinority,
     PreAggregator,
-    _check_f_below_n,
     _check_stack,
     _clip_scales,
     _chunk_results,

@@ -38,7 +38,7 @@ from .base import TASKS, Population
 from .client_split import FederatedImagesConfig
 from pydantic import Field, field_validator, model_validator
 from typing import Literal
-from ..validation import Probability, Strict, registered
+from ..validation import Probability, registered
 from .client_split import known_image_sets
 
 

@@ -35,13 +35,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Optional, Sequence
 
 import torch
 
 from ..core.edges import EdgeIndex
 from ..core.ops import Workspace, all_finite, segment_sum_into
 from ..registry import Registry
+
+if TYPE_CHECKING:  # annotations only: combine.py is loaded when a step is asked for
+    from .combine import CombineStep
 
 RULES: Registry[type["WeightRule"]] = Registry("weight rule")
 

@@ -16,6 +16,7 @@ aggregator error propagates.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import networkx as nx
 import numpy as np
@@ -29,6 +30,9 @@ from ..tasks import TASKS
 from .aggregation import build_aggregator
 from .federated import Method, finite_uploads, upload_shortfall
 from .momentum import DistributedMomentum
+
+if TYPE_CHECKING:  # annotations only: the config imports this package
+    from ..experiments.config import ExperimentConfig, ScenarioConfig
 
 LINEAR_TASKS = ("target_localization", "har")
 

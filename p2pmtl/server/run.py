@@ -11,6 +11,7 @@ model), and per round in ``arrays/server_rounds__<scenario>__<method>.npz``
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import networkx as nx
 import numpy as np
@@ -25,6 +26,9 @@ from ..robust.attacks import make_attack
 from .aggregation import build_aggregator
 from .dsgd import DSGDRun
 from .federated import Clients, FederatedRun, FederatedSetup, Method
+
+if TYPE_CHECKING:  # annotations only: the config imports this package
+    from ..experiments.config import ExperimentConfig, ScenarioConfig
 
 
 def server_world(cfg: "ExperimentConfig", scenario: "ScenarioConfig", seeds: dict):

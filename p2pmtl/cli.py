@@ -71,8 +71,6 @@ def _one_line(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-
-
 def format_summary(summary: dict, metric: str = "loss") -> str:
     """Scenario x rule table of the last-window mean of ``metric`` over normal agents; server
     runs get one row per (scenario, method) with the meta-test beside it."""

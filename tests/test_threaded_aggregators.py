@@ -141,8 +141,9 @@ def test_the_selected_mean_chunks_give_the_bits_of_one_mean(m, d, dtype):
     g = torch.Generator().manual_seed(m)
     x = (torch.randn(m + 7, d, generator=g) * 100).to(dtype)
     keep = torch.randperm(m + 7, generator=g)[:m]
-    width = agg._selected_mean_columns(m, x.element_size())
+    width = agg._selected_mean_columns(m, x.element_size(), x.device)
     assert width % 256 == 0 and width * m * x.element_size() <= max(384 << 10, 256 * m * x.element_size())
+    assert agg._selected_mean_columns(m, x.element_size(), torch.device("meta")) == agg.CHUNK_COLUMNS
     out = torch.empty(d, dtype=dtype)
     for sl in agg._column_slices(d, width):
         out[sl] = x[:, sl].index_select(0, keep).mean(dim=0)

@@ -103,7 +103,7 @@ def _mean_of_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     d = x.shape[1]
     cdt = _compute_dtype(x.dtype)
     out = torch.empty(d, dtype=cdt, device=x.device)
-    for sl in _column_slices(d, _selected_mean_columns(rows.numel(), torch.empty((), dtype=cdt).element_size())):
+    for sl in _column_slices(d, _selected_mean_columns(rows.numel(), out.element_size(), x.device)):
         out[sl] = x[:, sl].index_select(0, rows).to(cdt).mean(dim=0)
     return out
 

@@ -503,14 +503,17 @@ def _cache_columns(n: int, dtype: torch.dtype) -> int:
     return max(1024, (4 << 20) // (max(n, 1) * itemsize))
 
 
-def _selected_mean_columns(rows: int, itemsize: int) -> int:
-    """Columns per chunk for the mean of selected rows (``index_select`` then ``mean``): the
+def _selected_mean_columns(rows: int, itemsize: int, device: torch.device) -> int:
+    """Columns per chunk for the mean of selected rows (``index_select`` then ``mean``). Off
+    the CPU :data:`CHUNK_COLUMNS` (few, large kernel launches). On the CPU the
     copy of about 384 KiB, so it is read back from the core's cache, in a multiple of 256
     columns (torch's column mean then adds each column's values in the same order as in a
     64Ki-column chunk: the same bits, checked for widths that are multiples of 256; other widths
     change the vector alignment and the last bit). Measured for 90 of 100 float32 rows of 1e6
     columns, one thread: 0.057 s at 65,536 columns, 0.047-0.050 s at 2,048, 0.045-0.047 s at
     1,024, 0.054 s at 512 (a read of the whole stack: 0.049 s)."""
+    if device.type != "cpu":
+        return CHUNK_COLUMNS
     fit = (384 << 10) // max(1, rows * itemsize)
     return max(256, fit - fit % 256)
 
@@ -990,7 +993,7 @@ class MultiKrum(Aggregator):
         scores = _krum_scores(self._gram_distances(x, f), f)
         keep = torch.sort(scores, stable=True).indices[:m]
         out = torch.empty(d, dtype=x.dtype, device=x.device)
-        for sl in _column_slices(d, _selected_mean_columns(m, x.element_size())):
+        for sl in _column_slices(d, _selected_mean_columns(m, x.element_size(), x.device)):
             out[sl] = x[:, sl].index_select(0, keep).mean(dim=0)
         return out
 

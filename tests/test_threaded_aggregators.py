@@ -77,7 +77,7 @@ def test_column_ranks_split_over_the_threads_torch_is_set_to(threads):
 
 SORT_BASED = [
     ("trimmed_mean", {"f": 3}, 20),
-    ("coordinate_median", {}, 20),  # the sorting network, striped
+    ("coordinate_median", {}, 20),  # the sorting network (chunks too small to stripe: see above)
     ("coordinate_median", {}, 150),  # numpy's sort, chunks on threads
     ("coordinate_median", {}, 151),
     ("meamed", {"f": 4}, 20),

@@ -25,7 +25,7 @@ network / numpy sort 16 / 60 at 21 rows, 169 / 228 at 100, 214 / 373 at 128, the
 blocks as wide as :func:`block_columns` says).
 
 float32 stacks go through blocks of exactly :data:`NARROW` columns (:func:`_select_narrow`,
-the width a compile-time constant: 1.3-1.6x faster at 64-128 rows), the last few columns
+the width a compile-time constant: 1.05-1.6x faster at 64-128 rows), the last few columns
 through the runtime-width kernel. With torch set to several threads (:func:`stripes_for`), the
 blocks are split into that many stripes run on numba's threads (:func:`_select_striped`); each
 column takes the same steps on any thread, so the values are the one-thread ones. Both middle
@@ -162,9 +162,9 @@ NARROW = 32
 def _select_narrow(x, start, stop, steps, rows, out, origin):
     """:func:`_select` on the whole blocks of exactly :data:`NARROW` columns in
     ``start:stop`` (the caller passes a multiple of it). The width is a compile-time constant,
-    so each step compiles to a few whole-register min/max pairs; on float32 that is 1.3-1.6x
+    so each step compiles to a few whole-register min/max pairs; on float32 that is 1.05-1.6x
     faster than the runtime-width kernel at 64-128 rows (measured, one thread, both middle
-    values of 1,048,576 columns: 100 rows 0.120-0.138 s against 0.183-0.194 s, 128 rows 0.173 s
+    values of 1,048,576 columns: 100 rows 0.120-0.165 s against 0.171-0.194 s, 128 rows 0.173 s
     against 0.225 s, 64 rows 0.076 s against 0.097 s; 21 and 33 rows the same; float64 mixed,
     so float64 keeps the runtime width). Same values: the same steps on the same columns."""
     n = x.shape[0]

@@ -269,12 +269,16 @@ print("bad", len(bad))
 """
 
 
-def test_parallel_selections_from_several_python_threads_take_turns():
-    """numba's own pool takes one parallel call at a time (two at once abort the process, so
-    this runs in a child): the launches take turns behind a lock, with the right values."""
+@pytest.mark.parametrize("layer", ["workqueue", "default"])
+def test_parallel_selections_from_several_python_threads_take_turns(layer):
+    """numba's own ``workqueue`` pool takes one parallel call at a time (two at once abort the
+    process, so this runs in a child): the launches take turns behind a lock, with the right
+    values; and on the layer numba picks by default."""
+    import os
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", CONCURRENT], capture_output=True, text=True, timeout=120)
+    env = dict(os.environ, NUMBA_THREADING_LAYER=layer)
+    done = subprocess.run([sys.executable, "-c", CONCURRENT], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "bad 0"

@@ -6,11 +6,11 @@ numba picks its thread layer as usual (``tbb``, else ``omp``, else its own ``wor
 is what makes it the fast one beside torch (torch's idle OpenMP threads spin for a while after
 each of its parallel ops, and a separate pool would compete with them for the cores: the
 coordinate median of 100 x 1e6 float32 values on 2 threads took 0.140 s on ``workqueue``
-against 0.084 s on ``omp``), but a bare first parallel call starts it in a way that sets that
+against 0.084 s on ``omp``), but the first parallel call starts it in a way that sets that
 runtime's thread count to numba's, so torch's ``threads`` silently changes (seen: torch set to
 1 thread reads 2 after the first striped selection, when torch's default had been read
-before). :func:`launch` sets numba's count before each call (which starts the layer without
-that) and puts torch's count back should it have changed all the same.
+before, and whether or not numba's own count was set first). :func:`launch` sets numba's count
+for each call and puts torch's back after it.
 
 The ``workqueue`` layer takes parallel calls from one Python thread at a time (two at once
 abort the process): :func:`launch` holds a lock around each call, so callers on several

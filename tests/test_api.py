@@ -92,9 +92,11 @@ def test_sweep_results_tables(tmp_path):
     assert isinstance(p2pmtl.load_results(tmp_path / "sw"), p2pmtl.SweepResults)
 
 
-def test_a_run_leaves_the_callers_torch_thread_count():
-    """`p2pmtl.run` runs on the config's `threads` and then gives the caller its own count back
-    (it used to stay at the config's: a notebook's torch went from 1 thread to 2)."""
+def test_a_run_leaves_the_callers_torch_thread_count(tmp_path, monkeypatch):
+    """`p2pmtl.run` and a local `p2pmtl.sweep` run on the config's `threads` and then give the
+    caller its own count back (it used to stay at the config's: a notebook's torch went from 1
+    thread to 2)."""
+    monkeypatch.chdir(tmp_path)
     import torch
 
     import p2pmtl
@@ -104,6 +106,11 @@ def test_a_run_leaves_the_callers_torch_thread_count():
         torch.set_num_threads(1)
         p2pmtl.run({"name": "t", "iterations": 3, "threads": 2, "graph": {"family": "ring", "n": 6},
                     "scenarios": [{"name": "clean", "byzantine": 0}], "output": {"figures": False}})
+        assert torch.get_num_threads() == 1
+        p2pmtl.sweep({"name": "t", "iterations": 3, "threads": 2, "graph": {"family": "ring", "n": 6},
+                      "rules": {"names": ["loss"]}, "sweep": {"byzantine": [0.2], "seeds": [0], "jobs": 1,
+                                "attacks": [{"name": "uniform", "low": 15.0, "high": 16.0}]}},
+                     tmp_path / "sw", figures=False)  # cells run in this process, one after the other
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)

@@ -277,15 +277,12 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 
 def _execute(cell: dict, cell_dir: Path) -> dict:
     """Run a cell's experiment into ``cell_dir/run``; return its result (not written)."""
-    import torch
-
     from .runner import run_experiment
 
     from .plugins import load_plugins
 
     load_plugins(cell["config"].get("plugins", []))  # a Ray task (local workers have them already)
-    cfg = ExperimentConfig.model_validate(cell["config"])
-    torch.set_num_threads(cfg.threads)
+    cfg = ExperimentConfig.model_validate(cell["config"])  # run_experiment runs it on cfg.threads
     if cell_dir.exists():
         shutil.rmtree(cell_dir)  # an unfinished earlier attempt
     cell_dir.mkdir(parents=True)

@@ -196,3 +196,81 @@ def test_packed_key_argsort_is_the_stable_argsort(levels):
     keys = np.random.default_rng(0).integers(0, levels, 20000) / levels
     assert np.array_equal(_argsort_keys(keys, 40, np.arange(keys.size)), np.argsort(keys, kind="stable"))
     assert np.array_equal(_argsort_keys(keys, 15, np.arange(keys.size)), np.argsort(keys, kind="stable"))
+
+
+def _tied_points(rng, n: int, step: float) -> np.ndarray:
+    """Points on a grid of spacing ``step``: many pairs exactly at the radius."""
+    return np.round(rng.uniform(0, 3.0, (n, 2)) / step) * step
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pairs_within_blocks_and_kd_tree_agree_on_ties(seed):
+    from p2pmtl.graphs import geometric
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(50, 800))
+    step = float(rng.choice([0.1, 0.25, 1 / 3]))
+    pos = _tied_points(rng, n, step)
+    for radius in (step, 2 * step, float(np.sqrt(2) * step), float(np.sqrt(5) * step)):
+        blocks = geometric._pairs_by_blocks(pos, radius)
+        assert np.array_equal(blocks, geometric._pairs_by_kd_tree(pos, radius))
+        # the definition, by hand: i < j, sum of two squares <= r * r, sorted by (i, j)
+        d2 = (pos[:, None, 0] - pos[None, :, 0]) ** 2 + (pos[:, None, 1] - pos[None, :, 1]) ** 2
+        i, j = np.nonzero(np.triu(d2 <= radius * radius, k=1))
+        assert np.array_equal(blocks, np.stack([i, j], axis=1))
+
+
+def test_random_geometric_graph_is_the_same_whichever_way_pairs_are_found(monkeypatch):
+    from p2pmtl.graphs import geometric
+
+    params = {"n": 300, "radius": 0.5, "box": 3.0, "max_neighbors": 4}
+    small = build_graph("random_geometric", params, seed=7)
+    monkeypatch.setattr(geometric, "BRUTE_FORCE_MAX", 0)  # the KD-tree for every size
+    large = build_graph("random_geometric", params, seed=7)
+    assert np.array_equal(small.src, large.src) and np.array_equal(small.dst, large.dst)
+    assert np.array_equal(small.pos, large.pos)
+
+
+def test_main_topology_builds_without_scipy():
+    """scipy.spatial took about 0.23 s of the main job's start-up: the 100-agent graph and its
+    connectivity check are numpy only."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom p2pmtl.graphs.families import build_graph, load_topology\n"
+            "spec = load_topology('li2020_target'); family = spec.pop('family'); spec.pop('description', None)\n"
+            "g = build_graph(family, spec, seed=0)\n"
+            "assert g.number_of_edges() > 0\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_component_labels_match_networkx(seed):
+    from p2pmtl.graphs.edge_list import component_labels
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 300))
+    e = int(rng.integers(0, 2 * n))
+    src, dst = rng.integers(0, n, e), rng.integers(0, n, e)
+    labels = component_labels(n, src, dst)
+    g = nx.Graph()
+    g.add_nodes_from(range(n))
+    g.add_edges_from(zip(src.tolist(), dst.tolist()))
+    expected = np.empty(n, dtype=np.int64)
+    for comp in nx.connected_components(g):
+        expected[list(comp)] = min(comp)
+    assert np.array_equal(labels, expected)
+    assert is_connected(EdgeListGraph(n, src, dst)) == nx.is_connected(g)
+
+
+def test_is_connected_hands_a_slow_spread_to_scipy():
+    """A path with scattered ids needs many spreading rounds: past the cap, scipy decides."""
+    from p2pmtl.graphs.edge_list import SPREAD_ROUNDS, component_labels
+
+    perm = np.random.default_rng(0).permutation(5000)
+    assert component_labels(5000, perm[:-1], perm[1:], SPREAD_ROUNDS) is None
+    assert is_connected(EdgeListGraph(5000, perm[:-1], perm[1:]))
+    assert not is_connected(EdgeListGraph(5000, perm[:-2], perm[1:-1]))  # the last node cut off

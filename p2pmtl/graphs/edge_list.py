@@ -93,12 +93,46 @@ def node_degrees(g: AnyGraph) -> np.ndarray:
     return np.array([g.degree(k) - 2 * g.has_edge(k, k) for k in range(n)], dtype=np.float64)
 
 
+SMALL_GRAPH_EDGES = 1 << 16
+"""Array graphs with at most this many edges try numpy's label spreading first (no scipy import)."""
+SPREAD_ROUNDS = 64
+"""Rounds of label spreading before :func:`is_connected` hands over to scipy (long paths with
+scattered ids need many)."""
+
+
+def component_labels(n: int, src: np.ndarray, dst: np.ndarray, max_rounds: Optional[int] = None
+                     ) -> Optional[np.ndarray]:
+    """Per node, the smallest node id of its weakly connected component: labels spread along
+    the edges (both ways) by a minimum, then pointer jumping, until nothing changes (rounds of
+    vectorized numpy, no Python loop over nodes or edges). None when ``max_rounds`` rounds did
+    not settle them."""
+    labels = np.arange(n, dtype=np.int64)
+    rounds = 0
+    while max_rounds is None or rounds < max_rounds:
+        rounds += 1
+        low = np.minimum(labels[src], labels[dst])
+        new = labels.copy()
+        np.minimum.at(new, src, low)
+        np.minimum.at(new, dst, low)
+        new = new[new]  # a label is a node of the same component with a smaller or equal id
+        if np.array_equal(new, labels):
+            return labels
+        labels = new
+    return None
+
+
 def is_connected(g: AnyGraph) -> bool:
-    """Weakly connected (directed) or connected (undirected). Array graphs use scipy's
-    sparse connected components (no Python loop over nodes)."""
+    """Weakly connected (directed) or connected (undirected). Array graphs: numpy's label
+    spreading (:func:`component_labels`) for up to :data:`SMALL_GRAPH_EDGES` edges and
+    :data:`SPREAD_ROUNDS` rounds, else scipy's sparse connected components (no Python loop
+    over nodes either way)."""
     if isinstance(g, EdgeListGraph):
         if g.n <= 1:
             return g.n == 1
+        if g.src.size <= SMALL_GRAPH_EDGES:
+            labels = component_labels(g.n, g.src, g.dst, SPREAD_ROUNDS)
+            if labels is not None:
+                return bool((labels == 0).all())
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 

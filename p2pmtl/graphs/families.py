@@ -23,6 +23,7 @@ from ..registry import Registry
 from ..resources import bundled_dir
 from ..validation import plain
 from .edge_list import AnyGraph, EdgeListGraph, is_connected
+from .geometric import pairs_within
 
 GRAPHS: Registry[Callable[..., AnyGraph]] = Registry("graph family")
 """Graph families. A family declares the range of each parameter in its signature
@@ -119,12 +120,12 @@ def random_geometric(
     of k when ||x_l - x_k|| <= radius; each agent keeps at most ``max_neighbors`` of them chosen
     at random (the reference code: 9 plus itself), which makes the graph directed.
     Built straight into edge arrays (an :class:`~p2pmtl.graphs.edge_list.EdgeListGraph` with
-    the positions, no networkx objects): 1,000,000 agents in seconds."""
-    from scipy.spatial import cKDTree  # here, not at the top: scipy.spatial alone takes a good part of start-up
-
+    the positions, no networkx objects): 1,000,000 agents in seconds. The pairs within the
+    radius come in (i, j) order (:func:`~p2pmtl.graphs.geometric.pairs_within`), so the cap's
+    random choice, and the graph, depend on the seed alone."""
     rng = np.random.default_rng(seed)
     pos = rng.uniform(0.0, box, size=(n, 2))
-    pairs = cKDTree(pos).query_pairs(radius, output_type="ndarray").astype(np.int64, copy=False)
+    pairs = pairs_within(pos, radius)
     src = np.concatenate([pairs[:, 0], pairs[:, 1]])
     dst = np.concatenate([pairs[:, 1], pairs[:, 0]])
     if max_neighbors is not None:

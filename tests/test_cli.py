@@ -176,3 +176,22 @@ def test_bench_refuses_a_client_count_the_server_round_cannot_run(capsys, tmp_pa
     out = capsys.readouterr()
     assert code != 0 and "agents/s" not in out.out
     assert "--bank-clients 5: the BR-MTRL server round cannot run" in out.err and "server.f" in out.err
+
+
+def test_main_job_imports_no_heavy_optional_library(tmp_path):
+    """The README's main job (its whole process is timed against a bare torch import) needs
+    neither scipy (0.23 s to import scipy.spatial) nor networkx (0.08 s), nor the plotting and
+    data libraries when figures are off."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom p2pmtl.cli import main\n"
+            "try:\n    main(['run', 'target_localization', '--no-figures', '-q', '--out', sys.argv[1], "
+            "'--set', 'iterations=3', '--set', 'output.window=2'])\nexcept SystemExit:\n    pass\n"
+            "heavy = {'scipy', 'networkx', 'pandas', 'matplotlib', 'torchvision', 'sklearn', 'numba', 'pyarrow'}\n"
+            "print('LOADED', sorted({m.split('.')[0] for m in sys.modules} & heavy))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "LOADED []" in out.stdout, out.stdout
+    assert (tmp_path / "run" / "metrics.csv").stat().st_size > 0

@@ -6,10 +6,13 @@ Independent runs are batched as a disjoint union (node ``r * n + k`` is agent ``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import networkx as nx
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 @dataclass(frozen=True)

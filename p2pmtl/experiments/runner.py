@@ -459,11 +459,11 @@ def _first_run(world: World) -> torch.Tensor:
 def _save_world(rec: RunRecorder, scenario: str, world: World) -> None:
     """Run 0's graph, drawing positions (the graph's, else a spring layout), groups and
     Byzantine agents, for the network figure."""
-    import networkx as nx
-
     g = world.graphs[0]
     pos = positions(g)
     if pos is None and g.number_of_nodes() <= 2000:
+        import networkx as nx
+
         pos = nx.spring_layout(g.to_networkx() if isinstance(g, EdgeListGraph) else g, seed=0)
     elif pos is None:  # too many nodes for a spring layout: uniform in the unit square
         pos = np.random.default_rng(0).random((g.number_of_nodes(), 2))

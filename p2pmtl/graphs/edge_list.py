@@ -13,10 +13,12 @@ The helpers :func:`node_degrees` and :func:`is_connected` work on both kinds of 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
-import networkx as nx
 import numpy as np
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,6 +68,8 @@ class EdgeListGraph:
     def to_networkx(self) -> nx.Graph:
         """The same graph as a networkx (Di)Graph, positions in the node attribute ``pos``
         (slow for millions of edges: for small graphs and figures)."""
+        import networkx as nx
+
         g: nx.Graph = nx.DiGraph() if self.directed else nx.Graph()
         g.add_nodes_from(range(self.n))
         g.add_edges_from(zip(self.src.tolist(), self.dst.tolist()))
@@ -74,7 +78,7 @@ class EdgeListGraph:
         return g
 
 
-AnyGraph = Union[nx.Graph, EdgeListGraph]
+AnyGraph = Union["nx.Graph", EdgeListGraph]  # networkx is imported where a graph needs it
 
 
 def node_degrees(g: AnyGraph) -> np.ndarray:
@@ -139,4 +143,6 @@ def is_connected(g: AnyGraph) -> bool:
         adj = coo_matrix((np.ones(g.src.size, dtype=np.int8), (g.src, g.dst)), shape=(g.n, g.n))
         count, _ = connected_components(adj, directed=True, connection="weak")
         return count == 1
+    import networkx as nx
+
     return nx.is_weakly_connected(g) if g.is_directed() else nx.is_connected(g)

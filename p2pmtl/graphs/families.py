@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import inspect
 import tomllib
+import types
 import typing
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
-import networkx as nx
 import numpy as np
 from pydantic import Field
 
@@ -24,6 +24,9 @@ from ..resources import bundled_dir
 from ..validation import plain
 from .edge_list import AnyGraph, EdgeListGraph, is_connected
 from .geometric import pairs_within
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 GRAPHS: Registry[Callable[..., AnyGraph]] = Registry("graph family")
 """Graph families. A family declares the range of each parameter in its signature
@@ -137,6 +140,8 @@ def random_geometric(
 
 @GRAPHS.register("complete", "every agent linked to every other")
 def complete(*, n: Nodes) -> nx.Graph:
+    import networkx as nx
+
     return nx.complete_graph(n)
 
 
@@ -144,6 +149,8 @@ def complete(*, n: Nodes) -> nx.Graph:
 def ring(*, n: Nodes) -> AnyGraph:
     """Edges k - (k + 1) mod n, as arrays (networkx's ``cycle_graph`` below 3 nodes)."""
     if n < 3:
+        import networkx as nx
+
         return nx.cycle_graph(n)
     k = np.arange(n, dtype=np.int64)
     return EdgeListGraph(n, k, (k + 1) % n, directed=False)
@@ -155,6 +162,8 @@ def _star_check(p: dict) -> None:
 
 @GRAPHS.register("star", "node 0 at the hub linked to all others (the server-mode layout)", check=_star_check)
 def star(*, n: Nodes) -> nx.Graph:
+    import networkx as nx
+
     return nx.star_graph(n - 1)
 
 
@@ -195,6 +204,8 @@ def watts_strogatz(*, n: Nodes, k: Annotated[int, Field(ge=1)], p: Probability, 
     """networkx's ``watts_strogatz_graph(n, k, p, seed)``: from
     :data:`~p2pmtl.graphs.random_families.COMPILED_MIN_EDGES` edges the same edges built as
     arrays (:func:`~p2pmtl.graphs.random_families.watts_strogatz_arrays`), below by networkx."""
+    import networkx as nx
+
     from .random_families import COMPILED_MIN_EDGES, watts_strogatz_arrays
 
     if n * (k // 2) < COMPILED_MIN_EDGES or not numba_available():
@@ -211,6 +222,8 @@ def barabasi_albert(*, n: Nodes, m: Annotated[int, Field(ge=1)], seed: Seed = 0)
     """networkx's ``barabasi_albert_graph(n, m, seed)``: from
     :data:`~p2pmtl.graphs.random_families.COMPILED_MIN_EDGES` edges the same edges built as
     arrays (:func:`~p2pmtl.graphs.random_families.barabasi_albert_arrays`), below by networkx."""
+    import networkx as nx
+
     from .random_families import COMPILED_MIN_EDGES, barabasi_albert_arrays
 
     if (n - m) * m < COMPILED_MIN_EDGES or not numba_available():
@@ -231,6 +244,8 @@ def _file_nodes(p: dict) -> int:
 def from_file(*, path: str, directed: bool = False) -> nx.Graph:
     """A graph file; any problem (missing, unreadable, malformed, empty) is a ``ValueError``
     naming ``graph.path`` and the parser's complaint."""
+    import networkx as nx
+
     p = Path(path)
     if not p.is_file() and not p.is_absolute() and p.parent in (Path("."), Path("topologies")):
         from ..resources import bundled_dir  # a bundled graph file, found from any folder
@@ -261,6 +276,14 @@ def family_parameters(family: str) -> dict[str, inspect.Parameter]:
     return dict(inspect.signature(GRAPHS.get(family)).parameters)
 
 
+def _parameter_hints(fn: Callable) -> dict[str, Any]:
+    """The evaluated annotations of ``fn``'s parameters (not its return annotation, which may
+    name a module imported for type checking only, such as networkx here)."""
+    ann = {k: v for k, v in getattr(fn, "__annotations__", {}).items() if k != "return"}
+    return typing.get_type_hints(types.SimpleNamespace(__annotations__=ann, __globals__=getattr(fn, "__globals__", {})),
+                                 include_extras=True)
+
+
 def check_family_params(family: str, params: dict[str, Any]) -> dict[str, Any]:
     """Validate ``params`` of ``family`` (unknown keys, missing keys, each value's type and
     range from the signature, then the family's ``check``); return them with defaults filled.
@@ -274,7 +297,7 @@ def check_family_params(family: str, params: dict[str, Any]) -> dict[str, Any]:
     missing = [k for k, p in allowed.items() if p.default is p.empty and k not in params]
     if missing:
         raise ValueError(f"graph family {family!r} needs {', '.join('graph.' + k for k in missing)}")
-    hints = typing.get_type_hints(GRAPHS.get(family), include_extras=True)
+    hints = _parameter_hints(GRAPHS.get(family))
     full = {k: p.default for k, p in allowed.items() if p.default is not p.empty}
     for key, value in params.items():
         ann = hints.get(key, allowed[key].annotation)
@@ -348,6 +371,8 @@ def positions(g: AnyGraph) -> Optional[np.ndarray]:
     ``pos``), else None."""
     if isinstance(g, EdgeListGraph):
         return None if g.pos is None else np.asarray(g.pos, dtype=np.float64)
+    import networkx as nx
+
     pos = nx.get_node_attributes(g, "pos")
     if len(pos) != g.number_of_nodes():
         return None

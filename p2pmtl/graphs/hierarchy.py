@@ -2,12 +2,14 @@
 (for servers as a node role, ``[roles]``: :mod:`p2pmtl.engine.roles`)."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import networkx as nx
 from pydantic import Field
 
 from .families import GRAPHS
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 Count = Annotated[int, Field(ge=1, le=100_000)]
 
@@ -26,6 +28,8 @@ def hierarchy(*, clusters: Count = 4, clients: Count = 8, cloud: bool = True) ->
     Undirected. Every node carries the attribute ``role`` (``"server"`` or ``"learner"``);
     the servers are ``list(range(clusters + cloud))``, what ``[roles] servers`` should list, the
     cloud first (the root of the default levels)."""
+    import networkx as nx
+
     first = int(cloud)
     g = nx.Graph()
     n = first + clusters * (1 + clients)

@@ -16,13 +16,15 @@ All arrays are world-level (R runs x n agents flattened, see :mod:`p2pmtl.engine
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
-import networkx as nx
 import numpy as np
 
 from .config import ClockConfig, DistConfig, NetworkConfig
 from ..core.edges import EdgeIndex
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 def draw(dist: DistConfig, size: int, rng: np.random.Generator, edge_values: Optional[np.ndarray] = None) -> np.ndarray:

@@ -129,3 +129,35 @@ def test_memory_floor_is_positive():
     world = build_world(cfg, cfg.scenarios[0])
     eng = make_engine(cfg, world, cfg.scenarios[0], ["loss"])
     assert 0 < memory_floor(eng.edges, eng.pop.theta, repeats=2) < 1.0
+
+
+@pytest.mark.parametrize("network", [None, {"loss": 0.2}])
+def test_closed_form_task_runs_under_inference_mode_with_the_same_numbers(tmp_path, monkeypatch, network):
+    """A task with ``autograd = False`` (target localization) has its rounds run under
+    ``torch.inference_mode()``: the same files as with autograd's bookkeeping on."""
+    from conftest import tiny_config_dict
+
+    from p2pmtl.engine.gossip import GossipEngine
+    from p2pmtl.experiments.config import load_config
+    from p2pmtl.experiments.runner import run_experiment
+
+    modes = []
+    step = GossipEngine.step
+
+    def spy(self, *a, **k):
+        modes.append(torch.is_inference_mode_enabled())
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(GossipEngine, "step", spy)
+    data = tiny_config_dict(iterations=12, output={"window": 4})
+    if network is not None:
+        data["network"] = network
+    texts = {}
+    for autograd in (True, False):
+        monkeypatch.setattr(tl.TargetLocalization, "autograd", autograd)
+        modes.clear()
+        out = tmp_path / f"autograd_{autograd}"
+        run_experiment(load_config(data=data), out_dir=out, progress=False, figures=False)
+        assert modes and set(modes) == {not autograd}
+        texts[autograd] = [(out / f).read_bytes() for f in ("metrics.csv", "curves.csv")]
+    assert texts[True] == texts[False]

@@ -209,7 +209,7 @@ def _run_scenarios(cfg: ExperimentConfig, out_dir: Path, progress: bool, positio
     rules = cfg.rules.names
     bar = tqdm(total=len(cfg.scenarios) * len(rules) * cfg.iterations, disable=not progress,
                desc=cfg.name, unit="rule-it", position=position)
-    with interruptible(rec, bar) as state:
+    with interruptible(rec, bar) as state, autograd_mode(cfg):
         for scenario in cfg.scenarios:
             world = worlds[scenario.name]
             _save_world(rec, scenario.name, world)
@@ -225,6 +225,15 @@ def _run_scenarios(cfg: ExperimentConfig, out_dir: Path, progress: bool, positio
                 rec.end_block(block, cfg.output.window, _weight_stats(engine, j, world))
                 _save_weights(rec, scenario.name, rule, engine.lane_weights(j), world)
     return rec.summary, state["interrupted"]
+
+
+def autograd_mode(cfg: ExperimentConfig):
+    """``torch.inference_mode()`` for a task that declares ``autograd = False`` (closed-form
+    steps: the main job's rounds ran 25% faster, 400 -> 300 us, with the same numbers), else a
+    no-op: rules, attacks and combine steps of such a task must not need autograd."""
+    from contextlib import nullcontext
+
+    return torch.inference_mode() if not getattr(TASKS.get(cfg.task.name), "autograd", True) else nullcontext()
 
 
 def _plain_rounds(cfg: ExperimentConfig, rec: RunRecorder, engine: GossipEngine, blocks: list, world: World, bar) -> None:

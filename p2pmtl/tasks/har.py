@@ -54,6 +54,7 @@ class HarSetup:
 class SoftmaxRegression(StackedPopulation):
     metric_names = ("test_loss", "test_acc")
     default_dtype = torch.float32
+    autograd = False  # closed-form cross-entropy gradient
 
     @staticmethod
     def make_setup(cfg: HarConfig, graph, rng: np.random.Generator) -> HarSetup:

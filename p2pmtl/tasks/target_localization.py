@@ -149,6 +149,7 @@ class TargetLocalization(StackedPopulation):
 
     metric_names = ("loss", "msd")
     default_dtype = torch.float64
+    autograd = False  # closed-form LMS / pseudo-observation steps
 
     @staticmethod
     def make_setup(cfg: TargetLocalizationConfig, graph, rng: np.random.Generator) -> AgentSetup:

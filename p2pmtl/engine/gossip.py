@@ -19,9 +19,12 @@ last round's values until the next one (clone them to keep them longer).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from ..robust.attacks import Attack, AttackContext
 from ..core.edges import EdgeIndex
@@ -260,8 +263,8 @@ class GossipEngine:
         """Current weights of lane j on the world's edge list."""
         return self.weights[self.lane_edges(j)]
 
-    def lane_values(self, values: torch.Tensor, j: int) -> torch.Tensor:
-        """Lane j's slice of a per-node tensor ``[M*N0, ...]``."""
+    def lane_values(self, values: torch.Tensor | np.ndarray, j: int) -> torch.Tensor | np.ndarray:
+        """Lane j's slice (a view) of a per-node tensor or numpy array ``[M*N0, ...]``."""
         return values[self.lane(j)]
 
 

@@ -23,9 +23,6 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 
-if TYPE_CHECKING:
-    import numpy as np
-
 from ..robust.attacks import Attack, AttackContext
 from ..core.edges import EdgeIndex
 from ..core.messages import Messages
@@ -33,6 +30,9 @@ from ..core.ops import Workspace, per_lane
 from ..rules.combine import CombineContext, CombineStep
 from ..rules.weights import Average, RuleContext, RuleSet, WeightRule, normalise_scores
 from ..tasks.base import Population
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class GossipEngine:

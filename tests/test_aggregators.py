@@ -391,7 +391,7 @@ def test_make_aggregator_routes_parameters():
     assert [s.name for s in p.pre] == ["nnm", "clip_to_center"] and p.pre[1].tau == 0.5
     gm = make_aggregator("geometric_median", segments=[2, 3], max_iter=7)
     assert isinstance(gm, GeometricMedian) and gm.segments == (2, 3) and gm.max_iter == 7
-    assert repr(gm) == "GeometricMedian(nu=1e-06, tol=1e-07, max_iter=7, segments=(2, 3))"
+    assert repr(gm) == "GeometricMedian(nu=1e-06, tol=1e-07, max_iter=7, segments=(2, 3), solver='auto')"
 
 
 # ------------------------------------------------------------------ errors
@@ -445,6 +445,8 @@ def test_error_other_parameters():
         GeometricMedian(max_iter=0)
     with pytest.raises(ValueError, match=r"segments\[1\] = 0"):
         GeometricMedian(segments=[2, 0])
+    with pytest.raises(ValueError, match="solver = 'fast': must be one of 'auto', 'direct', 'gram'"):
+        GeometricMedian(solver="fast")
     with pytest.raises(ValueError, match="needs n > f"):
         NearestNeighborMixing(f=3)(torch.zeros(3, 2, dtype=F64))
     with pytest.raises(ValueError, match="shape"):
@@ -502,6 +504,7 @@ def test_aggregator_bench_reports_bounds_and_byzfl_when_installed():
     by = {r["aggregator"]: r for r in rows}
     assert by["krum"]["bound"] == "gram" and by["krum"]["bound_seconds"] > 0
     assert by["geometric_median, 3 it"]["bound"] == "read x3"
+    assert by["geometric_median, direct"]["seconds"] > 0  # the naive way beside the default
     if byzfl_specs(2):
         assert by["coordinate_median"]["byzfl_seconds"] > 0
     assert "ByzFL/ours" in format_table(rows)

@@ -226,3 +226,13 @@ def test_nnm_then_mean_skips_the_mixing_product(monkeypatch):
     assert torch.isfinite(out).all()
     with pytest.raises(pytest.fail.Exception):  # another aggregator after it still needs them
         agg.make_aggregator("coordinate_median", pre=["nnm"], f=2)(_wide(12, 500, F32, seed=1))
+
+
+def test_the_gram_buffer_padding_changes_no_bit(monkeypatch):
+    """The spare columns of the centred chunk buffer (a row stride off the powers of two) leave
+    every product as it was; several chunks and a partial last one."""
+    x = _wide(13, 2 * agg.CHUNK_COLUMNS + 100, F32, seed=4, outliers=3)
+    padded = agg._centred_gram(x, x[:9], finite=True, with_centre=True)
+    monkeypatch.setattr(agg, "_GRAM_ROW_PAD", 0)
+    plain = agg._centred_gram(x, x[:9], finite=True, with_centre=True)
+    assert torch.equal(padded[0], plain[0]) and padded[1] == plain[1]

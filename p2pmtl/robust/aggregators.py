@@ -450,7 +450,8 @@ def _centred_gram(x: torch.Tensor, head: torch.Tensor, *, finite: bool,
     cdt = _compute_dtype(x.dtype)
     size = n + 1 if with_centre else n
     gram = torch.zeros((size, size), dtype=torch.float64, device=x.device)
-    buf = torch.empty((size, min(d, CHUNK_COLUMNS)), dtype=cdt, device=x.device)  # centred chunk, reused
+    k = min(d, CHUNK_COLUMNS)
+    buf = torch.empty((size, k + _GRAM_ROW_PAD), dtype=cdt, device=x.device)[:, :k]  # centred chunk, reused
     centre_max = 0.0
     for sl in _column_slices(d):
         c = x[:, sl]
@@ -479,6 +480,13 @@ def _centre_rows(n: int, f: Optional[int]) -> int:
 
 
 _CENTRE_MIN_ROWS = 9
+
+_GRAM_ROW_PAD = 128
+"""Spare columns at the end of each row of :func:`_centred_gram`'s chunk buffer, so that its
+row stride is not a power of two: with rows exactly 2**16 floats apart the product's packing
+meets cache-set conflicts (measured, 100 x 65,536 float32, one thread: 14.6 ms a chunk against
+11.7 ms with 128 spare columns; the whole 100 x 1,000,000 Gram matrix 0.29-0.30 s -> 0.255 s,
+the same bits)."""
 
 
 def distances_to(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -180,7 +180,9 @@ def test_the_cost_model_takes_the_gram_path_where_it_pays():
     assert not pays(1_000, 2_000, 100, 1e-7)  # narrow: the n x n matrix is as large as the stack
 
 
-# ------------------------------------------------------------------ nearest-neighbour mixing, then the mean
+# ------------------------------------------------------------------ nearest-neighbour mixing, then a row rule
+
+ROW_RULES = {"mean": {}, "krum": {"f": 5}, "multi_krum": {"f": 5}, "geometric_median": {}}
 
 
 def test_nnm_then_mean_hand_case():
@@ -190,11 +192,30 @@ def test_nnm_then_mean_hand_case():
     assert out.tolist() == pytest.approx([13 / 6], rel=1e-15)
 
 
+def test_nnm_then_krum_hand_case():
+    """f = 1, five inputs [0], [1], [2], [3], [100]: each mixes with its 4 nearest (itself
+    included): [1.5], [1.5], [1.5], [1.5], [26.5]; Krum (f = 1) picks the first of the four
+    equal rows."""
+    pipe = agg.make_aggregator("krum", pre=["nnm"], f=1)
+    out = pipe(torch.tensor([[0.0], [1.0], [2.0], [3.0], [100.0]], dtype=F64))
+    assert out.tolist() == [1.5]
+
+
+def _two_steps(x: torch.Tensor, pre: list[str], rule: str, params: dict):
+    steps = [agg.NearestNeighborMixing(f=5) if p == "nnm" else agg.ClipToCenter(tau=10.0) for p in pre]
+    y = x
+    for step in steps:
+        y = step(y)
+    final = agg.make_aggregator(rule, **params)
+    return final(y), sum(s.last_dropped for s in steps), final
+
+
+@pytest.mark.parametrize("rule", sorted(ROW_RULES))
 @pytest.mark.parametrize("dtype", [F32, F64])
 @pytest.mark.parametrize("kind", ["ordinary", "nan rows", "huge rows", "after clipping"])
-def test_nnm_then_mean_is_the_mean_of_the_mixed_rows(dtype, kind):
-    """The fused pipeline (one weighted sum of the input rows) against its two steps run
-    one after the other: the same value up to the order of the sums, the same dropped rows."""
+def test_nnm_then_a_row_rule_is_the_rule_on_the_mixed_rows(rule, dtype, kind):
+    """The fused pipeline (one weighted sum of the input rows) against its steps run one after
+    the other: the same value up to the order of the sums, the same dropped rows."""
     x = _wide(23, 3_000, dtype, seed=13, outliers=5)
     pre = ["nnm"]
     if kind == "nan rows":
@@ -204,28 +225,76 @@ def test_nnm_then_mean_is_the_mean_of_the_mixed_rows(dtype, kind):
         x[2] = 1e30 if dtype == F32 else 1e300
     elif kind == "after clipping":
         pre = ["clip_to_center", "nnm"]
-    params = {"f": 5, "tau": 10.0} if len(pre) == 2 else {"f": 5}
-    pipe = agg.make_aggregator("mean", pre=pre, **params)
+    params = dict(ROW_RULES[rule])
+    pipe = agg.make_aggregator(rule, pre=pre, **({"f": 5, "tau": 10.0} if len(pre) == 2 else {"f": 5}))
     out = pipe(x)
-    steps = [agg.NearestNeighborMixing(f=5) if p == "nnm" else agg.ClipToCenter(tau=10.0) for p in pre]
-    y = x
-    for step in steps:
-        y = step(y)
-    ref = agg.Mean()(y)
+    ref, dropped, final = _two_steps(x, pre, rule, params)
     assert out.dtype == dtype and torch.isfinite(out).all()
     scale = float(ref.double().abs().max())
-    tol = 1e-5 if dtype == F32 else 1e-12
+    tol = 1e-5 if dtype == F32 else 1e-10
     torch.testing.assert_close(out.double(), ref.double(), rtol=tol, atol=tol * scale)
-    assert pipe.last_dropped == sum(s.last_dropped for s in steps) == {"nan rows": 2}.get(kind, 0)
+    assert pipe.last_dropped == dropped == {"nan rows": 2}.get(kind, 0)
+    if rule == "geometric_median":
+        assert abs(pipe.aggregator.last_iterations[0] - final.last_iterations[0]) <= 1
 
 
-def test_nnm_then_mean_skips_the_mixing_product(monkeypatch):
-    """The fused path never forms the [n, d] mixed rows."""
-    monkeypatch.setattr(agg.NearestNeighborMixing, "_apply", lambda self, x: pytest.fail("mixed rows formed"))
-    out = agg.make_aggregator("mean", pre=["nnm"], f=2)(_wide(12, 500, F32, seed=1, outliers=2))
+@pytest.mark.parametrize("rule", sorted(ROW_RULES))
+def test_nnm_then_a_row_rule_never_forms_the_mixed_rows(monkeypatch, rule):
+    """Ordinary rows: no [n, d] mixed rows (the mixing product is never called)."""
+    monkeypatch.setattr(agg, "_mix_rows", lambda mix, x: pytest.fail("mixed rows formed"))
+    out = agg.make_aggregator(rule, pre=["nnm"], f=2)(_wide(12, 500, F32, seed=1))
     assert torch.isfinite(out).all()
-    with pytest.raises(pytest.fail.Exception):  # another aggregator after it still needs them
-        agg.make_aggregator("coordinate_median", pre=["nnm"], f=2)(_wide(12, 500, F32, seed=1))
+
+
+def test_nnm_then_the_median_falls_back_where_mixed_rows_coincide(monkeypatch):
+    """With two far rows every honest row mixes the same ten: ten equal mixed rows, at which
+    the median lies, where the Gram formula cannot be trusted (the centre is elsewhere); the
+    mixed rows are then formed and the median runs on them as in the two steps."""
+    calls = []
+    real = agg._mix_rows
+    monkeypatch.setattr(agg, "_mix_rows", lambda mix, x: calls.append(1) or real(mix, x))
+    x = _wide(12, 500, F64, seed=1, outliers=2)
+    out = agg.make_aggregator("geometric_median", pre=["nnm"], f=2)(x)
+    assert calls == [1]
+    ref = GeometricMedian()(agg.NearestNeighborMixing(f=2)(x))
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("rule, params", [("coordinate_median", {}), ("geometric_median", {"segments": [200, 300]}),
+                                          ("geometric_median", {"solver": "direct"})])
+def test_other_rules_after_nnm_get_the_mixed_rows(monkeypatch, rule, params):
+    """Rules that are no combination of rows (or not found from the Gram matrix: a median per
+    segment, the direct loop asked for) receive the mixed rows, as before."""
+    calls = []
+    real = agg._mix_rows
+    monkeypatch.setattr(agg, "_mix_rows", lambda mix, x: calls.append(1) or real(mix, x))
+    x = _wide(12, 500, F32, seed=1, outliers=2)
+    out = agg.make_aggregator(rule, pre=["nnm"], f=2, **params)(x)
+    assert calls == [1]
+    ref = agg.make_aggregator(rule, **params)(agg.NearestNeighborMixing(f=2)(x))
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_a_subclass_of_a_row_rule_is_not_fused():
+    """A plugin that subclasses Krum but aggregates otherwise gets its own result."""
+
+    class KrumThenDouble(agg.Krum):
+        def _aggregate(self, x):
+            return 2.0 * super()._aggregate(x)
+
+    x = _wide(12, 500, F64, seed=1, outliers=2)
+    pipe = agg.Pipeline([agg.NearestNeighborMixing(f=2)], KrumThenDouble(f=2))
+    ref = 2.0 * agg.make_aggregator("krum", pre=["nnm"], f=2)(x)
+    torch.testing.assert_close(pipe(x), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_nnm_then_krum_names_too_few_inputs_as_the_two_steps_do():
+    x = _wide(6, 500, F32, seed=1)
+    with pytest.raises(ValueError) as fused:
+        agg.make_aggregator("krum", pre=["nnm"], f=2)(x)
+    with pytest.raises(ValueError) as steps:
+        agg.Krum(f=2)(agg.NearestNeighborMixing(f=2)(x))
+    assert str(fused.value) == str(steps.value) and "needs n >= 2f + 3" in str(fused.value)
 
 
 def test_the_gram_buffer_padding_changes_no_bit(monkeypatch):

@@ -120,13 +120,13 @@ def test_linear_mean_survives_nonfinite_uploads():
 
 def test_pre_aggregation_steps_never_see_nonfinite_uploads(monkeypatch):
     seen = []
-    original = NearestNeighborMixing._apply
+    original = NearestNeighborMixing._run  # every call of the step, with or without the aggregator fused
 
-    def checked(self, x):
+    def checked(self, x, *args):
         seen.append(bool(torch.isfinite(x).all()))
-        return original(self, x)
+        return original(self, x, *args)
 
-    monkeypatch.setattr(NearestNeighborMixing, "_apply", checked)
+    monkeypatch.setattr(NearestNeighborMixing, "_run", checked)
     srv = _linear(["fedavg+krum"], [NAN, INF], pre=["nnm"])
     assert seen == [True] * 3 and srv.uploads_dropped_nonfinite.tolist() == [6]
 

@@ -69,12 +69,13 @@ def bench_specs(n: int, dim: int, f: int) -> list[tuple[str, Callable[[torch.Ten
         ("trimmed_mean", make_aggregator("trimmed_mean", f=f)),
         ("centered_clipping", make_aggregator("centered_clipping", tau=float(dim) ** 0.5, iters=1)),
         ("nnm+mean", make_aggregator("mean", pre=["nnm"], f=f)),
+        ("nnm+krum", make_aggregator("krum", pre=["nnm"], f=f)),
     ]
 
 
 BOUNDS = {"mean": ("read", 1), GM_LABEL: ("read", GM_ITERATIONS), "krum": ("gram", 1),
           "multi_krum": ("gram", 1), "coordinate_median": ("read", 1), "trimmed_mean": ("read", 1),
-          "centered_clipping": ("read", 1), "nnm+mean": ("gram", 1)}
+          "centered_clipping": ("read", 1), "nnm+mean": ("gram", 1), "nnm+krum": ("gram", 1)}
 """The bound each row is held to: (kind, passes)."""
 
 
@@ -84,7 +85,7 @@ def byzfl_specs(f: int) -> dict[str, Callable]:
         import byzfl
     except ImportError:
         return {}
-    nnm, avg = byzfl.NNM(f=f), byzfl.Average()
+    nnm, avg, krum = byzfl.NNM(f=f), byzfl.Average(), byzfl.Krum(f=f)
     return {
         "mean": byzfl.Average(),
         GM_LABEL: byzfl.GeometricMedian(nu=0.1, T=GM_ITERATIONS),
@@ -93,6 +94,7 @@ def byzfl_specs(f: int) -> dict[str, Callable]:
         "coordinate_median": byzfl.Median(),
         "trimmed_mean": byzfl.TrMean(f=f),
         "nnm+mean": lambda x: avg(nnm(x)),
+        "nnm+krum": lambda x: krum(nnm(x)),
     }
 
 

@@ -48,6 +48,10 @@ Implementation notes (memory and speed for n ~ 1000, d ~ 1e6):
   norms of the vectors (or of far outliers). The aggregators, which know ``f``, take that
   median over the first ``2f + 1`` rows only (at least 9): a strict honest majority, so the
   centre still lies between honest values in every coordinate, for a smaller selection;
+- the geometric median iterates in the span of the rows where a cost model says it pays
+  (:func:`_gram_weiszfeld`): one centred Gram pass, ``O(n^2)`` Weiszfeld steps, one weighted
+  sum, the same iterates as the direct loop up to rounding; nearest-neighbour mixing followed
+  by a row-combination rule never forms the mixed rows (:class:`Pipeline`);
 - coordinate-wise rules (median, trimmed mean) and the distance-to-a-point passes of the
   iterative rules work on column chunks of :data:`CHUNK_COLUMNS` columns, so temporaries stay
   at ``n x CHUNK_COLUMNS`` instead of ``n x d``;
@@ -62,7 +66,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral, Real
-from typing import Any, Callable, ClassVar, Iterator, Optional, Sequence, TypeVar
+from typing import Any, Callable, ClassVar, Iterator, NamedTuple, Optional, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -426,15 +430,60 @@ def _gram_sq_distances(x: torch.Tensor, finite: Optional[bool] = None, f: Option
     if finite is None:
         lo, hi = x.aminmax() if d else (x.new_zeros(()), x.new_zeros(()))
         finite = math.isfinite(float(lo)) and math.isfinite(float(hi))
-    gram, centre_max = _centred_gram(x, x[:_centre_rows(n, f)], finite=finite)
-    if certify:
-        _check_certified(2.0 * math.sqrt(float(gram.diagonal().max())) + centre_max if n and d else 0.0, x)
-    gram = 0.5 * (gram + gram.T)
+    gram = _proven_gram(x, x[:_centre_rows(n, f)], finite=finite, certify_for=x if certify else None)
+    return _sq_distances_from_gram(0.5 * (gram + gram.T))
+
+
+def _proven_gram(x: torch.Tensor, head: torch.Tensor, *, finite: bool, certify_for: Optional[torch.Tensor],
+                 with_centre: bool = False) -> torch.Tensor:
+    """:func:`_centred_gram`'s matrix; in a certified call (``certify_for``: the whole stack of
+    the attempt) it also proves that stack finite and below the overflow bound, or raises
+    :class:`_Uncertified`: each entry obeys ``|x_ij| <= |x_ij - c_j| + |c_j| <= sqrt(G_ii) +
+    max |c|`` (a NaN or inf anywhere makes ``G_ii`` or the centre non-finite), taken with a
+    factor 2 on ``sqrt(G_ii)`` for the product's rounding."""
+    n, d = x.shape
+    full, centre_max = _centred_gram(x, head, finite=finite, with_centre=with_centre)
+    if certify_for is not None:
+        _check_certified(2.0 * math.sqrt(float(full.diagonal()[:n].max())) + centre_max if n and d else 0.0,
+                         certify_for)
+    return full
+
+
+def _sq_distances_from_gram(gram: torch.Tensor) -> torch.Tensor:
+    """``D_ij = G_ii + G_jj - 2 G_ij`` of a symmetric float64 Gram matrix, clamped at 0, NaN
+    (a non-finite input) as +inf, the diagonal exactly 0."""
     sq = gram.diagonal().clone()
     dist = (sq[:, None] + sq[None, :]).sub_(gram, alpha=2.0).clamp_min_(0.0)
     dist.nan_to_num_(nan=math.inf)  # a non-finite input is infinitely far from everything
     dist.fill_diagonal_(0.0)
     return dist
+
+
+class _RowGram(NamedTuple):
+    """What the row-combination rules need of a stack ``[n, d]``: the symmetric float64 Gram
+    matrix ``G = Y Y^T`` of its rows centred on a point ``c`` (``y_i = x_i - c``), and, when
+    built with the centre (:func:`_centred_gram`'s ``with_centre``), ``Y c`` and ``||c||^2``.
+    A combination ``z = sum_i a_i x_i`` with ``sum_i a_i = 1`` then has
+    ``||x_i - z||^2 = G_ii - 2 (G a)_i + a^T G a`` and ``||z||^2 = ||c||^2 + 2 a^T Y c + a^T G a``."""
+
+    gram: torch.Tensor
+    yc: Optional[torch.Tensor] = None
+    cc: float = 0.0
+
+    @staticmethod
+    def of(full: torch.Tensor, with_centre: bool) -> "_RowGram":
+        """From :func:`_centred_gram`'s matrix (symmetrised here)."""
+        n = full.shape[0] - 1 if with_centre else full.shape[0]
+        g = full[:n, :n]
+        g = 0.5 * (g + g.T)
+        return _RowGram(g, full[:n, n].clone(), float(full[n, n])) if with_centre else _RowGram(g)
+
+    def mixed(self, mix: torch.Tensor) -> "_RowGram":
+        """The same for the rows ``mix @ x`` (each row of ``mix`` summing to 1, so that they keep
+        the centre: ``mix @ x - c = mix @ Y``)."""
+        m = mix.to(torch.float64)
+        g = m @ self.gram @ m.T
+        return _RowGram(0.5 * (g + g.T), None if self.yc is None else m @ self.yc, self.cc)
 
 
 def _centred_gram(x: torch.Tensor, head: torch.Tensor, *, finite: bool,
@@ -695,6 +744,18 @@ class Aggregator(_Component):
         subclass's computation."""
         raise NotImplementedError
 
+    _row_centre: ClassVar[bool] = False
+    """Whether :meth:`_row_coefficients` needs the centre terms of its :class:`_RowGram`."""
+
+    def _row_coefficients(self, rg: _RowGram) -> Optional[torch.Tensor]:
+        """This rule's result on ordinary rows (finite, none dropped, ``f`` as given) whose
+        centred Gram matrix is ``rg``, as float64 coefficients ``a`` over those rows (the result
+        being ``sum_i a_i x_i``), or None when it cannot be had that way. Rules whose result is
+        such a combination (the mean, Krum, Multi-Krum, the geometric median) define it in
+        their own class, and a :class:`Pipeline` ending with nearest-neighbour mixing then
+        never forms the mixed rows (:meth:`NearestNeighborMixing._call_then`)."""
+        return None
+
 
 class PreAggregator(_Component):
     """``[n, d] -> [m, d]``, applied before an aggregator (see :class:`Pipeline`).
@@ -772,6 +833,10 @@ class Mean(Aggregator):
 
     def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=0)
+
+    def _row_coefficients(self, rg: _RowGram) -> Optional[torch.Tensor]:
+        n = rg.gram.shape[0]
+        return torch.full((n,), 1.0 / n, dtype=torch.float64, device=rg.gram.device)
 
 
 _STARTS = ("mean", "median")
@@ -904,14 +969,23 @@ def _gram_weiszfeld(x: torch.Tensor, *, nu: float, tol: float, max_iter: int,
     :class:`_Uncertified` is raised."""
     n, _ = x.shape
     head = x[:: max(1, n // _GM_CENTRE_ROWS)][:_GM_CENTRE_ROWS]
-    full, centre_max = _centred_gram(x, head, finite=True, with_centre=True)
-    g = full[:n, :n]
-    g = 0.5 * (g + g.T)
+    full = _proven_gram(x, head, finite=True, certify_for=certify_for, with_centre=True)
+    found = _weiszfeld_coefficients(_RowGram.of(full, with_centre=True), nu=nu, tol=tol, max_iter=max_iter)
+    if found is None:
+        return None
+    a, it = found
+    return _weighted_sum(a, x), it
+
+
+def _weiszfeld_coefficients(rg: _RowGram, *, nu: float, tol: float,
+                            max_iter: int) -> Optional[tuple[torch.Tensor, int]]:
+    """The iteration of :func:`_gram_weiszfeld` on a :class:`_RowGram` (with its centre terms):
+    ``(a, steps)``, the median being ``sum_i a_i x_i``, or None when a squared distance falls
+    below :data:`_GRAM_TRUST` of the centred norms it is computed from."""
+    g, yc, cc = rg.gram, rg.yc, rg.cc
+    n = g.shape[0]
     diag = g.diagonal()
-    if certify_for is not None:
-        _check_certified(2.0 * math.sqrt(float(diag.max())) + centre_max, certify_for)
-    yc, cc = full[:n, n], float(full[n, n])
-    a = torch.full((n,), 1.0 / n, dtype=torch.float64, device=x.device)
+    a = torch.full((n,), 1.0 / n, dtype=torch.float64, device=g.device)
     ga = g @ a
     it = 0
     while it < max_iter:
@@ -928,7 +1002,7 @@ def _gram_weiszfeld(x: torch.Tensor, *, nu: float, tol: float, max_iter: int,
         a, ga = a_new, ga_new
         if step <= tol * scale:
             break
-    return _weighted_sum(a, x), it
+    return a, it
 
 
 @_register(
@@ -1025,6 +1099,19 @@ class GeometricMedian(Aggregator):
             start += size
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
+    _row_centre = True
+
+    def _row_coefficients(self, rg: _RowGram) -> Optional[torch.Tensor]:
+        """The Gram iteration on ``rg`` (whole vectors only: None with ``segments`` or
+        ``solver = "direct"``, or where the Gram formula cannot be trusted)."""
+        if self.segments is not None or self.solver == "direct":
+            return None
+        found = _weiszfeld_coefficients(rg, nu=self.nu, tol=self.tol, max_iter=self.max_iter)
+        if found is None:
+            return None
+        self.last_iterations = [found[1]]
+        return found[0]
+
 
 def krum_scores(x: torch.Tensor, f: int, dist: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Krum scores ``s_i = sum of the n - f - 2 smallest ||x_i - x_j||^2 over j != i`` (float64).
@@ -1086,6 +1173,12 @@ class Krum(Aggregator):
         scores = _krum_scores(self._gram_distances(x, f), f)
         return x[int(torch.argmin(scores))].clone()
 
+    def _row_coefficients(self, rg: _RowGram) -> Optional[torch.Tensor]:
+        scores = _krum_scores(_sq_distances_from_gram(rg.gram), self.f)
+        a = torch.zeros(scores.shape[0], dtype=torch.float64, device=scores.device)
+        a[int(torch.argmin(scores))] = 1.0
+        return a
+
 
 @_register(AGGREGATORS, "multi_krum", "Multi-Krum: mean of the m inputs with the smallest Krum scores")
 class MultiKrum(Aggregator):
@@ -1136,6 +1229,14 @@ class MultiKrum(Aggregator):
         for sl in _column_slices(d, _selected_mean_columns(m, x.element_size(), x.device)):
             out[sl] = x[:, sl].index_select(0, keep).mean(dim=0)
         return out
+
+    def _row_coefficients(self, rg: _RowGram) -> Optional[torch.Tensor]:
+        n = rg.gram.shape[0]
+        m = n - self.f if self.m is None else self.m
+        scores = _krum_scores(_sq_distances_from_gram(rg.gram), self.f)
+        a = torch.zeros(n, dtype=torch.float64, device=scores.device)
+        a[torch.sort(scores, stable=True).indices[:m]] = 1.0 / m
+        return a
 
 
 @_register(AGGREGATORS, "coordinate_median", "coordinate-wise median (midpoint of the middle two for even n)")
@@ -1335,34 +1436,60 @@ class NearestNeighborMixing(HonestMinority, PreAggregator):
 
 
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
-        mix = self._mixing(x)
-        out = torch.empty_like(x)
-        for sl in _column_slices(x.shape[1]):
-            out[:, sl] = mix @ x[:, sl].to(mix.dtype)
-        return out
+        return _mix_rows(self._mixing(x, self._gram_distances(x, self._fit_f(x.shape[0]))), x)
 
-    def _mixing(self, x: torch.Tensor) -> torch.Tensor:
-        """``[n, n]`` in the compute dtype: row ``i`` holds ``1 / (n - f)`` at the ``n - f``
-        inputs nearest to ``x_i``, so that the step's output is ``mix @ x``."""
+    def _mixing(self, x: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
+        """``[n, n]`` in the compute dtype, from the squared distances ``d2`` of the rows of
+        ``x`` (overwritten): row ``i`` holds ``1 / (n - f)`` at the ``n - f`` inputs nearest to
+        ``x_i``, so that the step's output is ``mix @ x``."""
         n = x.shape[0]
-        f = self._fit_f(n)
-        k = n - f
-        d2 = self._gram_distances(x, f)
+        k = n - self._fit_f(n)
         d2.fill_diagonal_(-1.0)  # itself first
         nearest = torch.sort(d2, dim=1, stable=True).indices[:, :k]
         return torch.zeros((n, n), dtype=_compute_dtype(x.dtype), device=x.device).scatter_(1, nearest, 1.0 / k)
 
-    def _call_then_mean(self, x: torch.Tensor, known_bad: int) -> torch.Tensor:
-        """``mean_i (mix @ x)_i`` as one weighted sum of the input rows, ``w = 1^T mix / n``
-        (the column means of the mixing matrix): the :class:`Pipeline` of this step and the mean
-        without the ``[n, n] @ [n, d]`` product, its ``[n, d]`` output and the mean's passes
-        over it (the same value up to the order of the sums). Hostile inputs as :meth:`_call`."""
+    def _call_then(self, agg: Aggregator, x: torch.Tensor, known_bad: int) -> torch.Tensor:
+        """This step, then ``agg`` on its output (a :class:`Pipeline`'s last two parts). When
+        ``agg``'s result is a combination of its input rows (:meth:`Aggregator._row_coefficients`)
+        and the rows are ordinary (none dropped, no guarded path), the mixed rows are never
+        formed: their centred Gram matrix is ``mix G mix^T`` for this step's own ``G`` (the rows
+        of ``mix`` sum to 1, so the centre stays), ``agg`` finds its coefficients ``a`` over
+        them, and the result is one weighted sum of the input rows, ``(mix^T a)^T x``: no
+        ``[n, n] @ [n, d]`` product, no ``[n, d]`` output, no pass of ``agg`` over it. The same
+        value up to the order of the sums. Otherwise (and when ``agg`` returns None) the mixed
+        rows go to ``agg`` as in the pipeline's general case. Hostile inputs, ``last_dropped``
+        and errors as there."""
+        fused = [False]
 
-        def mixed_mean(y: torch.Tensor) -> torch.Tensor:
-            mix = self._mixing(y).to(torch.float64)
-            return _weighted_sum(mix.mean(dim=0), y)
+        def compute(y: torch.Tensor) -> torch.Tensor:
+            fused[0] = False
+            if self._known_bad or self._guarded_call:
+                return self._apply(y)
+            n = y.shape[0]
+            agg._check_n(n)
+            full = _proven_gram(y, y[:_centre_rows(n, self._fit_f(n))], finite=True,
+                                certify_for=y if self._certifying_on(y) else None, with_centre=agg._row_centre)
+            rg = _RowGram.of(full, with_centre=agg._row_centre)
+            mix = self._mixing(y, _sq_distances_from_gram(rg.gram))
+            a = agg._row_coefficients(rg.mixed(mix))
+            if a is None:
+                return _mix_rows(mix, y)
+            fused[0] = True
+            return _weighted_sum(mix.to(torch.float64).T @ a, y)
 
-        return self._run(x, f"pre-aggregation step {self.name!r}", mixed_mean, known_bad)
+        out = self._run(x, f"pre-aggregation step {self.name!r}", compute, known_bad)
+        if fused[0]:
+            agg.last_dropped = 0  # the mixed rows are finite: agg would drop none
+            return out
+        return agg._call(out, known_bad + self.last_dropped)
+
+
+def _mix_rows(mix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``mix @ x`` in column chunks, in the dtype of ``x`` (computed in ``mix``'s)."""
+    out = torch.empty_like(x)
+    for sl in _column_slices(x.shape[1]):
+        out[:, sl] = mix @ x[:, sl].to(mix.dtype)
+    return out
 
 
 @_register(PRE_AGGREGATORS, "clip_to_center", "x_i <- c + clip(x_i - c, tau), c the coordinate-wise median")
@@ -1403,7 +1530,13 @@ class Pipeline:
     Hostile inputs: each step drops the non-finite rows it receives (see the module
     docstring); rows dropped by a step count as known-bad for the later ones (an assumed ``f``
     that no longer fits is lowered, never below ``f`` minus the dropped count).
-    ``last_dropped`` is the total of the last call."""
+    ``last_dropped`` is the total of the last call.
+
+    Speed: when the last step is nearest-neighbour mixing and the aggregator one of the rules
+    whose result is a combination of rows (mean, Krum, Multi-Krum, geometric median), the mixed
+    rows are not formed on ordinary inputs: the rule runs on their Gram matrix and the result
+    is one weighted sum of the step's input rows
+    (:meth:`NearestNeighborMixing._call_then`; the same value up to the order of the sums)."""
 
     last_dropped: int = 0
 
@@ -1419,14 +1552,14 @@ class Pipeline:
         known = 0
         agg = self.aggregator
         last = self.pre[-1] if self.pre else None
-        if type(agg) is Mean and type(last) is NearestNeighborMixing:
-            # the mean of mixed rows is one weighted sum of the step's input rows
+        if type(last) is NearestNeighborMixing and "_row_coefficients" in vars(type(agg)):
+            # a combination of the mixed rows is one of the step's input rows (see _call_then);
+            # only for rules whose own class defines it (a subclass may compute something else)
             for step in self.pre[:-1]:
                 x = step._call(x, known) if isinstance(step, _Component) else step(x)
                 known += getattr(step, "last_dropped", 0)
-            out = last._call_then_mean(x, known)
-            agg.last_dropped = 0  # the mixed rows are finite: the mean would drop none
-            self.last_dropped = known + last.last_dropped
+            out = last._call_then(agg, x, known)
+            self.last_dropped = known + last.last_dropped + agg.last_dropped
             return out
         for step in self.pre:
             x = step._call(x, known) if isinstance(step, _Component) else step(x)

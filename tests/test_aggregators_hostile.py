@@ -310,6 +310,12 @@ def _components(n: int = N):
     out.append(("nnm+clip_to_center+geometric_median",
                 make_aggregator("geometric_median", pre=["nnm", "clip_to_center"], f=1, tau=1.0)))
     out.append(("nnm+krum", make_aggregator("krum", pre=["nnm"], f=1)))
+    # NNM then a row-combination rule: fused on ordinary stacks (no mixed rows formed)
+    out.append(("nnm+multi_krum", make_aggregator("multi_krum", pre=["nnm"], f=1)))
+    out.append(("nnm+geometric_median", make_aggregator("geometric_median", pre=["nnm"], f=1)))
+    out.append(("nnm+mean", make_aggregator("mean", pre=["nnm"], f=1)))
+    # the geometric median's Gram iteration, which the cost model keeps for wide stacks
+    out.append(("geometric_median(solver=gram)", make_aggregator("geometric_median", solver="gram")))
     return out
 
 

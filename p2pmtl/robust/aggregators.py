@@ -495,7 +495,6 @@ def _centred_gram(x: torch.Tensor, head: torch.Tensor, *, finite: bool,
     ``[n + 1, n + 1]``, the centre ``c`` itself its last row, so that ``G[:n, n] = Y c`` and
     ``G[n, n] = ||c||^2`` come out of the same products (one more row in each)."""
     n, d = x.shape
-    rows = head.shape[0]
     cdt = _compute_dtype(x.dtype)
     size = n + 1 if with_centre else n
     gram = torch.zeros((size, size), dtype=torch.float64, device=x.device)

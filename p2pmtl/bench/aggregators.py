@@ -146,6 +146,33 @@ def benchmark_aggregators(
         torch.set_num_threads(old_threads)
 
 
+def node_aggregator_rows(n: int = 1000, degree: float = 10.0, dim: int = 1000, repeats: int = 3,
+                         seed: int = 0) -> list[dict]:
+    """Seconds per combination of the robust-gossip step ``node_aggregator`` at every receiver
+    of a G(n, p) graph (mean degree ``degree``, so about a dozen neighbourhood sizes), float32
+    messages of ``dim`` parameters: one aggregator call per receiver (the naive way) against
+    one batched call per neighbourhood size (the built-ins' ``_batched``). Rows: ``{"aggregator",
+    "per_receiver_s", "batched_s"}``."""
+    import networkx as nx
+
+    from ..core.edges import EdgeIndex
+    from ..rules.combine import CombineContext
+    from ..rules.robust_gossip import NodeAggregatorStep
+
+    edges = EdgeIndex.from_graph(nx.gnp_random_graph(n, degree / n, seed=seed))
+    g = torch.Generator().manual_seed(seed)
+    own = torch.randn((n, dim), generator=g)
+    ctx = CombineContext(edges, own[edges.src], None, torch.zeros(edges.num_edges), own)
+    rows = []
+    for name, params in (("mean", {}), ("coordinate_median", {}), ("krum", {"f": 1}), ("geometric_median", {})):
+        step = NodeAggregatorStep(aggregator=name, aggregator_params=params)
+        batched = best_time(lambda: step.combine(ctx), repeats)
+        step._batched_ordinary = lambda stack, rows, size, out: (list(range(rows.numel())), 0)  # one call each
+        rows.append({"aggregator": name, "per_receiver_s": best_time(lambda: step.combine(ctx), repeats),
+                     "batched_s": batched})
+    return rows
+
+
 def format_table(rows: list[dict]) -> str:
     """Seconds per call, the bound and our time over it, ByzFL's time over ours (> 1: we are
     faster), peak RSS."""

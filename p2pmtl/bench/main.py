@@ -345,6 +345,21 @@ def main(args: argparse.Namespace) -> int:
               f"f = {args.agg_n // 10}, {args.agg_threads} thread(s), best of {args.agg_repeats}")
         print(format_table(benchmark_aggregators(n=args.agg_n, dim=args.agg_dim, f=args.agg_n // 10,
                                                  threads=args.agg_threads, repeats=args.agg_repeats)))
+        from .aggregators import node_aggregator_rows
+
+        old_threads = torch.get_num_threads()
+        torch.set_num_threads(args.agg_threads)
+        try:
+            rows = node_aggregator_rows(repeats=args.agg_repeats)
+        finally:
+            torch.set_num_threads(old_threads)
+        print(f"\nnode_aggregator (robust gossip) at every receiver of G(1000, p), mean degree 10, 1,000 float32 "
+              f"parameters, {args.agg_threads} thread(s), best of {args.agg_repeats}: one call per receiver "
+              f"against one batched call per neighbourhood size")
+        print(f"{'aggregator':<20} {'per receiver s':>15} {'batched s':>10} {'speed-up':>9}")
+        for r in rows:
+            print(f"{r['aggregator']:<20} {r['per_receiver_s']:>15.3f} {r['batched_s']:>10.4f} "
+                  f"{r['per_receiver_s'] / r['batched_s']:>8.1f}x")
     if "network" in parts:
         from .network import main as network_main
 

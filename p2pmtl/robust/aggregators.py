@@ -755,6 +755,16 @@ class Aggregator(_Component):
         never forms the mixed rows (:meth:`NearestNeighborMixing._call_then`)."""
         return None
 
+    def _batched(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """This rule on each of ``G`` ordinary stacks at once: ``[G, n, d]`` (every entry finite
+        and below the overflow bound, :func:`ordinary_stacks`; ``n`` already checked by
+        ``_check_n``) -> ``[G, d]`` in the compute dtype, each row what ``_aggregate`` gives
+        that stack up to rounding; None (the default) when the rule has no such form. Defined
+        by the mean, the coordinate median, Krum and the geometric median in their own class:
+        the robust-gossip step ``node_aggregator`` then aggregates every receiver's
+        neighbourhood of one size in one call instead of one call per receiver."""
+        return None
+
 
 class PreAggregator(_Component):
     """``[n, d] -> [m, d]``, applied before an aggregator (see :class:`Pipeline`).
@@ -793,6 +803,24 @@ def check_inputs(aggregator: Any, n: int) -> None:
         rows = getattr(part, "output_rows", None)
         if rows is not None and part is not getattr(aggregator, "aggregator", aggregator):
             n = rows(n)
+
+
+def _side_by_side(x: torch.Tensor) -> torch.Tensor:
+    """``[G, n, d] -> [n, G d]`` (contiguous): the ``G`` stacks as column blocks of one stack,
+    so that one coordinate-wise selection (the sorting network) serves them all."""
+    g, n, d = x.shape
+    return x.permute(1, 0, 2).reshape(n, g * d)
+
+
+def ordinary_stacks(x: torch.Tensor) -> torch.Tensor:
+    """``[G]`` bool for a ``[G, n, d]`` batch of stacks: every entry finite and below the
+    overflow bound of the guarded path (:func:`_safe_view`), so that an aggregator takes its
+    ordinary path on that stack (no row dropped, no scaling)."""
+    g, n, d = x.shape
+    if not n * d:
+        return torch.ones(g, dtype=torch.bool, device=x.device)
+    limit = _overflow_limit(_compute_dtype(x.dtype), n, d)  # NaN fails both tests, inf the one of its sign
+    return (x.amax(dim=(1, 2)) <= limit) & (x.amin(dim=(1, 2)) >= -limit)
 
 
 def _check_f_below_n(who: str, n: int, f: int) -> None:
@@ -836,6 +864,9 @@ class Mean(Aggregator):
     def _row_coefficients(self, rg: _RowGram) -> Optional[torch.Tensor]:
         n = rg.gram.shape[0]
         return torch.full((n,), 1.0 / n, dtype=torch.float64, device=rg.gram.device)
+
+    def _batched(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        return x.mean(dim=1)
 
 
 _STARTS = ("mean", "median")
@@ -1111,6 +1142,37 @@ class GeometricMedian(Aggregator):
         self.last_iterations = [found[1]]
         return found[0]
 
+    def _batched(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The direct iteration on every stack at once (whole vectors only: None with
+        ``segments``); a stack leaves the loop when its own step meets the tolerance, so each
+        takes the steps it would take alone. ``last_iterations`` lists them."""
+        if self.segments is not None:
+            return None
+        g = x.shape[0]
+        cdt = _compute_dtype(x.dtype)
+        x = x.to(cdt)
+        z = x.mean(dim=1)
+        steps = torch.zeros(g, dtype=torch.long, device=x.device)
+        active = torch.arange(g, device=x.device)
+        xa, za = x, z.clone()  # the stacks still iterating (gathered again only when some stop)
+        for it in range(1, self.max_iter + 1):
+            dist = torch.linalg.vector_norm(xa - za[:, None, :], dim=2).to(torch.float64)
+            b = 1.0 / dist.clamp_min_(self.nu)
+            w = (b / b.sum(dim=1, keepdim=True)).to(cdt)
+            z_new = torch.bmm(w[:, None, :], xa)[:, 0]
+            step = torch.linalg.vector_norm(z_new.to(torch.float64) - za.to(torch.float64), dim=1)
+            scale = torch.linalg.vector_norm(za.to(torch.float64), dim=1).clamp_min_(_TINY)
+            z[active] = z_new
+            steps[active] = it
+            going = step > self.tol * scale
+            if not bool(going.all()):
+                active, xa, z_new = active[going], xa[going], z_new[going]
+                if not active.numel():
+                    break
+            za = z_new
+        self.last_iterations = steps.tolist()
+        return z
+
 
 def krum_scores(x: torch.Tensor, f: int, dist: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Krum scores ``s_i = sum of the n - f - 2 smallest ||x_i - x_j||^2 over j != i`` (float64).
@@ -1177,6 +1239,28 @@ class Krum(Aggregator):
         a = torch.zeros(scores.shape[0], dtype=torch.float64, device=scores.device)
         a[int(torch.argmin(scores))] = 1.0
         return a
+
+    def _batched(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """Each stack's Gram distances as :func:`_gram_sq_distances` takes them (chunks centred
+        on the lower median of the first ``2f + 1`` rows, products in the input precision summed
+        in float64), scores and first minimum as for one stack."""
+        g, n, d = x.shape
+        f = self.f
+        cdt = _compute_dtype(x.dtype)
+        rows = _centre_rows(n, f)
+        gram = torch.zeros((g, n, n), dtype=torch.float64, device=x.device)
+        for sl in _column_slices(d):
+            c = x[:, :, sl].to(cdt)
+            centre = _lower_median(_side_by_side(c[:, :rows])).view(g, 1, -1)
+            centred = c - centre
+            gram += torch.bmm(centred, centred.transpose(1, 2)).to(torch.float64)
+        gram = 0.5 * (gram + gram.transpose(1, 2))
+        sq = gram.diagonal(dim1=1, dim2=2)
+        d2 = (sq[:, :, None] + sq[:, None, :]).sub_(gram, alpha=2.0).clamp_min_(0.0)
+        d2.diagonal(dim1=1, dim2=2).fill_(math.inf)
+        scores = torch.sort(d2, dim=2).values[:, :, : n - f - 2].sum(dim=2)
+        best = torch.argmin(scores, dim=1)
+        return x[torch.arange(g, device=x.device), best].to(cdt)
 
 
 @_register(AGGREGATORS, "multi_krum", "Multi-Krum: mean of the m inputs with the smallest Krum scores")
@@ -1255,6 +1339,12 @@ class CoordinateMedian(Aggregator):
 
     def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
         return coordinatewise_median(x, certify=self._certifying_on(x))
+
+    def _batched(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The stacks side by side as the columns of one ``[n, G d]`` stack (a copy), whose
+        coordinate-wise median is every stack's: the same selection, column by column."""
+        g, n, d = x.shape
+        return coordinatewise_median(_side_by_side(x)).view(g, d)
 
 
 class HonestMinority:

@@ -421,9 +421,12 @@ class NodeAggregatorStep(CombineStep):
     the rule ``node_aggregator`` also takes them directly as its own parameters).
 
     Cost. Receivers are grouped by neighbourhood size; an aggregator with a callable attribute
-    ``batched`` (``[G, n, D] -> [G, D]``) is called once per group, any other once per receiver
-    (a Python loop over receivers: one aggregator call each, per step and lane; use the
-    vectorized ``bridge_*`` rules for large graphs). A receiver whose neighbourhood the
+    ``batched`` (``[G, n, D] -> [G, D]``) is called once per group. The built-in mean,
+    coordinate median, Krum and geometric median aggregate all the group's ordinary stacks
+    (finite, below the overflow bound) in one batched call, the same values up to rounding
+    (:meth:`~p2pmtl.robust.aggregators.Aggregator._batched`); other aggregators, pipelines and
+    stacks with huge entries take one call per receiver (a Python loop over receivers, per step
+    and lane; use the vectorized ``bridge_*`` rules for large graphs). A receiver whose neighbourhood the
     aggregator refuses (``ValueError``, e.g. Krum's n >= 2f + 3) keeps psi_k; ``refused``
     counts them in the last call (a warning is issued once).
 
@@ -472,9 +475,11 @@ class NodeAggregatorStep(CombineStep):
             if callable(batched):
                 out[rows] = batched(stack).to(out.dtype)
                 continue
-            for i, k in enumerate(rows.tolist()):
+            left, refused_here = self._batched_ordinary(stack, rows, size, out)
+            refused += refused_here
+            for i in left:
                 try:
-                    out[k] = self._agg(stack[i])
+                    out[int(rows[i])] = self._agg(stack[i])
                 except ValueError:
                     refused += 1
         self.refused = refused
@@ -483,6 +488,34 @@ class NodeAggregatorStep(CombineStep):
             warnings.warn(f"node_aggregator {self.aggregator!r}: {refused} receiver(s) kept their own model "
                           f"(the aggregator refused their neighbourhood size)", RuntimeWarning, stacklevel=2)
         return out
+
+    def _batched_ordinary(self, stack: torch.Tensor, rows: torch.Tensor, size: int,
+                          out: torch.Tensor) -> tuple[list[int], int]:
+        """Aggregate, in one call, the receivers of one neighbourhood size whose stacks are
+        ordinary (:func:`~p2pmtl.robust.aggregators.ordinary_stacks`), when the aggregator has a
+        batched form of its own (:meth:`~p2pmtl.robust.aggregators.Aggregator._batched`: the
+        mean, the coordinate median, Krum, the geometric median); write them into ``out``.
+        Returns the positions in ``rows`` left for one call each (stacks with huge entries take
+        the aggregator's guarded path there) and how many receivers the size was refused for."""
+        from ..robust.aggregators import Aggregator, ordinary_stacks
+
+        agg = self._agg
+        if not isinstance(agg, Aggregator) or "_batched" not in vars(type(agg)):
+            return list(range(rows.numel())), 0
+        ordinary = ordinary_stacks(stack)
+        left = torch.nonzero(~ordinary).flatten().tolist()
+        if not bool(ordinary.any()):
+            return left, 0
+        try:
+            agg._check_n(size)
+        except ValueError:
+            return left, int(ordinary.sum())
+        every = not left  # the usual case: no gather
+        values = agg._batched(stack if every else stack[ordinary])
+        if values is None:
+            return list(range(rows.numel())), 0
+        out[rows if every else rows[ordinary]] = values.to(out.dtype)
+        return left, 0
 
 
 # --------------------------------------------------------------------------- weight rules

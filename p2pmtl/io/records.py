@@ -79,18 +79,19 @@ class RunRecorder:
         with np.errstate(over="ignore", invalid="ignore"):
             self._record(block, step, now, nbytes, metrics, shared)
 
-    def _shared_copy(self, shared: dict, name: str, block: "Block", step: int, now: float) -> np.ndarray:
-        """The normal agents' values of ``shared[name]``, one copy per ``shared`` dict, iteration
-        and normal set (the dict stays referenced while its copies are cached)."""
+    def _shared_copies(self, shared: dict, block: "Block", step: int, now: float) -> dict[str, np.ndarray]:
+        """The normal agents' values of every metric of ``shared``, copied once per ``shared``
+        dict, iteration and normal set (the dict stays referenced while its copies are cached)."""
         if self._shared is None or self._shared[0] is not shared or self._shared[1] != (step, now):
             self._shared = (shared, (step, now), {})
-        key = (name, block.normal_token)
-        copies = self._shared[2]
-        if key not in copies:
-            values = shared[name]
-            arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
-            copies[key] = np.asarray(arr[block.normal_idx], dtype=np.float64)
-        return copies[key]
+        by_normal = self._shared[2]
+        copies = by_normal.get(block.normal_token)
+        if copies is None:
+            copies = by_normal[block.normal_token] = {}
+            for name, values in shared.items():
+                arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
+                copies[name] = np.asarray(arr[block.normal_idx], dtype=np.float64)
+        return copies
 
     def _record(self, block: "Block", step: int, now: float, nbytes: float, metrics: dict[str, torch.Tensor],
                 shared: Optional[dict] = None) -> None:
@@ -99,9 +100,10 @@ class RunRecorder:
         items = []
         every = metrics.items() if not shared else [*((k, v) for k, v in metrics.items() if k not in shared),
                                                      *((k, None) for k in shared)]  # shared wins, as in {**m, **s}
+        copies = self._shared_copies(shared, block, step, now) if shared else None
         for name, values in every:
             if values is None:
-                v = self._shared_copy(shared, name, block, step, now)
+                v = copies[name]
             else:
                 arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
                 v = np.asarray(arr[block.normal_idx], dtype=np.float64)  # a copy: the caller may reuse its array

@@ -760,7 +760,8 @@ class Aggregator(_Component):
         and below the overflow bound, :func:`ordinary_stacks`; ``n`` already checked by
         ``_check_n``) -> ``[G, d]`` in the compute dtype, each row what ``_aggregate`` gives
         that stack up to rounding; None (the default) when the rule has no such form. Defined
-        by the mean, the coordinate median, Krum and the geometric median in their own class:
+        by the mean, the coordinate median, the trimmed mean, Krum, Multi-Krum and the geometric
+        median in their own class:
         the robust-gossip step ``node_aggregator`` then aggregates every receiver's
         neighbourhood of one size in one call instead of one call per receiver."""
         return None
@@ -1191,6 +1192,27 @@ def _krum_scores(d2: torch.Tensor, f: int) -> torch.Tensor:
     return torch.sort(d2, dim=1).values[:, :k].sum(dim=1)
 
 
+def _batched_krum_scores(x: torch.Tensor, f: int) -> torch.Tensor:
+    """``[G, n]`` Krum scores of ``G`` ordinary stacks ``[G, n, d]``: each stack's Gram distances
+    as :func:`_gram_sq_distances` takes them (chunks centred on the lower median of the first
+    ``2f + 1`` rows, products in the input precision summed in float64), then the sum of the
+    ``n - f - 2`` smallest per row, as for one stack."""
+    g, n, d = x.shape
+    cdt = _compute_dtype(x.dtype)
+    rows = _centre_rows(n, f)
+    gram = torch.zeros((g, n, n), dtype=torch.float64, device=x.device)
+    for sl in _column_slices(d):
+        c = x[:, :, sl].to(cdt)
+        centre = _lower_median(_side_by_side(c[:, :rows])).view(g, 1, -1)
+        centred = c - centre
+        gram += torch.bmm(centred, centred.transpose(1, 2)).to(torch.float64)
+    gram = 0.5 * (gram + gram.transpose(1, 2))
+    sq = gram.diagonal(dim1=1, dim2=2)
+    d2 = (sq[:, :, None] + sq[:, None, :]).sub_(gram, alpha=2.0).clamp_min_(0.0)
+    d2.diagonal(dim1=1, dim2=2).fill_(math.inf)
+    return torch.sort(d2, dim=2).values[:, :, : n - f - 2].sum(dim=2)
+
+
 def _check_krum_n(who: str, n: int, f: int) -> None:
     if n < 2 * f + 3:
         raise ValueError(f"{who}: needs n >= 2f + 3, got n = {n} and f = {f} (2f + 3 = {2 * f + 3})")
@@ -1241,26 +1263,8 @@ class Krum(Aggregator):
         return a
 
     def _batched(self, x: torch.Tensor) -> Optional[torch.Tensor]:
-        """Each stack's Gram distances as :func:`_gram_sq_distances` takes them (chunks centred
-        on the lower median of the first ``2f + 1`` rows, products in the input precision summed
-        in float64), scores and first minimum as for one stack."""
-        g, n, d = x.shape
-        f = self.f
-        cdt = _compute_dtype(x.dtype)
-        rows = _centre_rows(n, f)
-        gram = torch.zeros((g, n, n), dtype=torch.float64, device=x.device)
-        for sl in _column_slices(d):
-            c = x[:, :, sl].to(cdt)
-            centre = _lower_median(_side_by_side(c[:, :rows])).view(g, 1, -1)
-            centred = c - centre
-            gram += torch.bmm(centred, centred.transpose(1, 2)).to(torch.float64)
-        gram = 0.5 * (gram + gram.transpose(1, 2))
-        sq = gram.diagonal(dim1=1, dim2=2)
-        d2 = (sq[:, :, None] + sq[:, None, :]).sub_(gram, alpha=2.0).clamp_min_(0.0)
-        d2.diagonal(dim1=1, dim2=2).fill_(math.inf)
-        scores = torch.sort(d2, dim=2).values[:, :, : n - f - 2].sum(dim=2)
-        best = torch.argmin(scores, dim=1)
-        return x[torch.arange(g, device=x.device), best].to(cdt)
+        best = torch.argmin(_batched_krum_scores(x, self.f), dim=1)
+        return x[torch.arange(x.shape[0], device=x.device), best].to(_compute_dtype(x.dtype))
 
 
 @_register(AGGREGATORS, "multi_krum", "Multi-Krum: mean of the m inputs with the smallest Krum scores")
@@ -1320,6 +1324,12 @@ class MultiKrum(Aggregator):
         a = torch.zeros(n, dtype=torch.float64, device=scores.device)
         a[torch.sort(scores, stable=True).indices[:m]] = 1.0 / m
         return a
+
+    def _batched(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        g, n, _ = x.shape
+        m = n - self.f if self.m is None else self.m
+        keep = torch.sort(_batched_krum_scores(x, self.f), dim=1, stable=True).indices[:, :m]
+        return x[torch.arange(g, device=x.device)[:, None], keep].to(_compute_dtype(x.dtype)).mean(dim=1)
 
 
 @_register(AGGREGATORS, "coordinate_median", "coordinate-wise median (midpoint of the middle two for even n)")
@@ -1414,6 +1424,12 @@ class TrimmedMean(HonestMajority, Aggregator):
         for sl, mean in _chunk_results(trimmed, x):
             out[sl] = mean
         return out
+
+    def _batched(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The stacks side by side as the columns of one stack (a copy): the same per-column
+        computation."""
+        g, _, d = x.shape
+        return self._aggregate(_side_by_side(x)).view(g, d)
 
 
 _CENTERS = ("median", "mean")

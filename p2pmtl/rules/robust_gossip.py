@@ -423,12 +423,11 @@ class NodeAggregatorStep(CombineStep):
     Cost. Receivers are grouped by neighbourhood size; an aggregator with a callable attribute
     ``batched`` (``[G, n, D] -> [G, D]``) is called once per group. The built-in mean,
     coordinate median, trimmed mean, Krum, Multi-Krum and geometric median aggregate all the
-    group's ordinary stacks
-    (finite, below the overflow bound) in one batched call, the same values up to rounding
-    (:meth:`~p2pmtl.robust.aggregators.Aggregator._batched`); other aggregators, pipelines and
-    stacks with huge entries take one call per receiver (a Python loop over receivers, per step
-    and lane; use the vectorized ``bridge_*`` rules for large graphs). A receiver whose neighbourhood the
-    aggregator refuses (``ValueError``, e.g. Krum's n >= 2f + 3) keeps psi_k; ``refused``
+    group's ordinary stacks (finite, below the overflow bound) in one batched call, the same
+    values up to rounding (:meth:`~p2pmtl.robust.aggregators.Aggregator._batched`); other
+    aggregators, pipelines and stacks with huge entries take one call per receiver (a Python
+    loop over receivers, per step and lane; use the vectorized ``bridge_*`` rules for large
+    graphs). A receiver whose neighbourhood the aggregator refuses (``ValueError``, e.g. Krum's n >= 2f + 3) keeps psi_k; ``refused``
     counts them in the last call (a warning is issued once).
 
     Worked example (``aggregator = "trimmed_mean"``, ``f = 1``), psi_k = (0, 5), neighbours
@@ -496,8 +495,7 @@ class NodeAggregatorStep(CombineStep):
         ordinary (:func:`~p2pmtl.robust.aggregators.ordinary_stacks`), when the aggregator has a
         batched form of its own (:meth:`~p2pmtl.robust.aggregators.Aggregator._batched`: the
         mean, the coordinate median, the trimmed mean, Krum, Multi-Krum, the geometric median);
-        write them into ``out``.
-        Returns the positions in ``rows`` left for one call each (stacks with huge entries take
+        write them into ``out``. Returns the positions in ``rows`` left for one call each (stacks with huge entries take
         the aggregator's guarded path there) and how many receivers the size was refused for."""
         from ..robust.aggregators import Aggregator, ordinary_stacks
 

@@ -188,6 +188,10 @@ class OutputConfig(Strict):
     records: Literal["csv", "parquet"] = Field(
         "csv", description="format of the per-agent table: csv (metrics.csv) or parquet (metrics.parquet/, a folder "
                            "of Parquet parts with exact float64 values; needs pyarrow: pip install p2pmtl[parquet])")
+    csv_writer: Literal["auto", "inline", "process"] = Field(
+        "auto", description="where metrics.csv's rows are formatted as text: inline (in the simulation's process), "
+                            "process (a helper process beside it, on another core; the same bytes), or auto (inline, "
+                            "then a helper once 50,000 rows were written, where two cores or more are free to use)")
     figures: bool = Field(True, description="draw the run's figures when it ends (`p2pmtl plot` redraws them)")
     formats: list[Literal["png", "pdf", "svg"]] = Field(
         ["png"], min_length=1, description="file formats of every figure, e.g. ['png', 'pdf']")

@@ -20,7 +20,7 @@ from ..core.edges import EdgeIndex
 from ..engine.gossip import GossipEngine
 from ..graphs.edge_list import EdgeListGraph
 from ..graphs.families import build_graph, positions
-from ..io.records import NETWORK_METRICS, RunRecorder, interruptible, json_safe
+from ..io.records import RunRecorder, interruptible, json_safe
 from ..rules.combine import make_combine
 from ..rules.weights import make_rule
 from ..tasks import TASKS
@@ -204,8 +204,7 @@ def _run_scenarios(cfg: ExperimentConfig, out_dir: Path, progress: bool, positio
         return run_server_scenarios(cfg, out_dir, progress, position)
     torch.set_num_threads(cfg.threads)
     worlds = {s.name: build_world(cfg, s) for s in cfg.scenarios}  # all errors before any work
-    rec = RunRecorder(out_dir, per_agent=cfg.output.per_agent, records=cfg.output.records,
-                      curves_only=() if cfg.output.network_per_agent else NETWORK_METRICS)
+    rec = RunRecorder.from_output(out_dir, cfg.output)
     rules = cfg.rules.names
     bar = tqdm(total=len(cfg.scenarios) * len(rules) * cfg.iterations, disable=not progress,
                desc=cfg.name, unit="rule-it", position=position)

@@ -21,6 +21,8 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
+from .row_writer import MetricsRows
+
 METRICS_HEADER = ["scenario", "rule", "run", "step", "time", "bytes", "agent", "group", "metric", "value"]
 METRICS_PARQUET = "metrics.parquet"
 RECORD_FORMATS = ("csv", "parquet")
@@ -31,10 +33,12 @@ NETWORK_METRICS = ("sim_time", "bytes_sent", "bytes_received", "time_compute", "
 
 class RunRecorder:
     def __init__(self, out_dir: Path, per_agent: bool = True, records: str = "csv",
-                 curves_only: tuple[str, ...] = ()) -> None:
+                 curves_only: tuple[str, ...] = (), csv_writer: str = "auto") -> None:
         """``per_agent``: one row per agent in the per-agent table (else curves only);
         ``curves_only``: metrics recorded in summary.json and in curves.csv for all agents
-        together (group ``all``), never per agent or per task group (the network accounts)."""
+        together (group ``all``), never per agent or per task group (the network accounts);
+        ``csv_writer``: where metrics.csv's rows are formatted (:class:`MetricsRows`: ``auto``,
+        ``inline`` or ``process``)."""
         if records not in RECORD_FORMATS:
             raise ValueError(f"output.records = {records!r}: allowed: {', '.join(RECORD_FORMATS)}")
         self.out = Path(out_dir)
@@ -43,22 +47,26 @@ class RunRecorder:
         self.curves_only = frozenset(curves_only)
         self.parquet = records == "parquet"
         if self.parquet:
-            self._metrics = None
+            self._metrics: Optional[MetricsRows] = None
             (self.out / METRICS_PARQUET).mkdir(exist_ok=True)
             self._pbuf: list[tuple] = []  # (block, step, now, nbytes, metric, values) not yet written
             self._parts = 0
         else:
-            self._metrics = open(self.out / "metrics.csv", "w", newline="")
-            self._metrics.write(",".join(METRICS_HEADER) + "\n")
+            self._metrics = MetricsRows(self.out / "metrics.csv", ",".join(METRICS_HEADER) + "\n", csv_writer)
         self._curves = open(self.out / "curves.csv", "w", newline="")
         self._curves.write(",".join(CURVES_HEADER) + "\n")
-        self._mbuf: list[str] = []  # blocks of metrics.csv rows, each ending in a line break
         self._cbuf: list[str] = []  # the same for curves.csv
         self._pending: list[tuple] = []  # (block, mid, [(metric, series index)]) not yet in curves.csv
         self._rows = 0  # rows buffered (written or pending)
         self._shared: Optional[tuple] = None  # (shared metrics, (step, now), their copies per normal set)
         self.summary: dict = {"status": "running", "finished": False, "interrupted": False, "results": {}}
         self._flushed = time.monotonic()
+
+    @classmethod
+    def from_output(cls, out_dir: Path, output) -> "RunRecorder":
+        """The recorder an experiment's ``[output]`` table asks for (an ``OutputConfig``)."""
+        return cls(out_dir, per_agent=output.per_agent, records=output.records,
+                   curves_only=() if output.network_per_agent else NETWORK_METRICS, csv_writer=output.csv_writer)
 
     # -- one (scenario, rule) block ------------------------------------------------------
     def open_block(
@@ -116,8 +124,8 @@ class RunRecorder:
                 self._pbuf.append((block, step, now, nbytes, name, v))
                 self._rows += v.size
             else:  # the record's (step, time, bytes) joined into the block's row template, then one
-                # %-format of the values: C loops, not one f-string per value
-                self._mbuf.append(mid.join(block.agent_parts(name)) % tuple(v.tolist()))
+                # %-format of the values (C loops, not one f-string per value), here or in a helper
+                self._metrics.add(block.agent_parts(name), mid, v)
                 self._rows += v.size
             self._rows += len(block.group_selectors)
         self._pending.append((block, mid, items))  # curves.csv rows: formatted in batches by flush()
@@ -157,17 +165,14 @@ class RunRecorder:
     def flush(self) -> None:
         if self._pending:
             self._format_curves()
-        if self._mbuf:
-            self._metrics.write("".join(self._mbuf))
-            self._mbuf.clear()
+        if self._metrics is not None:
+            self._metrics.flush()
         if self.parquet and self._pbuf:
             self._write_parquet_part()
         if self._cbuf:
             self._curves.write("".join(self._cbuf))
             self._cbuf.clear()
         self._rows = 0
-        if self._metrics is not None:
-            self._metrics.flush()
         self._curves.flush()
         self._flushed = time.monotonic()
 
@@ -206,8 +211,11 @@ class RunRecorder:
 
     def end_block(self, block: "Block", window: int, extra: Optional[dict] = None) -> dict:
         """Summarise a finished block: for each metric, the mean over normal agents of the last
-        ``window`` recorded iterations (per run and over runs)."""
+        ``window`` recorded iterations (per run and over runs). The block's rows are in
+        metrics.csv before summary.json names its results."""
         self.flush()
+        if self._metrics is not None:
+            self._metrics.sync()
         with np.errstate(over="ignore", invalid="ignore"):
             out = self._block_summary(block, window)
         if extra:
@@ -268,11 +276,13 @@ class RunRecorder:
             self.flush()
         finally:
             try:
-                self.write_summary()
-            finally:
                 if self._metrics is not None:
-                    self._metrics.close()
-                self._curves.close()
+                    self._metrics.close()  # every row written before the summary's final status
+            finally:
+                try:
+                    self.write_summary()
+                finally:
+                    self._curves.close()
 
 
 STATUSES = ("finished", "interrupted", "failed")

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.edges import EdgeIndex
-from ..io.records import NETWORK_METRICS, RunRecorder, interruptible
+from ..io.records import RunRecorder, interruptible
 from ..robust.attacks import AttackContext, make_attack
 from ..tasks import TASKS
 from .aggregation import build_aggregator
@@ -159,8 +159,7 @@ def run_linear_server(cfg: "ExperimentConfig", out_dir: Path, progress: bool, po
     seeds = run_seeds(cfg.seed)
     plans = [(s, s.methods or cfg.server.methods) for s in cfg.scenarios]
     servers = {s.name: LinearServer(cfg, s, m, seeds) for s, m in plans}  # errors before work
-    rec = RunRecorder(out_dir, per_agent=cfg.output.per_agent, records=cfg.output.records,
-                      curves_only=() if cfg.output.network_per_agent else NETWORK_METRICS)
+    rec = RunRecorder.from_output(out_dir, cfg.output)
     rec.summary["mode"] = "server"
     bar = tqdm(total=len(plans) * cfg.iterations, disable=not progress, desc=cfg.name, unit="round",
                position=position)

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..core.device import resolve_device
 from ..graphs.families import build_graph
-from ..io.records import NETWORK_METRICS, RunRecorder, interruptible
+from ..io.records import RunRecorder, interruptible
 from ..network.clock import SynchronousRounds
 from ..robust.attacks import make_attack
 from .aggregation import build_aggregator
@@ -54,8 +54,7 @@ def run_server_scenarios(cfg: "ExperimentConfig", out_dir: Path, progress: bool,
     seeds = run_seeds(cfg.seed)
     worlds = {s.name: server_world(cfg, s, seeds) for s in cfg.scenarios}  # errors before work
     plans = [(s, s.methods or cfg.server.methods) for s in cfg.scenarios]
-    rec = RunRecorder(out_dir, per_agent=cfg.output.per_agent, records=cfg.output.records,
-                      curves_only=() if cfg.output.network_per_agent else NETWORK_METRICS)
+    rec = RunRecorder.from_output(out_dir, cfg.output)
     rec.summary["group_names"] = ["clients"]
     rec.summary["mode"] = "server"
     bar = tqdm(total=sum(len(m) for _, m in plans) * cfg.iterations, disable=not progress,

@@ -1,3 +1,4 @@
-"""Run folders: safe names and locks, records (metrics.csv, curves.csv, summary.json with its
-status) and figures drawn from those files alone. Layer: above core.
+"""Run folders: safe names and locks, records (metrics.csv, whose text a helper process may
+format, curves.csv, summary.json with its status) and figures drawn from those files alone.
+Layer: above core.
 """

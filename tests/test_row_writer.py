@@ -142,9 +142,7 @@ def test_an_orphaned_helper_writes_what_it_received_and_exits(tmp_path):
         w.add(b.agent_parts("loss"), f"{step},0,0", np.arange(6.0))
     h = w._helper
     h.send_pending()
-    h.queue.put(None)  # stop the sender after what is queued, then close the pipe: no "close" message
-    h.thread.join()
-    h.proc.stdin.close()
+    h.proc.stdin.close()  # the pipe closed without a "close" message
     assert h.proc.wait(timeout=20) == 0
     assert (tmp_path / "m.csv").read_text().count("\n") == 1 + 3 * 6
 
@@ -201,3 +199,22 @@ def test_auto_stays_inline_when_no_helper_can_start(tmp_path, monkeypatch):
     assert w.in_process and (tmp_path / "auto.csv").read_text().count("\n") == 1 + 4 * 6
     with pytest.raises(FileNotFoundError):
         MetricsRows(tmp_path / "process.csv", HEADER, "process")
+
+
+def test_batches_formatted_here_when_the_helper_is_behind_keep_the_order(tmp_path, monkeypatch):
+    """The helper behind (a backlog in the pipe, simulated): every other batch is formatted in
+    the simulation's process and sent as text; the file is still the inline file, row for row."""
+    monkeypatch.setattr(row_writer, "BATCH_VALUES", 12)  # a batch every two records
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(row_writer._Helper, "_backlog", lambda self: 10**9 if next(ticks) % 2 else 0)
+    b = _block()
+    out = {}
+    for mode in ("inline", "process"):
+        w = MetricsRows(tmp_path / f"{mode}.csv", HEADER, mode)
+        for step in range(9):
+            w.add(b.agent_parts("loss" if step % 3 else "acc"), f"{step},0.5,7", HARD * step)
+        if mode == "process":
+            shared = w._helper.shared
+        w.close()
+        out[mode] = (tmp_path / f"{mode}.csv").read_bytes()
+    assert shared == 2 and out["process"] == out["inline"] and out["inline"].count(b"\n") == 1 + 9 * 6

@@ -240,26 +240,31 @@ def server_round(rounds: int = 3, device: str = "cpu",
 def process_time(repeats: int = 5, config: str = "target_localization") -> dict:
     """Whole-process wall time of ``p2pmtl run CONFIG --no-figures -q`` against a bare
     ``python -c "import torch"``, and of the same run on the network model with its realism off
-    (``--set network={}``: zero latency, equal speeds), the three alternated ``repeats`` times
-    (so a change of load on the machine hits all alike): the medians, their ratios and the
-    spread (max - min) of the plain runs, the noise a network overhead is compared with."""
+    (``--set network={}``: zero latency, equal speeds) and with every metrics.csv row formatted
+    in the simulation's process (``--set output.csv_writer=inline``, the way before the helper
+    process), the four alternated ``repeats`` times (so a change of load on the machine hits
+    all alike): the medians, their ratios and the spread (max - min) of the plain runs, the
+    noise a network overhead is compared with."""
     import statistics
     import tempfile
 
     bare = [sys.executable, "-c", "import torch"]
-    times: dict[str, list[float]] = {"import torch": [], "p2pmtl run": [], "network": []}
+    times: dict[str, list[float]] = {"import torch": [], "p2pmtl run": [], "network": [], "inline": []}
     with tempfile.TemporaryDirectory(prefix="p2pmtl-bench-") as tmp:
         run = [sys.executable, "-m", "p2pmtl", "run", config, "--no-figures", "-q", "--out", str(Path(tmp) / "run"),
                "--overwrite"]
         for _ in range(repeats):
-            for key, cmd in (("import torch", bare), ("p2pmtl run", run), ("network", run + ["--set", "network={}"])):
+            for key, cmd in (("import torch", bare), ("p2pmtl run", run), ("network", run + ["--set", "network={}"]),
+                             ("inline", run + ["--set", "output.csv_writer=inline"])):
                 t = time.perf_counter()
                 subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
                 times[key].append(time.perf_counter() - t)
     torch_s, run_s = statistics.median(times["import torch"]), statistics.median(times["p2pmtl run"])
     net_s, spread = statistics.median(times["network"]), max(times["p2pmtl run"]) - min(times["p2pmtl run"])
+    inline_s = statistics.median(times["inline"])
     return {"config": config, "repeats": repeats, "torch_s": torch_s, "run_s": run_s, "ratio": run_s / torch_s,
-            "network_s": net_s, "network_overhead": net_s / run_s - 1, "run_spread_s": spread}
+            "network_s": net_s, "network_overhead": net_s / run_s - 1, "run_spread_s": spread,
+            "inline_s": inline_s, "inline_ratio": inline_s / torch_s}
 
 
 def scale_process_time(n: int = 100_000, iterations: int = 500, repeats: int = 3, threads: int = 1) -> dict:
@@ -377,6 +382,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"  ratio:        {r['ratio']:.2f}x")
         print(f"  with network = {{}} (realism off): {r['network_s']:.2f} s, {100 * r['network_overhead']:+.1f}% "
               f"(spread of the plain runs: {r['run_spread_s']:.2f} s)")
+        print(f"  metrics.csv formatted inline (output.csv_writer = 'inline'): {r['inline_s']:.2f} s, "
+              f"{r['inline_ratio']:.2f}x")
     if "scale" in parts and getattr(args, "process_agents", 0):
         reps = min(3, getattr(args, "process_repeats", 3))
         r = scale_process_time(args.process_agents, args.process_iterations, reps, args.scale_threads)

@@ -19,23 +19,22 @@ helper in order. A helper that fails (a full disk) makes the next call raise
 
 Message format on the helper's standard input: an 8-byte little-endian length, then a pickle of
 ``("rows", new templates {id: parts}, [(template id, mid text, value count)], float64 bytes)``,
-``("sync",)`` (the helper answers one byte on its standard output) or ``("close",)``.
+``("text", new templates, rows already formatted)``, ``("sync",)`` (the helper answers one byte on its standard output) or ``("close",)``.
 """
 from __future__ import annotations
 
 import os
 import pickle
-import queue
 import struct
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Literal, Optional
 
 WRITER_MODES = ("auto", "inline", "process")
 AUTO_PROCESS_ROWS = 50_000  # "auto": a helper once this many rows were formatted here (and >= 2 cores)
 BATCH_VALUES = 16_384  # "process": values per message (keeps the helper's backlog short)
+BACKLOG_BATCHES = 4  # "process": batches waiting in the pipe beyond which the simulation formats a batch itself
 _HEAD = struct.Struct("<Q")
 
 
@@ -142,8 +141,12 @@ class MetricsRows:
 
 
 class _Helper:
-    """The simulation's side of the helper process: batches, a sender thread (a blocked pipe
-    write releases the GIL, so the simulation never waits for the helper), errors."""
+    """The simulation's side of the helper process: batches, sharing the formatting, errors.
+
+    A batch goes to the helper as raw values while the helper keeps up; when more than one
+    batch already waits in the pipe (the helper is behind: a run that records faster than one
+    core formats), the simulation formats that batch itself and sends its text, which the
+    helper writes in turn: the order of the rows never changes, and neither process idles."""
 
     def __init__(self, path: Path) -> None:
         kwargs = {"start_new_session": True} if os.name == "posix" else {}
@@ -152,13 +155,13 @@ class _Helper:
         self.templates: dict[int, tuple[int, list[str]]] = {}  # id(parts) -> (number, parts kept alive)
         self.new: dict[int, list[str]] = {}
         self.records: list[tuple[int, str, int]] = []
+        self.parts: list[list[str]] = []  # each record's template, to format a batch here
         self.values: list = []
         self.count = 0
+        self.shared = 0  # batches formatted here because the helper was behind
         self.error: Optional[BaseException] = None
-        self.queue: "queue.Queue[Optional[bytes]]" = queue.Queue()
-        self.thread = threading.Thread(target=self._send_loop, name="metrics.csv sender", daemon=True)
-        self.thread.start()
         self.closed = False
+        _widen_pipe(self.proc.stdin)
 
     def add(self, parts: list[str], mid: str, values) -> None:
         known = self.templates.get(id(parts))
@@ -166,6 +169,7 @@ class _Helper:
             known = self.templates[id(parts)] = (len(self.templates), parts)
             self.new[known[0]] = parts
         self.records.append((known[0], mid, values.size))
+        self.parts.append(parts)
         self.values.append(values)
         self.count += values.size
         if self.count >= BATCH_VALUES:
@@ -175,30 +179,38 @@ class _Helper:
         if not self.records:
             self._check()
             return
-        import numpy as np
+        if self._backlog() > BATCH_VALUES * 8 * BACKLOG_BATCHES:  # the helper is behind: format this one here
+            text = "".join(format_rows(parts, mid, v.tolist())
+                           for parts, (_, mid, _), v in zip(self.parts, self.records, self.values))
+            msg = ("text", self.new, text)
+            self.shared += 1
+        else:
+            import numpy as np
 
-        data = np.concatenate(self.values).astype(np.float64, copy=False).tobytes()
-        msg = ("rows", self.new, self.records, data)
-        self.new, self.records, self.values, self.count = {}, [], [], 0
+            data = np.concatenate(self.values).astype(np.float64, copy=False).tobytes()
+            msg = ("rows", self.new, self.records, data)
+        self.new, self.records, self.parts, self.values, self.count = {}, [], [], [], 0
         self._put(msg)
+
+    def _backlog(self) -> int:
+        """Bytes sent and not yet read by the helper (0 where the OS cannot tell)."""
+        try:
+            import fcntl
+            import termios
+
+            return struct.unpack("i", fcntl.ioctl(self.proc.stdin.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+        except (ImportError, OSError, ValueError):
+            return 0
 
     def _put(self, msg: tuple) -> None:
         self._check()
         body = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
-        self.queue.put(_HEAD.pack(len(body)) + body)
-
-    def _send_loop(self) -> None:
-        while True:
-            chunk = self.queue.get()
-            if chunk is None:
-                return
-            if self.error is not None:
-                continue  # drain: the helper is gone
-            try:
-                self.proc.stdin.write(chunk)
-                self.proc.stdin.flush()
-            except (OSError, ValueError) as e:
-                self.error = e
+        try:  # into the pipe's buffer: returns at once unless the helper is a whole buffer behind
+            self.proc.stdin.write(_HEAD.pack(len(body)) + body)
+            self.proc.stdin.flush()
+        except (OSError, ValueError) as e:
+            self.error = e
+            self._raise()
 
     def sync(self) -> None:
         self.send_pending()
@@ -240,8 +252,6 @@ class _Helper:
         if self.closed:
             return
         self.closed = True
-        self.queue.put(None)
-        self.thread.join()
         if kill and self.proc.poll() is None:
             self.proc.kill()
         try:
@@ -250,6 +260,17 @@ class _Helper:
             pass
         self.proc.wait()
         self.proc.stdout.close()
+
+
+def _widen_pipe(pipe) -> None:
+    """Give the pipe to the helper a 1 MiB buffer where the OS allows it (Linux), so that the
+    simulation's writes return at once while the helper formats the batches before them."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except (ImportError, OSError, ValueError):
+        pass
 
 
 def _serve(path: str) -> None:
@@ -276,6 +297,10 @@ def _serve(path: str) -> None:
                     pieces.append(format_rows(templates[number], mid, values[at:at + count].tolist()))
                     at += count
                 f.write("".join(pieces))
+                f.flush()
+            elif msg[0] == "text":  # a batch the simulation formatted itself
+                templates.update(msg[1])
+                f.write(msg[2])
                 f.flush()
             elif msg[0] == "sync":
                 out.write(b"k")

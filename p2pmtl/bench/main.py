@@ -244,27 +244,34 @@ def process_time(repeats: int = 5, config: str = "target_localization") -> dict:
     in the simulation's process (``--set output.csv_writer=inline``, the way before the helper
     process), the four alternated ``repeats`` times (so a change of load on the machine hits
     all alike): the medians, their ratios and the spread (max - min) of the plain runs, the
-    noise a network overhead is compared with."""
+    noise a network overhead is compared with. The ``p2pmtl`` command skips the interpreter's
+    teardown of its modules (:func:`p2pmtl.cli.fast_exit`), which a bare torch process pays:
+    a bare process that ends the same way is timed beside them (``torch_fast_s``), the bound
+    without that difference."""
     import statistics
     import tempfile
 
     bare = [sys.executable, "-c", "import torch"]
-    times: dict[str, list[float]] = {"import torch": [], "p2pmtl run": [], "network": [], "inline": []}
+    bare_fast = [sys.executable, "-c", "import torch, atexit, os, sys; atexit._run_exitfuncs(); sys.stdout.flush(); "
+                                       "os._exit(0)"]
+    times: dict[str, list[float]] = {"import torch": [], "p2pmtl run": [], "network": [], "inline": [],
+                                     "fast": []}
     with tempfile.TemporaryDirectory(prefix="p2pmtl-bench-") as tmp:
         run = [sys.executable, "-m", "p2pmtl", "run", config, "--no-figures", "-q", "--out", str(Path(tmp) / "run"),
                "--overwrite"]
         for _ in range(repeats):
             for key, cmd in (("import torch", bare), ("p2pmtl run", run), ("network", run + ["--set", "network={}"]),
-                             ("inline", run + ["--set", "output.csv_writer=inline"])):
+                             ("inline", run + ["--set", "output.csv_writer=inline"]), ("fast", bare_fast)):
                 t = time.perf_counter()
                 subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
                 times[key].append(time.perf_counter() - t)
     torch_s, run_s = statistics.median(times["import torch"]), statistics.median(times["p2pmtl run"])
     net_s, spread = statistics.median(times["network"]), max(times["p2pmtl run"]) - min(times["p2pmtl run"])
-    inline_s = statistics.median(times["inline"])
+    inline_s, fast_s = statistics.median(times["inline"]), statistics.median(times["fast"])
     return {"config": config, "repeats": repeats, "torch_s": torch_s, "run_s": run_s, "ratio": run_s / torch_s,
             "network_s": net_s, "network_overhead": net_s / run_s - 1, "run_spread_s": spread,
-            "inline_s": inline_s, "inline_ratio": inline_s / torch_s}
+            "inline_s": inline_s, "inline_ratio": inline_s / torch_s, "torch_fast_s": fast_s,
+            "fast_ratio": run_s / fast_s}
 
 
 def scale_process_time(n: int = 100_000, iterations: int = 500, repeats: int = 3, threads: int = 1) -> dict:
@@ -384,6 +391,8 @@ def main(args: argparse.Namespace) -> int:
               f"(spread of the plain runs: {r['run_spread_s']:.2f} s)")
         print(f"  metrics.csv formatted inline (output.csv_writer = 'inline'): {r['inline_s']:.2f} s, "
               f"{r['inline_ratio']:.2f}x")
+        print(f"  a bare torch process ending as p2pmtl does (no module teardown): {r['torch_fast_s']:.2f} s; "
+              f"p2pmtl run against it: {r['fast_ratio']:.2f}x")
     if "scale" in parts and getattr(args, "process_agents", 0):
         reps = min(3, getattr(args, "process_repeats", 3))
         r = scale_process_time(args.process_agents, args.process_iterations, reps, args.scale_threads)

@@ -182,19 +182,21 @@ def test_curve_rows_of_interleaved_blocks_keep_record_order(tmp_path):
     assert np.allclose([r[3:] for r in rows], [w[3:] for w in want], rtol=1e-7)
 
 
-def test_shared_metrics_are_recorded_as_per_block_ones(tmp_path):
+@pytest.mark.parametrize("scenario, rules", [("s", ("a", "b")), ('q,"1"', ("50%", "r\nx"))])
+def test_shared_metrics_are_recorded_as_per_block_ones(tmp_path, scenario, rules):
     """World-level metrics given once as ``shared`` (copied once per iteration and normal set,
-    their curve rows computed once) write the files of the same metrics given to each block,
-    also when the caller reuses its dict and arrays from one iteration to the next."""
+    their curve rows computed and formatted once) write the files of the same metrics given to
+    each block, also when the caller reuses its dict and arrays from one iteration to the next,
+    and with names that CSV quotes (a comma, a quote, a line break) or that hold a %."""
     import numpy as np
     import torch
 
     def run(out, share):
-        rec = RunRecorder(out, curves_only=("acc",))
+        rec = RunRecorder(out, curves_only=("acc", "t%\nw"))
         normal = np.array([True, False, True, True])
-        blocks = [rec.open_block("s", r, normal, np.zeros(4, dtype=np.int64), 1, 4) for r in ("a", "b")]
+        blocks = [rec.open_block(scenario, r, normal, np.zeros(4, dtype=np.int64), 1, 4) for r in rules]
         acc = np.zeros(4)
-        extras = {"acc": acc}
+        extras = {"acc": acc, "t%\nw": acc * 2}
         for step in range(4):
             acc += np.arange(4.0) * (step + 1)  # in place: the same array and dict every iteration
             for j, block in enumerate(blocks):
@@ -210,6 +212,13 @@ def test_shared_metrics_are_recorded_as_per_block_ones(tmp_path):
         return [(out / f).read_bytes() for f in ("metrics.csv", "curves.csv")], rec.summary["results"]
 
     assert run(tmp_path / "shared", True) == run(tmp_path / "plain", False)
+    with open(tmp_path / "shared" / "curves.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["metric"] == "acc"]
+    acc = np.cumsum([np.arange(4.0) * (step + 1) for step in range(4)], axis=0)[:, [0, 2, 3]]
+    assert [(r["scenario"], r["rule"], r["group"], r["step"]) for r in rows] == [
+        (scenario, rule, "all", str(step)) for step in range(4) for rule in rules]
+    assert np.allclose([[float(r[k]) for k in ("mean", "min", "max")] for r in rows],
+                       [[a.mean(), a.min(), a.max()] for a in acc for _ in rules])
 
 
 # --------------------------------------------------------------------------- damaged state

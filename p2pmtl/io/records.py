@@ -56,7 +56,7 @@ class RunRecorder:
         self._curves = open(self.out / "curves.csv", "w", newline="")
         self._curves.write(",".join(CURVES_HEADER) + "\n")
         self._cbuf: list[str] = []  # the same for curves.csv
-        self._pending: list[tuple] = []  # (block, mid, [(metric, series index)]) not yet in curves.csv
+        self._pending: list[tuple] = []  # (block, mid, metric names, series indices) not yet in curves.csv
         self._rows = 0  # rows buffered (written or pending)
         self._shared: Optional[tuple] = None  # (shared metrics, (step, now), their copies per normal set)
         self.summary: dict = {"status": "running", "finished": False, "interrupted": False, "results": {}}
@@ -105,7 +105,7 @@ class RunRecorder:
                 shared: Optional[dict] = None) -> None:
         block.steps.append(step)
         mid = f"{step},{now:.6g},{nbytes:.6g}"
-        items = []
+        names, where = [], []
         every = metrics.items() if not shared else [*((k, v) for k, v in metrics.items() if k not in shared),
                                                      *((k, None) for k in shared)]  # shared wins, as in {**m, **s}
         copies = self._shared_copies(shared, block, step, now) if shared else None
@@ -117,7 +117,8 @@ class RunRecorder:
                 v = np.asarray(arr[block.normal_idx], dtype=np.float64)  # a copy: the caller may reuse its array
             rows = block.series.setdefault(name, [])
             rows.append(v)
-            items.append((name, len(rows) - 1))
+            names.append(name)
+            where.append(len(rows) - 1)
             if not self.per_agent or name in self.curves_only:
                 pass
             elif self.parquet:
@@ -128,39 +129,48 @@ class RunRecorder:
                 self._metrics.add(block.agent_parts(name), mid, v)
                 self._rows += v.size
             self._rows += len(block.group_selectors)
-        self._pending.append((block, mid, items))  # curves.csv rows: formatted in batches by flush()
+        self._pending.append((block, mid, tuple(names), tuple(where)))  # curves.csv rows: batched by flush()
         if self._rows > 200_000 or time.monotonic() - self._flushed > 5.0:
             self.flush()
 
     def _format_curves(self) -> None:
         """The curves.csv rows of the pending records, in the order they were recorded: mean,
         min and max of each group over a whole batch of records at once (row-wise reductions
-        over C-contiguous rows, bit-identical to those of each record's own vector)."""
+        over C-contiguous rows, bit-identical to those of each record's own vector). Records of
+        one block with the same metrics are handled together: one list of texts per metric,
+        zipped into one text per record."""
         pending, self._pending = self._pending, []
-        batches: dict[tuple[int, str], list] = {}
-        for block, mid, items in pending:
-            for name, i in items:
-                batches.setdefault((id(block), name), [block, name, [], []])
-                b = batches[(id(block), name)]
-                b[2].append(i)
-                b[3].append(mid)
-        texts: dict[tuple[int, str], Iterator[str]] = {}
-        computed: dict[tuple, np.ndarray] = {}  # shared rows (the same objects) of several blocks: cells once
+        kinds: dict[tuple[int, tuple], list] = {}  # (block, metric names) -> [block, names, mids, indices]
+        for block, mid, names, where in pending:
+            kind = kinds.get((id(block), names))
+            if kind is None:
+                kind = kinds[(id(block), names)] = [block, names, [], []]
+            kind[2].append(mid)
+            kind[3].append(where)
+        bodies: dict[tuple, list[str]] = {}  # shared rows (the same objects) of several blocks: text once
+        texts: dict[tuple[int, tuple], Iterator[str]] = {}
         with np.errstate(over="ignore", invalid="ignore"):
-            for key, (block, name, idx, mids) in batches.items():
-                series = block.series[name]
-                rows = [series[i] for i in idx]
-                groups = 1 if name in self.curves_only else len(block.group_selectors)  # accounts: all agents
-                same = (name, groups, tuple(mids), tuple(map(id, rows))) if groups == 1 else None
-                cells = computed.get(same) if same is not None else None
-                if cells is None:
-                    cells = _curve_cells(np.stack(rows), mids, block.group_selectors[:groups])
-                    if same is not None:
-                        computed[same] = cells
-                texts[key] = iter(_curve_texts(block.curve_template(name, groups), groups, cells))
-        for block, _, items in pending:
-            for name, _ in items:
-                self._cbuf.append(next(texts[(id(block), name)]))
+            for key, (block, names, mids, where) in kinds.items():
+                columns = [self._curve_lines(block, name, idx, mids, bodies) for name, idx in zip(names, zip(*where))]
+                texts[key] = map("".join, zip(*columns))
+        self._cbuf.extend(next(texts[(id(block), names)]) for block, _, names, _ in pending)
+
+    def _curve_lines(self, block: "Block", name: str, idx: tuple, mids: list[str], bodies: dict) -> list[str]:
+        """One text per record of ``name`` (its rows ``idx`` of the block's series)."""
+        series = block.series[name]
+        rows = [series[i] for i in idx]
+        groups = 1 if name in self.curves_only else len(block.group_selectors)  # accounts: all agents
+        body = block.curve_body(name) if groups == 1 else None
+        if body is None or body.count("\n") != 1:  # several groups, or a name holding a line break
+            cells = _curve_cells(np.stack(rows), mids, block.group_selectors[:groups])
+            return _curve_texts(block.curve_template(name, groups), groups, cells)
+        same = (body, tuple(mids), tuple(map(id, rows)))
+        lines = bodies.get(same)
+        if lines is None:  # each row's text after the block's scenario and rule, all records at once
+            cells = _curve_cells(np.stack(rows), mids, block.group_selectors[:1])
+            lines = bodies[same] = _curve_texts(body, 1, cells)
+        head = block.key + ","
+        return [head + line for line in lines]
 
     def flush(self) -> None:
         if self._pending:
@@ -395,6 +405,15 @@ class Block:
             tails = [f",{_percent(t)},{name},%.8g\n" for t in self.tails]
             self._templates[key] = ([heads[0]] + [t + h for t, h in zip(tails, heads[1:])] + [tails[-1]]
                                     if heads else [""])
+        return self._templates[key]
+
+    def curve_body(self, metric: str) -> str:
+        """:meth:`curve_template` of the ``all`` group alone without its leading ``scenario,rule,``
+        (the same text for every block: rows shared by several blocks are formatted once)."""
+        key = ("body", metric)
+        if key not in self._templates:
+            g, name = _percent(self.group_selectors[0][0]), _percent(csv_field(metric))
+            self._templates[key] = f"{g},{name},%s,%.8g,%.8g,%.8g\n"
         return self._templates[key]
 
     def curve_template(self, metric: str, groups: Optional[int] = None) -> str:

@@ -141,6 +141,7 @@ class RunRecorder:
         zipped into one text per record."""
         pending, self._pending = self._pending, []
         kinds: dict[tuple[int, tuple], list] = {}  # (block, metric names) -> [block, names, mids, indices]
+        pending = [p for p in pending if p[2]]  # a record without metrics has no rows
         for block, mid, names, where in pending:
             kind = kinds.get((id(block), names))
             if kind is None:

@@ -144,6 +144,8 @@ def test_an_orphaned_helper_writes_what_it_received_and_exits(tmp_path):
     h.send_pending()
     h.proc.stdin.close()  # the pipe closed without a "close" message
     assert h.proc.wait(timeout=20) == 0
+    h.proc.stdout.close()
+    h.proc.stderr.close()
     assert (tmp_path / "m.csv").read_text().count("\n") == 1 + 3 * 6
 
 

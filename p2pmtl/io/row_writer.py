@@ -233,6 +233,8 @@ class _Helper:
             detail = self.proc.stderr.read().decode(errors="replace").strip().splitlines()[-1]
         except (OSError, ValueError, IndexError):
             pass
+        finally:
+            self.proc.stderr.close()
         raise OSError(f"the helper process writing metrics.csv failed ({detail or self.error}); rows recorded "
                       f"after its last write are missing; output.csv_writer = 'inline' formats them in this process")
 
@@ -247,6 +249,7 @@ class _Helper:
         if self.error is not None or self.proc.returncode != 0:
             self.error = self.error or ChildProcessError(f"exit status {self.proc.returncode}")
             self._raise()
+        self.proc.stderr.close()
 
     def _stop(self, kill: bool) -> None:
         if self.closed:

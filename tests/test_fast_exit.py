@@ -59,3 +59,32 @@ def test_the_command_keeps_its_exit_status(args, status):
     r = subprocess.run([sys.executable, "-m", "p2pmtl", *args], capture_output=True, text=True, timeout=120)
     assert r.returncode == status, r.stderr
     assert (r.stdout if status == 0 else r.stderr).strip()
+
+
+def test_process_bench_times_the_five_processes_alternated(monkeypatch):
+    """``p2pmtl bench --only process``: the bare torch import, the main job, its network and
+    inline-writer variants and a bare process ending as the command does, alternated; medians,
+    fastest runs and their ratios (fake clocks: 1, 2, 2.2, 2.4 and 0.8 s a process)."""
+    from p2pmtl.bench import main as bench
+
+    cost = {"import torch": 1.0, "run": 2.0, "network": 2.2, "inline": 2.4, "fast": 0.8}
+    order, now = [], [0.0]
+
+    def kind(cmd):
+        if cmd[1] == "-c":
+            return "fast" if "os._exit" in cmd[2] else "import torch"
+        return "network" if "network={}" in cmd else "inline" if "output.csv_writer=inline" in cmd else "run"
+
+    def fake_run(cmd, **kw):
+        order.append(kind(cmd))
+        now[0] += cost[order[-1]] * (1.5 if len(order) <= 5 else 1.0)  # the first round slower
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    r = bench.process_time(repeats=3)
+    assert order == ["import torch", "run", "network", "inline", "fast"] * 3
+    approx = pytest.approx
+    assert (r["torch_s"], r["run_s"], r["ratio"], r["run_spread_s"]) == approx((1.0, 2.0, 2.0, 1.0))
+    assert (r["network_overhead"], r["inline_ratio"], r["fast_ratio"]) == approx((0.1, 2.4, 2.5))
+    assert r["best_s"] == approx({"import torch": 1.0, "p2pmtl run": 2.0, "network": 2.2, "inline": 2.4, "fast": 0.8})
+    assert (r["best_ratio"], r["best_fast_ratio"]) == approx((2.0, 2.5))

@@ -242,7 +242,7 @@ def process_time(repeats: int = 5, config: str = "target_localization") -> dict:
     ``python -c "import torch"``, and of the same run on the network model with its realism off
     (``--set network={}``: zero latency, equal speeds) and with every metrics.csv row formatted
     in the simulation's process (``--set output.csv_writer=inline``, the way before the helper
-    process), the four alternated ``repeats`` times (so a change of load on the machine hits
+    process), the five alternated ``repeats`` times (so a change of load on the machine hits
     all alike): the medians, their ratios and the spread (max - min) of the plain runs, the
     noise a network overhead is compared with. The ``p2pmtl`` command skips the interpreter's
     teardown of its modules (:func:`p2pmtl.cli.fast_exit`), which a bare torch process pays:

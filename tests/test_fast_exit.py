@@ -88,3 +88,5 @@ def test_process_bench_times_the_five_processes_alternated(monkeypatch):
     assert (r["network_overhead"], r["inline_ratio"], r["fast_ratio"]) == approx((0.1, 2.4, 2.5))
     assert r["best_s"] == approx({"import torch": 1.0, "p2pmtl run": 2.0, "network": 2.2, "inline": 2.4, "fast": 0.8})
     assert (r["best_ratio"], r["best_fast_ratio"]) == approx((2.0, 2.5))
+    assert r["paired"]["network"] == approx({"median_s": 0.2, "min_s": 0.2, "max_s": 0.3, "slower": 3, "of": 3})
+    assert r["paired"]["inline"] == approx({"median_s": 0.4, "min_s": 0.4, "max_s": 0.6, "slower": 3, "of": 3})

@@ -247,7 +247,8 @@ def process_time(repeats: int = 5, config: str = "target_localization") -> dict:
     noise a network overhead is compared with. The ``p2pmtl`` command skips the interpreter's
     teardown of its modules (:func:`p2pmtl.cli.fast_exit`), which a bare torch process pays:
     a bare process that ends the same way is timed beside them (``torch_fast_s``), the bound
-    without that difference."""
+    without that difference. ``paired``: the network and inline-writer runs minus the plain
+    run of the same alternation (less noisy than a difference of medians)."""
     import statistics
     import tempfile
 
@@ -274,7 +275,18 @@ def process_time(repeats: int = 5, config: str = "target_localization") -> dict:
             "fast_ratio": run_s / fast_s,
             "best_s": {k: min(v) for k, v in times.items()},  # each process's fastest run: the least noisy view
             "best_ratio": min(times["p2pmtl run"]) / min(times["import torch"]),
-            "best_fast_ratio": min(times["p2pmtl run"]) / min(times["fast"])}
+            "best_fast_ratio": min(times["p2pmtl run"]) / min(times["fast"]),
+            "paired": {k: _paired(times[k], times["p2pmtl run"]) for k in ("network", "inline")}}
+
+
+def _paired(other: list[float], base: list[float]) -> dict:
+    """``other - base`` alternation by alternation (the two ran back to back, so a change of
+    load hits both): median, range, and in how many alternations ``other`` was slower."""
+    import statistics
+
+    d = [a - b for a, b in zip(other, base)]
+    return {"median_s": statistics.median(d), "min_s": min(d), "max_s": max(d), "slower": sum(x > 0 for x in d),
+            "of": len(d)}
 
 
 def scale_process_time(n: int = 100_000, iterations: int = 500, repeats: int = 3, threads: int = 1) -> dict:
@@ -396,6 +408,10 @@ def main(args: argparse.Namespace) -> int:
               f"{r['inline_ratio']:.2f}x")
         print(f"  a bare torch process ending as p2pmtl does (no module teardown): {r['torch_fast_s']:.2f} s; "
               f"p2pmtl run against it: {r['fast_ratio']:.2f}x")
+        for key, what in (("network", "network = {}"), ("inline", "inline writer")):
+            p = r["paired"][key]
+            print(f"  paired, {what} minus the plain run: median {p['median_s']:+.2f} s (from {p['min_s']:+.2f} to "
+                  f"{p['max_s']:+.2f} s), slower in {p['slower']} of {p['of']} alternations")
         b = r["best_s"]
         print(f"  fastest of each: import torch {b['import torch']:.2f} s, p2pmtl run {b['p2pmtl run']:.2f} s "
               f"({r['best_ratio']:.2f}x), network {b['network']:.2f} s, inline {b['inline']:.2f} s, bare torch "

@@ -106,19 +106,20 @@ class RunRecorder:
         block.steps.append(step)
         mid = f"{step},{now:.6g},{nbytes:.6g}"
         names, where = [], []
-        every = metrics.items() if not shared else [*((k, v) for k, v in metrics.items() if k not in shared),
-                                                     *((k, None) for k in shared)]  # shared wins, as in {**m, **s}
-        copies = self._shared_copies(shared, block, step, now) if shared else None
-        for name, values in every:
-            if values is None:
-                v = copies[name]
-            else:
-                arr = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else values
-                v = np.asarray(arr[block.normal_idx], dtype=np.float64)  # a copy: the caller may reuse its array
-            rows = block.series.setdefault(name, [])
+        own = metrics.items() if not shared else [(k, v) for k, v in metrics.items() if k not in shared]
+        values = [(k, np.asarray((v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v)[block.normal_idx],
+                                 dtype=np.float64)) for k, v in own]  # copies: the caller may reuse its arrays
+        if shared:  # shared wins, as in {**metrics, **shared}
+            values.extend(self._shared_copies(shared, block, step, now).items())
+        series, rows_per_group = block.series, len(block.group_selectors)
+        for name, v in values:
+            rows = series.get(name)
+            if rows is None:
+                rows = series[name] = []
             rows.append(v)
             names.append(name)
             where.append(len(rows) - 1)
+            self._rows += rows_per_group
             if not self.per_agent or name in self.curves_only:
                 pass
             elif self.parquet:
@@ -128,7 +129,6 @@ class RunRecorder:
                 # %-format of the values (C loops, not one f-string per value), here or in a helper
                 self._metrics.add(block.agent_parts(name), mid, v)
                 self._rows += v.size
-            self._rows += len(block.group_selectors)
         self._pending.append((block, mid, tuple(names), tuple(where)))  # curves.csv rows: batched by flush()
         if self._rows > 200_000 or time.monotonic() - self._flushed > 5.0:
             self.flush()

@@ -77,12 +77,15 @@ def test_process_bench_times_the_five_processes_alternated(monkeypatch):
 
     def fake_run(cmd, **kw):
         order.append(kind(cmd))
-        now[0] += cost[order[-1]] * (1.5 if len(order) <= 5 else 1.0)  # the first round slower
+        now[0] += cost[order[-1]] * (1.5 if len(order) <= 10 else 1.0)  # the first alternation slower
 
     monkeypatch.setattr(bench.subprocess, "run", fake_run)
     monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(bench.os, "sync", lambda: order.append("sync"), raising=False)
     r = bench.process_time(repeats=3)
-    assert order == ["import torch", "run", "network", "inline", "fast"] * 3
+    kinds = ["import torch", "run", "network", "inline", "fast"]
+    assert order[::2] == ["sync"] * 15  # written back before each timed process
+    assert order[1::2] == kinds + kinds[1:] + kinds[:1] + kinds[2:] + kinds[:2]  # each alternation starts one later
     approx = pytest.approx
     assert (r["torch_s"], r["run_s"], r["ratio"], r["run_spread_s"]) == approx((1.0, 2.0, 2.0, 1.0))
     assert (r["network_overhead"], r["inline_ratio"], r["fast_ratio"]) == approx((0.1, 2.4, 2.5))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -244,7 +245,10 @@ def process_time(repeats: int = 5, config: str = "target_localization") -> dict:
     in the simulation's process (``--set output.csv_writer=inline``, the way before the helper
     process), the five alternated ``repeats`` times (so a change of load on the machine hits
     all alike): the medians, their ratios and the spread (max - min) of the plain runs, the
-    noise a network overhead is compared with. The ``p2pmtl`` command skips the interpreter's
+    noise a network overhead is compared with. Each alternation starts with the next process
+    in turn, and the disk caches are written back before each timed process (the runs write
+    47 MB: a run that follows another used to pay for its predecessor's write-back, which made
+    the network and inline variants, always after the plain run, look 0.3 s slower). The ``p2pmtl`` command skips the interpreter's
     teardown of its modules (:func:`p2pmtl.cli.fast_exit`), which a bare torch process pays:
     a bare process that ends the same way is timed beside them (``torch_fast_s``), the bound
     without that difference. ``paired``: the network and inline-writer runs minus the plain
@@ -260,9 +264,12 @@ def process_time(repeats: int = 5, config: str = "target_localization") -> dict:
     with tempfile.TemporaryDirectory(prefix="p2pmtl-bench-") as tmp:
         run = [sys.executable, "-m", "p2pmtl", "run", config, "--no-figures", "-q", "--out", str(Path(tmp) / "run"),
                "--overwrite"]
-        for _ in range(repeats):
-            for key, cmd in (("import torch", bare), ("p2pmtl run", run), ("network", run + ["--set", "network={}"]),
-                             ("inline", run + ["--set", "output.csv_writer=inline"]), ("fast", bare_fast)):
+        procs = [("import torch", bare), ("p2pmtl run", run), ("network", run + ["--set", "network={}"]),
+                 ("inline", run + ["--set", "output.csv_writer=inline"]), ("fast", bare_fast)]
+        for i in range(repeats):
+            for key, cmd in procs[i % len(procs):] + procs[:i % len(procs)]:  # each starts an alternation in turn
+                if hasattr(os, "sync"):
+                    os.sync()  # the last run's 47 MB of files written back now, not during the next timed one
                 t = time.perf_counter()
                 subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
                 times[key].append(time.perf_counter() - t)

@@ -460,3 +460,45 @@ def test_merge_reads_a_part_left_running_as_interrupted(tmp_path):
     s = merge_parts(tmp_path, parts)
     assert s["jobs"] == {"a": "finished", "b": "interrupted"} and s["status"] == "interrupted"
     assert (tmp_path / "metrics.csv").read_text() == "h\na\nb\n"
+
+
+def test_a_metric_recorded_at_some_steps_only_is_summarised_by_its_own_steps(tmp_path):
+    """A task may report a metric on some records only (a test accuracy every third step, one
+    that starts late, one that stops): each is summarised over its own records in the window
+    (before: an IndexError at the end of the block), and its rows name its own steps."""
+    import numpy as np
+
+    rec = RunRecorder(tmp_path)
+    block = rec.open_block("s", "r", np.ones(2, dtype=bool), np.zeros(2, dtype=np.int64), 1, 2)
+    want = {"loss": [], "acc": [], "late": [], "early": []}
+    for step in range(10):
+        m = {"loss": np.array([step, step + 1.0])}
+        if step % 3 == 0:
+            m["acc"] = np.array([10.0 * step, 0.0])
+        if step >= 7:
+            m["late"] = np.array([1.0, 2.0]) * step
+        if step < 2:
+            m["early"] = np.array([5.0, 7.0]) + step
+        for k, v in m.items():
+            want[k].append((step, v))
+        rec.record(block, step, float(step), 0.0, m)
+    out = rec.end_block(block, window=4)  # the last 4 iterations: steps 6-9
+    rec.close("finished")
+
+    def mean_from(k, first):
+        kept = [v for s, v in want[k] if s >= first] or [want[k][-1][1]]
+        return float(np.mean(np.stack(kept)))
+
+    assert out["iterations"] == 10
+    for k in want:
+        assert out[k]["last_window_mean"] == pytest.approx(mean_from(k, 6)), k
+        assert out[k]["final_mean"] == pytest.approx(float(want[k][-1][1].mean())), k
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        steps = {}
+        for r in csv.DictReader(f):
+            steps.setdefault(r["metric"], set()).add(int(r["step"]))
+    assert steps == {k: {s for s, _ in v} for k, v in want.items()}
+    with open(tmp_path / "curves.csv", newline="") as f:
+        rows = [(r["metric"], int(r["step"]), float(r["mean"])) for r in csv.DictReader(f)]
+    assert rows == [(k, s, float(v.mean())) for s in range(10) for k in ("loss", "acc", "late", "early")
+                    for step, v in want[k] if step == s]

@@ -119,6 +119,8 @@ class RunRecorder:
             rows.append(v)
             names.append(name)
             where.append(len(rows) - 1)
+            if len(rows) != len(block.steps):  # not in every record of the block: its own steps
+                block.own_steps(name, len(rows)).append(step)
             self._rows += rows_per_group
             if not self.per_agent or name in self.curves_only:
                 pass
@@ -236,9 +238,19 @@ class RunRecorder:
         return out
 
     def _block_summary(self, block: "Block", window: int) -> dict:
+        """Per metric, over its records in the block's last ``window`` iterations (a metric
+        recorded at fewer steps than the others, e.g. a test accuracy every tenth step, by its
+        own steps; with none in the window, its last record)."""
         out: dict = {"iterations": block.steps[-1] + 1 if block.steps else 0}
-        recent = np.asarray(block.steps) > (block.steps[-1] - window if block.steps else 0)
+        since = block.steps[-1] - window if block.steps else 0
+        every = np.asarray(block.steps) > since
         for name, rows in block.series.items():
+            if len(rows) == len(block.steps):
+                recent = every
+            else:  # missed some records: its own steps (or, if it only stopped, the first ones)
+                recent = np.asarray(block.metric_steps.get(name, block.steps[:len(rows)])) > since
+            if not recent.any():
+                recent = np.arange(len(rows)) == len(rows) - 1
             arr = np.stack(rows)[recent]  # [records in the last `window` iterations, normal agents]
             per_run = [float(arr[:, block.run_of == r].mean()) for r in range(block.runs)]
             out[name] = {
@@ -393,7 +405,15 @@ class Block:
             self.group_selectors += [(str(int(g)), group_of == g) for g in np.unique(group_of)]
         self.series: dict[str, list[np.ndarray]] = {}
         self.steps: list[int] = []
+        self.metric_steps: dict[str, list[int]] = {}  # metrics that missed a record, then came back: their steps
         self._templates: dict[tuple, "str | list[str]"] = {}
+
+    def own_steps(self, metric: str, rows: int) -> list[int]:
+        """The steps of ``metric``'s records, kept once it misses a record (the first ``rows -
+        1`` taken from the records so far, which all held it)."""
+        if metric not in self.metric_steps:
+            self.metric_steps[metric] = list(self.steps[:rows - 1])
+        return self.metric_steps[metric]
 
     def agent_parts(self, metric: str) -> list[str]:
         """The metrics.csv rows of one record of ``metric`` as pieces to join with the record's

@@ -94,7 +94,9 @@ class Population(ABC):
 
     @abstractmethod
     def metrics(self) -> dict[str, torch.Tensor]:
-        """Per-node metrics after combining, each ``[M*N0]``."""
+        """Per-node metrics after combining, each ``[M*N0]``. A metric may be left out of some
+        records (e.g. a costly test accuracy every tenth step): curves, rows and the summary
+        then follow its own steps."""
 
     @property
     @abstractmethod

@@ -50,7 +50,7 @@ def test_helper_writes_the_same_bytes_as_inline(tmp_path, monkeypatch, mode):
     monkeypatch.setattr(row_writer._Helper, "__init__", spy)
     monkeypatch.setattr(row_writer, "AUTO_PROCESS_ROWS", 1000)  # auto: take over after ~1,000 rows
     monkeypatch.setattr(row_writer, "BATCH_VALUES", 300)  # several messages per block
-    monkeypatch.setattr(row_writer, "usable_cores", lambda: 2)
+    monkeypatch.setattr(row_writer, "free_cores", lambda: 1)
     d = _attacked()
     inline = p2pmtl.run(_with_writer(d, "inline"), out=tmp_path / "inline", figures=False)
     helped = p2pmtl.run(_with_writer(d, mode), out=tmp_path / mode, figures=False)
@@ -62,12 +62,12 @@ def test_helper_writes_the_same_bytes_as_inline(tmp_path, monkeypatch, mode):
     assert helped.summary["results"] == inline.summary["results"]
 
 
-def test_auto_stays_inline_on_one_core_and_on_short_runs(tmp_path, monkeypatch):
+def test_auto_stays_inline_without_a_free_core_and_on_short_runs(tmp_path, monkeypatch):
     started = []
     monkeypatch.setattr(row_writer._Helper, "__init__", lambda self, path: started.append(path))
     p2pmtl.run(_with_writer(tiny_config_dict(iterations=5, output={"window": 2}), "auto"), out=tmp_path / "short", figures=False)  # < 50,000 rows
     monkeypatch.setattr(row_writer, "AUTO_PROCESS_ROWS", 100)
-    monkeypatch.setattr(row_writer, "usable_cores", lambda: 1)
+    monkeypatch.setattr(row_writer, "free_cores", lambda: 0)
     p2pmtl.run(_with_writer(tiny_config_dict(iterations=5, output={"window": 2}), "auto"), out=tmp_path / "one_core", figures=False)
     assert started == []
 
@@ -192,7 +192,7 @@ def test_auto_stays_inline_when_no_helper_can_start(tmp_path, monkeypatch):
 
     monkeypatch.setattr(row_writer.subprocess, "Popen", no_spawn)
     monkeypatch.setattr(row_writer, "AUTO_PROCESS_ROWS", 10)
-    monkeypatch.setattr(row_writer, "usable_cores", lambda: 2)
+    monkeypatch.setattr(row_writer, "free_cores", lambda: 1)
     b = _block()
     w = MetricsRows(tmp_path / "auto.csv", HEADER, "auto")
     for step in range(4):
@@ -220,3 +220,17 @@ def test_batches_formatted_here_when_the_helper_is_behind_keep_the_order(tmp_pat
         w.close()
         out[mode] = (tmp_path / f"{mode}.csv").read_bytes()
     assert shared == 2 and out["process"] == out["inline"] and out["inline"].count(b"\n") == 1 + 9 * 6
+
+
+def test_a_core_is_free_only_beside_the_torch_threads(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(row_writer, "usable_cores", lambda: 2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert row_writer.free_cores() == 1
+        torch.set_num_threads(2)  # threads = 2 on two cores: no core left for a helper
+        assert row_writer.free_cores() == 0
+    finally:
+        torch.set_num_threads(before)

@@ -191,7 +191,8 @@ class OutputConfig(Strict):
     csv_writer: Literal["auto", "inline", "process"] = Field(
         "auto", description="where metrics.csv's rows are formatted as text: inline (in the simulation's process), "
                             "process (a helper process beside it, on another core; the same bytes), or auto (inline, "
-                            "then a helper once 50,000 rows were written, where two cores or more are free to use)")
+                            "then a helper once 50,000 rows were written, where a core is free beside the torch "
+                            "`threads`)")
     figures: bool = Field(True, description="draw the run's figures when it ends (`p2pmtl plot` redraws them)")
     formats: list[Literal["png", "pdf", "svg"]] = Field(
         ["png"], min_length=1, description="file formats of every figure, e.g. ['png', 'pdf']")

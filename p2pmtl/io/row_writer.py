@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 WRITER_MODES = ("auto", "inline", "process")
-AUTO_PROCESS_ROWS = 50_000  # "auto": a helper once this many rows were formatted here (and >= 2 cores)
+AUTO_PROCESS_ROWS = 50_000  # "auto": a helper once this many rows were formatted here (and a core free)
 BATCH_VALUES = 16_384  # "process": values per message (keeps the helper's backlog short)
 BACKLOG_BATCHES = 4  # "process": batches waiting in the pipe beyond which the simulation formats a batch itself
 _HEAD = struct.Struct("<Q")
@@ -52,12 +52,19 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def free_cores() -> int:
+    """Usable CPUs beyond the simulation's torch threads (``threads`` in the config)."""
+    torch = sys.modules.get("torch")  # never imported here: the helper's side has no torch
+    return usable_cores() - (torch.get_num_threads() if torch is not None else 1)
+
+
 class MetricsRows:
     """Writer of ``metrics.csv``'s per-agent rows (the header is written here).
 
     ``mode``: ``"inline"`` formats in this process; ``"process"`` in a helper process from the
     start; ``"auto"`` inline, then a helper once :data:`AUTO_PROCESS_ROWS` rows were formatted,
-    where this process may use two cores or more (short runs never start one)."""
+    where a core is free beside the simulation's torch threads (:func:`free_cores`; short runs
+    never start one)."""
 
     def __init__(self, path: Path, header: str, mode: Literal["auto", "inline", "process"] = "auto") -> None:
         if mode not in WRITER_MODES:
@@ -89,7 +96,7 @@ class MetricsRows:
         self._buf.append(format_rows(parts, mid, values.tolist()))
         self._rows += values.size
         if self.mode == "auto" and self._rows >= AUTO_PROCESS_ROWS:
-            if usable_cores() >= 2:
+            if free_cores() >= 1:
                 self._start_helper()
             else:
                 self.mode = "inline"  # decided once

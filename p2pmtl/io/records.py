@@ -163,7 +163,7 @@ class RunRecorder:
         series = block.series[name]
         rows = [series[i] for i in idx]
         groups = 1 if name in self.curves_only else len(block.group_selectors)  # accounts: all agents
-        body = block.curve_body(name) if groups == 1 else None
+        body = block.curve_body(name, block.group_selectors[0][0]) if groups == 1 else None
         if body is None or body.count("\n") != 1:  # several groups, or a name holding a line break
             cells = _curve_cells(np.stack(rows), mids, block.group_selectors[:groups])
             return _curve_texts(block.curve_template(name, groups), groups, cells)
@@ -428,14 +428,10 @@ class Block:
                                     if heads else [""])
         return self._templates[key]
 
-    def curve_body(self, metric: str) -> str:
-        """:meth:`curve_template` of the ``all`` group alone without its leading ``scenario,rule,``
+    def curve_body(self, metric: str, group: str = "all") -> str:
+        """One group's row of :meth:`curve_template` without its leading ``scenario,rule,``
         (the same text for every block: rows shared by several blocks are formatted once)."""
-        key = ("body", metric)
-        if key not in self._templates:
-            g, name = _percent(self.group_selectors[0][0]), _percent(csv_field(metric))
-            self._templates[key] = f"{g},{name},%s,%.8g,%.8g,%.8g\n"
-        return self._templates[key]
+        return f"{_percent(group)},{_percent(csv_field(metric))},%s,%.8g,%.8g,%.8g\n"
 
     def curve_template(self, metric: str, groups: Optional[int] = None) -> str:
         """The curves.csv rows of one record of ``metric`` as a %-format: for each group (the
@@ -443,9 +439,8 @@ class Block:
         max as ``%.8g``."""
         key = ("curve", metric, groups)
         if key not in self._templates:
-            head, name = _percent(self.key), _percent(csv_field(metric))
-            self._templates[key] = "".join(f"{head},{_percent(g)},{name},%s,%.8g,%.8g,%.8g\n"
-                                           for g, _ in self.group_selectors[:groups])
+            head = _percent(self.key) + ","
+            self._templates[key] = "".join(head + self.curve_body(metric, g) for g, _ in self.group_selectors[:groups])
         return self._templates[key]
 
 

@@ -138,22 +138,33 @@ def test_above_the_network_the_sort_gives_the_same_centre_and_median(n, monkeypa
 
 
 @pytest.mark.parametrize("n", [1, 2, 9, 21, 64, 100, 128])
-def test_the_fixed_width_kernel_gives_the_runtime_width_ranks(n):
-    """float32 stacks go through blocks of exactly NARROW columns, the rest through the
-    runtime-width kernel: the same values and max as the latter alone, at a column offset; a
-    NaN in the whole blocks or in the rest is reported."""
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_fixed_width_kernel_gives_the_runtime_width_ranks(n, dtype):
+    """Whole blocks of NARROW columns go through the tiled kernel, the rest through the
+    runtime-width kernel: the same values and max as the latter alone, at a column offset,
+    over two whole tiles and a partial one; a NaN is reported wherever it is: in the first
+    tile, in a later tile after tiles holding infinities, next to an infinity, in the rest."""
     rng = np.random.default_rng(n)
-    d = 7 * cr.NARROW + 13
-    x = _values(rng, n, d, np.float32)
+    span = cr.TILE_BLOCKS * cr.NARROW
+    d = 3 + 2 * span + 3 * cr.NARROW + 13
+    x = _values(rng, n, d, dtype)  # infinities in every tile
     ranks = sorted({0, (n - 1) // 2, n // 2, n - 1})
     steps, rows = cr.rank_network(n, tuple(ranks))
-    want = np.empty((len(rows), d - 3), dtype=np.float32)
+    want = np.empty((len(rows), d - 3), dtype=dtype)
     top = cr._select(x, 3, d, steps, rows, want, 64)
     got = np.full_like(want, 7.0)
-    assert cr._select_columns(x, 3, d, steps, rows, got, 64, 3, True) == top
+    assert cr._select_columns(x, 3, d, steps, rows, got, 64, 3, True) == top == np.inf
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got, np.sort(x[:, 3:], axis=0)[ranks])
-    for col in (3 + cr.NARROW + 1, d - 2):  # in a whole block, then in the rest
+    finite = np.where(np.isinf(x), dtype(2.5), x)
+    got = np.full_like(want, 7.0)
+    assert cr._select_columns(finite, 3, d, steps, rows, got, 64, 3, True) == np.abs(finite).max()
+    np.testing.assert_array_equal(got, np.sort(finite[:, 3:], axis=0)[ranks])
+    for col in (3 + cr.NARROW + 1, 3 + span + 5, 3 + 2 * span + cr.NARROW, d - 2):
         y = x.copy()
         y[n - 1, col] = np.nan
         assert np.isnan(cr._select_columns(y, 3, d, steps, rows, got, 64, 3, True))
+    y = x.copy()
+    y[0, 3 + span + 7] = np.inf
+    y[n - 1, 3 + span + 8] = np.nan
+    assert np.isnan(cr._select_columns(y, 3, d, steps, rows, got, 64, 3, True))

@@ -24,13 +24,18 @@ where numpy's vectorized sort catches up (the callers then sort; ns per column, 
 network / numpy sort 16 / 60 at 21 rows, 169 / 228 at 100, 214 / 373 at 128, the network's
 blocks as wide as :func:`block_columns` says).
 
-float32 stacks go through blocks of exactly :data:`NARROW` columns (:func:`_select_narrow`,
-the width a compile-time constant: 1.05-1.6x faster at 64-128 rows), the last few columns
-through the runtime-width kernel. With torch set to several threads (:func:`stripes_for`), the
+float32 and float64 stacks go through blocks of exactly :data:`NARROW` columns
+(:func:`_select_narrow`, the width a compile-time constant: 1.05-1.6x faster at 64-128 rows),
+copied a tile of :data:`TILE_BLOCKS` blocks at a time so that each row is read in one run (one
+block at a time, the copy waited on memory row by row: 516-536 ns per column of 100 float32
+rows on the 2-core machine of stop 30, against 53 tiled); the last few columns go through the
+runtime-width kernel. With torch set to several threads (:func:`stripes_for`), the
 blocks are split into that many stripes run on numba's threads (:func:`_select_striped`); each
 column takes the same steps on any thread, so the values are the one-thread ones. Both middle
 values of 100 float32 rows of 1,000,000 columns, 2 cores: 0.189-0.196 s on one thread before
-either change, 0.133-0.137 s with the narrow blocks, 0.080-0.082 s on two threads.
+either change, 0.133-0.137 s with the narrow blocks, 0.080-0.082 s on two threads (stop 26's
+machine); on stop 30's machine the same code took 0.63-0.69 s on one thread, the tiled copy
+0.136-0.163 s.
 """
 from __future__ import annotations
 
@@ -155,44 +160,70 @@ def _select(x, start, stop, steps, rows, out, width, origin=-1):
 
 
 NARROW = 32
-"""Columns of the fixed-width blocks float32 stacks go through (:func:`_select_narrow`)."""
+"""Columns of the fixed-width blocks the network runs on (:func:`_select_narrow`)."""
+
+TILE_BLOCKS = 8
+"""Blocks of :data:`NARROW` columns :func:`_select_narrow` copies in one tile: each row is read
+as one run of ``TILE_BLOCKS * NARROW`` values (1 KiB of float32)."""
 
 
 @njit(cache=True, boundscheck=False, nogil=True)
 def _select_narrow(x, start, stop, steps, rows, out, origin):
     """:func:`_select` on the whole blocks of exactly :data:`NARROW` columns in
-    ``start:stop`` (the caller passes a multiple of it). The width is a compile-time constant,
-    so each step compiles to a few whole-register min/max pairs; on float32 that is 1.05-1.6x
-    faster than the runtime-width kernel at 64-128 rows (measured, one thread, both middle
-    values of 1,048,576 columns: 100 rows 0.120-0.165 s against 0.171-0.194 s, 128 rows 0.173 s
-    against 0.225 s, 64 rows 0.076 s against 0.097 s; 21 and 33 rows the same; float64 mixed,
-    so float64 keeps the runtime width). Same values: the same steps on the same columns."""
+    ``start:stop`` (the caller passes a multiple of it), float32 or float64.
+
+    The width is a compile-time constant, so each step compiles to a few whole-register
+    min/max pairs; the blocks are copied a tile of :data:`TILE_BLOCKS` at a time, each row of
+    the stack read as one run of the tile's columns into the tile's blocks (row views, no
+    per-element index arithmetic), the max and a NaN flag kept per column of a block. Copying
+    one block at a time read 100 rows' 128 bytes each between steps: on the 2-core Zen 4
+    machine (one thread, 1,000,000 columns, both middle values of 100 float32 rows) that copy
+    alone took 516-536 ns per column, the tiled one 53 (the whole kernel 633-694 -> 136-149
+    ns per column; 21 rows 39 -> 20; float64, 100 rows, against the runtime-width kernel:
+    662 -> 234). The NaN flag is the running sum of ``v - v`` per column, NaN as soon as a
+    value is NaN or infinite; only then is the tile looked at for a NaN proper. Same values:
+    the same steps on the same columns."""
     n = x.shape[0]
-    buf = np.empty((n, NARROW), dtype=x.dtype)
-    top = np.zeros(NARROW, dtype=x.dtype)
-    for j0 in range(start, stop, NARROW):
-        nan = False
+    buf = np.empty((TILE_BLOCKS, n, NARROW), dtype=x.dtype)
+    top = np.zeros(NARROW, dtype=x.dtype)  # max |value| so far, per column of a block
+    flag = np.zeros(NARROW, dtype=x.dtype)  # sum of v - v: NaN once a value is NaN or +-inf
+    span = TILE_BLOCKS * NARROW
+    for t0 in range(start, stop, span):
+        blocks = min(TILE_BLOCKS, (stop - t0) // NARROW)
         for i in range(n):
-            for j in range(NARROW):
-                v = x[i, j0 + j]
-                nan |= v != v
-                a = abs(v)
-                top[j] = a if a > top[j] else top[j]
-                buf[i, j] = v
-        if nan:
-            return np.nan
-        for s in range(steps.shape[0]):
-            lo = steps[s, 0]
-            hi = steps[s, 1]
-            for j in range(NARROW):
-                a = buf[lo, j]
-                b = buf[hi, j]
-                buf[lo, j] = a if a < b else b
-                buf[hi, j] = b if a < b else a
-        for r in range(rows.shape[0]):
-            row = rows[r]
-            for j in range(NARROW):
-                out[r, j0 - origin + j] = buf[row, j]
+            src = x[i, t0:t0 + blocks * NARROW]
+            for b in range(blocks):
+                dst = buf[b, i]
+                for j in range(NARROW):
+                    v = src[b * NARROW + j]
+                    dst[j] = v
+                    flag[j] += v - v
+                    a = abs(v)
+                    top[j] = a if a > top[j] else top[j]
+        if flag.sum() != flag.sum():
+            for b in range(blocks):
+                for i in range(n):
+                    for j in range(NARROW):
+                        if buf[b, i, j] != buf[b, i, j]:
+                            return np.nan
+            flag[:] = 0.0  # infinities only
+        for b in range(blocks):
+            block = buf[b]
+            for s in range(steps.shape[0]):
+                lo = block[steps[s, 0]]
+                hi = block[steps[s, 1]]
+                for j in range(NARROW):
+                    u = lo[j]
+                    v = hi[j]
+                    smaller = u < v
+                    hi[j] = v if smaller else u
+                    lo[j] = u if smaller else v
+            c0 = t0 - origin + b * NARROW
+            for r in range(rows.shape[0]):
+                src = block[rows[r]]
+                dst = out[r, c0:c0 + NARROW]
+                for j in range(NARROW):
+                    dst[j] = src[j]
     return float(top.max()) if stop > start else 0.0
 
 
@@ -269,7 +300,7 @@ def column_ranks_and_max(x: np.ndarray, ranks: Sequence[int], start: int = 0,
     width = block_columns(n, x.itemsize)
     stripes = stripes_for(stop - start, width)
     x = np.ascontiguousarray(x)
-    narrow = x.dtype == np.float32
+    narrow = True  # whole NARROW-column blocks through the tiled kernel, float32 and float64
     if stripes > 1:
         with launch(stripes):
             top = _select_striped(x, start, stop, steps, rows, out, width, stripes, narrow)

@@ -231,6 +231,50 @@ def test_random_geometric_graph_is_the_same_whichever_way_pairs_are_found(monkey
     assert np.array_equal(small.pos, large.pos)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_linear_time_orders_are_the_sorts(seed):
+    """The compiled counting sorts (p2pmtl.kernels.edge_order) give the sorts' results exactly:
+    the pairs in (i, j) order from either end of each pair; the capped in-edges in
+    np.lexsort((keys, dst)) order, ties in the keys (forced: 3 levels) by edge index, with
+    receivers that have no in-edge, fewer than cap, exactly cap and many more."""
+    pytest.importorskip("numba")
+    from p2pmtl.kernels.edge_order import capped_in_edges, sorted_pairs
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 60))
+    a, b = rng.integers(0, n, 3000), rng.integers(0, n, 3000)
+    keep = a != b
+    a, b = a[keep], b[keep]
+    i, j = np.minimum(a, b), np.maximum(a, b)
+    order = np.argsort(i * n + j, kind="stable")
+    assert np.array_equal(sorted_pairs(a, b, n), np.stack([i[order], j[order]], axis=1))
+    assert sorted_pairs(a[:0], b[:0], n).shape == (0, 2)
+
+    src, dst = rng.integers(0, 1000, 4000), rng.integers(0, n - 2, 4000) ** 2 % (n - 1)  # skewed, node n-1 none
+    for keys in (rng.random(4000), rng.integers(0, 3, 4000) / 3.0):
+        lex = np.lexsort((keys, dst))
+        rank = np.arange(dst.size) - np.searchsorted(dst[lex], dst[lex], side="left")
+        for cap in (1, 5, 9, 400):
+            got_src, got_dst = capped_in_edges(src, dst, keys, cap, n)
+            assert np.array_equal(got_src, src[lex][rank < cap]) and np.array_equal(got_dst, dst[lex][rank < cap])
+
+
+def test_large_random_geometric_graphs_are_the_same_with_the_linear_orders(monkeypatch):
+    """Above LINEAR_ORDER_MIN_EDGES the pairs and the cap run compiled: the same graph as
+    numpy's sorts (threshold lowered so that a small graph takes either way)."""
+    pytest.importorskip("numba")
+    from p2pmtl.graphs import families, geometric
+
+    params = {"n": 5000, "radius": 0.08, "box": 3.0, "max_neighbors": 3}
+    monkeypatch.setattr(geometric, "BRUTE_FORCE_MAX", 0)
+    sorted_way = build_graph("random_geometric", params, seed=11)
+    monkeypatch.setattr(geometric, "LINEAR_ORDER_MIN_EDGES", 1)
+    monkeypatch.setattr(families, "LINEAR_ORDER_MIN_EDGES", 1)
+    linear_way = build_graph("random_geometric", params, seed=11)
+    assert sorted_way.number_of_edges() > 5000
+    assert np.array_equal(sorted_way.src, linear_way.src) and np.array_equal(sorted_way.dst, linear_way.dst)
+
+
 def test_main_topology_builds_without_scipy():
     """scipy.spatial took about 0.23 s of the main job's start-up: the 100-agent graph and its
     connectivity check are numpy only."""

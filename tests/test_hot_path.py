@@ -39,6 +39,27 @@ def test_noise_stream_draws_the_numbers_of_whole_chunks(n, block, dtype):
             assert torch.equal(stream.steps(i, j), chunk[i:j]), (step, k)
 
 
+@pytest.mark.parametrize("n", [1, 7, 101])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_noise_stream_with_the_threaded_transform_draws_the_same_numbers(n, threads, monkeypatch):
+    """From COMPILED_NOISE_MIN_AGENTS agents (lowered here to 1) float64 noise comes from
+    uniforms and the Box-Muller transform on the run's threads: still the whole-chunk draw."""
+    pytest.importorskip("numba")
+    monkeypatch.setattr(tl, "COMPILED_NOISE_MIN_AGENTS", 1)
+    from p2pmtl.kernels import normal_draws
+
+    assert normal_draws.matches_torch()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for block in (1, 3, NOISE_CHUNK):
+            test_noise_stream_draws_the_numbers_of_whole_chunks(n, block, torch.float64)
+            assert NoiseStream(n, torch.Generator(), torch.float64, block)._fill is normal_draws.normal_fill_
+    finally:
+        torch.set_num_threads(before)
+    assert NoiseStream(n, torch.Generator(), torch.float32, 1)._fill is not normal_draws.normal_fill_
+
+
 def _chunk_data(pop, chunk_eps):
     """The streaming data of a chunk as the whole-chunk code computed it."""
     u = torch.addcmul(pop.unit, pop.s_u, chunk_eps[..., :2])

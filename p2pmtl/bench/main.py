@@ -25,6 +25,7 @@ from ..validation import ConfigError
 from .common import bench_config, best_time
 from ..experiments.runner import build_world, make_engine
 from ..engine.reference import ReferenceDiffusion
+from ..tasks.target_localization import COMPILED_NOISE_MIN_AGENTS
 
 RULES = ["noncoop", "average", "loss", "distance"]
 
@@ -111,6 +112,28 @@ def memory_floor(edges, rows: torch.Tensor, repeats: int = 5) -> float:
         segment_sum_into(per_edge, edges.offsets, out=new)
 
     return best_time(once, repeats, clock=time.thread_time)
+
+
+def noise_draw_times(n: int, threads: int, repeats: int = 7) -> dict:
+    """One step of the target task's noise at ``n`` agents (``3 n`` float64 normals), the
+    fastest of ``repeats`` wall-clock calls each, on ``threads`` threads: torch's ``normal_``
+    (serial: uniforms, then the Box-Muller transform of each block of 16) against
+    :func:`~p2pmtl.kernels.normal_draws.normal_fill_` (the same numbers, the transform on the
+    threads). Also whether the two drew the same numbers."""
+    from ..kernels.normal_draws import normal_fill_
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        size = 3 * n // 16 * 16
+        a, b = torch.empty(size, dtype=torch.float64), torch.empty(size, dtype=torch.float64)
+        g_a, g_b = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+        naive = best_time(lambda: a.normal_(generator=g_a), repeats)
+        threaded = best_time(lambda: normal_fill_(b, g_b), repeats)
+        return {"agents": n, "threads": threads, "normal_ms": 1e3 * naive, "threaded_ms": 1e3 * threaded,
+                "same": bool(torch.equal(a, b))}
+    finally:
+        torch.set_num_threads(before)
 
 
 def scale_child(n: int, iters: int, kernel: str = "auto", threads: int = 1, rules: str = "loss",
@@ -456,6 +479,11 @@ def main(args: argparse.Namespace) -> int:
                       f"{r['ms_per_iteration']:>9.2f} {r['cpu_ms_per_iteration']:>10.2f} {r['floor_ms']:>9.2f} "
                       f"{r['floor_ratio']:>8.2f} {r['faults_per_iteration']:>10.0f} {r['total_s']:>8.2f} "
                       f"{r['peak_rss_mb']:>12.0f}")
+        r = noise_draw_times(max(args.sizes), args.scale_threads)
+        print(f"  noise of one step at {r['agents']:,} agents (float64 normals), best of 7: torch's normal_ "
+              f"{r['normal_ms']:.1f} ms, uniforms + Box-Muller on {r['threads']} thread(s) (kernels.normal_draws, "
+              f"used from {COMPILED_NOISE_MIN_AGENTS:,} agents) {r['threaded_ms']:.1f} ms "
+              f"({r['normal_ms'] / r['threaded_ms']:.2f}x), same numbers: {r['same']}")
     return 0
 
 

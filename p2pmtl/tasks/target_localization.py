@@ -64,6 +64,23 @@ NOISE_CHUNK = 32  # steps of noise per draw of a run's generator (fixed: part of
 DATA_BLOCK_BYTES = 4 << 20  # bytes of streaming data derived at once, a block of steps (see sample)
 
 
+COMPILED_NOISE_MIN_AGENTS = 10_000
+"""Runs of at least this many agents draw float64 noise with the Box-Muller transform on the
+run's threads (:func:`p2pmtl.kernels.normal_draws.normal_fill_`, numba installed): torch's
+numbers exactly; smaller runs call torch's ``normal_`` (and do not import numba)."""
+
+
+def _normal_fill(n: int, dtype: torch.dtype):
+    """The fill a :class:`NoiseStream` of ``n`` agents uses: ``fill(t, g)`` as ``t.normal_(generator=g)``."""
+    from ..kernels import numba_available
+
+    if dtype == torch.float64 and n >= COMPILED_NOISE_MIN_AGENTS and numba_available():
+        from ..kernels.normal_draws import normal_fill_
+
+        return normal_fill_
+    return lambda t, g: t.normal_(generator=g)
+
+
 def _ceil16(k: int) -> int:
     return -(-k // 16) * 16
 
@@ -79,7 +96,10 @@ class NoiseStream:
     has 96 n elements (a multiple of 16). Drawing the chunk as consecutive pieces whose bounds
     are multiples of 16 therefore consumes the generator identically and transforms the same
     blocks. A chunk left early is drawn to its end (:meth:`new_chunk`), as the whole-chunk draw
-    did; going back within a chunk replays it from the generator state at its start."""
+    did; going back within a chunk replays it from the generator state at its start. From
+    :data:`COMPILED_NOISE_MIN_AGENTS` agents (float64) the pieces are drawn by
+    :func:`~p2pmtl.kernels.normal_draws.normal_fill_`: the same numbers, the transform on the
+    run's threads."""
 
     def __init__(self, n: int, generator: torch.Generator, dtype: torch.dtype, block: int = 1) -> None:
         self.n, self.g = n, generator
@@ -87,6 +107,7 @@ class NoiseStream:
         self.buf = torch.empty(3 * n * block + 32, dtype=dtype)
         self.start_state: torch.Tensor | None = None
         self.lo = self.pos = 0  # buf holds chunk elements [lo, pos); pos = elements drawn
+        self._fill = _normal_fill(n, dtype)
 
     def new_chunk(self) -> None:
         """Finish the current chunk (if any) and start the next one."""
@@ -100,7 +121,7 @@ class NoiseStream:
         piece = self.buf.numel() // 16 * 16
         while self.pos < k:
             m = min(piece, k - self.pos)
-            self.buf[:m].normal_(generator=self.g)
+            self._fill(self.buf[:m], self.g)
             self.pos += m
         self.lo = self.pos
 
@@ -119,7 +140,7 @@ class NoiseStream:
             self.lo = lo
         hi = min(self.size, _ceil16(need_hi))
         if hi > self.pos:
-            self.buf[self.pos - self.lo:hi - self.lo].normal_(generator=self.g)
+            self._fill(self.buf[self.pos - self.lo:hi - self.lo], self.g)
             self.pos = hi
         return self.buf[need_lo - self.lo:need_hi - self.lo].view(j - i, self.n, 3)
 

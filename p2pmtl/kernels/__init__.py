@@ -21,6 +21,12 @@ up to 128 rows: the exact values numpy's introselect gives, 1.3-3.8x sooner than
 and 2.3-7.4x sooner than its introselect (21 to 128 rows). It needs no setting (numpy's sort
 without numba or above 128 rows).
 
+Large worlds are also built and fed by kernels: the random geometric family's pair order and
+random in-neighbour cap by counting sorts linear in the edges (:mod:`p2pmtl.kernels.edge_order`,
+from about a million edges: the graphs numpy's sorts build), and the target task's float64 noise
+with the Box-Muller transform on several threads (:mod:`p2pmtl.kernels.normal_draws`, from
+10,000 agents: torch's ``normal_`` numbers).
+
 The kernels run on as many of numba's threads as torch is set to, launched by
 :mod:`p2pmtl.kernels.threads` (which keeps torch's thread count as it was: numba's OpenMP layer
 resets it when it starts). Launches take turns behind a lock (numba's own ``workqueue`` layer

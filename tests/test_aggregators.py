@@ -476,17 +476,21 @@ def test_error_unknown_names_and_parameters():
 def test_coordinate_median_selection_equals_two_torch_medians(dtype):
     """The selection paths (CPU float32/64: the sorting network, numpy's sort above 128 rows)
     return exactly the midpoint of torch's lower and upper medians, ties, zero columns, signed
-    zeros and NaN included, for odd and even n (a chunk whose middle value is a zero, or that
-    holds a NaN, goes to torch's medians)."""
+    zeros and NaN included, for odd and even n (a chunk that holds a NaN goes to torch's
+    medians; a column whose middle value is a zero and that holds a -0.0 gets torch's medians
+    alone, in a chunk whose other columns keep the selection's values)."""
     from p2pmtl.robust.aggregators import coordinatewise_median
 
     g = torch.Generator().manual_seed(0)
     for n in (1, 2, 3, 4, 10, 13, 26, 100, 257):
-        for special in (False, True):
+        for special in ("zeros", "signed zeros", "signed zeros and NaN"):
             x = torch.randn(n, 300, generator=g, dtype=dtype)
-            x[:, :20] = torch.randint(-1, 2, (n, 20), generator=g).to(dtype)  # ties and zeros
-            if special:
+            x[:, :20] = torch.randint(-1, 2, (n, 20), generator=g).to(dtype)  # ties and +0.0
+            if special != "zeros":
                 x[:, 20:40] = torch.where(torch.rand(n, 20, generator=g) < 0.5, -0.0, 0.0).to(dtype)
+                x[:, 40:50] = torch.where(torch.rand(n, 10, generator=g) < 0.2, -0.0, x[:, 40:50])
+                x[:n // 2 + 1, 50:60] = -0.0  # all -0.0 at the middle
+            if special == "signed zeros and NaN":
                 x[torch.rand(n, 300, generator=g) < 0.02] = math.nan
             lower, upper = x.median(0).values, x.neg().median(0).values.neg()
             want = lower if n % 2 else 0.5 * lower + 0.5 * upper

@@ -118,6 +118,23 @@ def rank_network(n: int, ranks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray
     return np.array(kept, dtype=np.int64).reshape(-1, 2), np.array(rows, dtype=np.int64)
 
 
+@njit(cache=True, boundscheck=False, nogil=True, inline="always")
+def _run_network(block, steps, width):
+    """The compare-exchange ``steps`` on the first ``width`` columns of the ``[n, >= width]``
+    ``block``: the smaller value to the first row of each step, the larger to the second.
+    Inlined where it is called, so a constant ``width`` (:data:`NARROW`) compiles to
+    whole-register min/max pairs."""
+    for s in range(steps.shape[0]):
+        lo = block[steps[s, 0]]
+        hi = block[steps[s, 1]]
+        for j in range(width):
+            u = lo[j]
+            v = hi[j]
+            smaller = u < v
+            hi[j] = v if smaller else u
+            lo[j] = u if smaller else v
+
+
 @njit(cache=True, boundscheck=False, nogil=True)
 def _select(x, start, stop, steps, rows, out, width, origin=-1):
     """Columns ``start:stop`` of the C-contiguous ``x`` through the network, ``width`` columns
@@ -144,14 +161,7 @@ def _select(x, start, stop, steps, rows, out, width, origin=-1):
                 dst[j] = v
         if nan:
             return np.nan
-        for s in range(steps.shape[0]):
-            lo = buf[steps[s, 0]]
-            hi = buf[steps[s, 1]]
-            for j in range(w):
-                a = lo[j]
-                b = hi[j]
-                lo[j] = a if a < b else b
-                hi[j] = b if a < b else a
+        _run_network(buf, steps, w)
         for r in range(rows.shape[0]):
             src = buf[rows[r]]
             for j in range(w):
@@ -209,15 +219,7 @@ def _select_narrow(x, start, stop, steps, rows, out, origin):
             flag[:] = 0.0  # infinities only
         for b in range(blocks):
             block = buf[b]
-            for s in range(steps.shape[0]):
-                lo = block[steps[s, 0]]
-                hi = block[steps[s, 1]]
-                for j in range(NARROW):
-                    u = lo[j]
-                    v = hi[j]
-                    smaller = u < v
-                    hi[j] = v if smaller else u
-                    lo[j] = u if smaller else v
+            _run_network(block, steps, NARROW)
             c0 = t0 - origin + b * NARROW
             for r in range(rows.shape[0]):
                 src = block[rows[r]]

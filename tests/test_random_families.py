@@ -139,3 +139,19 @@ def test_bench_graphs_times_both_builders_on_the_same_graph(capsys):
     out = capsys.readouterr().out
     assert "watts_strogatz k=10 p=0.1" in out and "nan" in out  # networkx not timed above its maximum
     assert "watts_strogatz k=5 p=0.1" in out and "barabasi_albert m=5" in out  # 6 agents: smaller degrees
+    assert "random geometric (scale benchmark density, cap 9)" in out and "2,000" in out
+
+
+def test_bench_times_the_geometric_orders_both_ways_on_the_same_graph(monkeypatch):
+    """The random geometric rows: the compiled counting sorts (threshold lowered so that a small
+    graph takes them) against numpy's sorts, the same edges; the thresholds are put back."""
+    pytest.importorskip("numba")
+    from p2pmtl.bench import graphs
+    from p2pmtl.graphs import families, geometric
+
+    monkeypatch.setattr(geometric, "LINEAR_ORDER_MIN_EDGES", 1)
+    monkeypatch.setattr(families, "LINEAR_ORDER_MIN_EDGES", 1)
+    monkeypatch.setattr(geometric, "BRUTE_FORCE_MAX", 0)  # the KD-tree path at this size
+    (row,) = graphs.geometric_order_times([3000])
+    assert row["same"] and row["edges"] > 3000 and row["compiled_s"] > 0 and row["numpy_s"] > 0
+    assert geometric.LINEAR_ORDER_MIN_EDGES == families.LINEAR_ORDER_MIN_EDGES == 1

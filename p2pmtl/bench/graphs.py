@@ -1,8 +1,10 @@
 """Benchmark of the random graph families built as edge arrays (``p2pmtl bench --only graphs``):
 seconds from the family's parameters to the engine's edge index, ours
 (:mod:`p2pmtl.graphs.random_families`, the same graphs as networkx) against networkx's
-generator and its graph object (the naive way), at average degree 10. Figures are printed,
-never asserted."""
+generator and its graph object (the naive way), at average degree 10; and the random geometric
+family at the scale benchmark's density, its pair order and in-neighbour cap by compiled
+counting sorts (:mod:`p2pmtl.kernels.edge_order`) against numpy's sorts of packed keys, the
+same graph. Figures are printed, never asserted."""
 from __future__ import annotations
 
 import math
@@ -13,6 +15,7 @@ from typing import Callable
 import networkx as nx
 
 from ..core.edges import EdgeIndex
+from ..graphs import families, geometric
 from ..graphs.edge_list import EdgeListGraph
 from ..graphs import random_families as rf
 
@@ -53,6 +56,41 @@ def graph_build_times(sizes: list[int], networkx_max: int) -> list[dict]:
     return out
 
 
+def geometric_order_times(sizes: list[int]) -> list[dict]:
+    """Per size: seconds to build the random geometric graph of the scale benchmark (Li2020's
+    density: box ``0.3 sqrt(n)``, radius 1, cap 9, directed) with the pair order and the cap by
+    the compiled counting sorts (the default from
+    :data:`~p2pmtl.graphs.geometric.LINEAR_ORDER_MIN_EDGES` edges) and by numpy's sorts (the
+    threshold lifted), and whether both built the same edges. Alternated, compiled first, after
+    an untimed call of each kernel and of the KD-tree (imports and numba's cache load)."""
+    import numpy as np
+    from scipy.spatial import cKDTree
+
+    from ..kernels.edge_order import capped_in_edges, sorted_pairs
+
+    cKDTree(np.zeros((4, 2))).query_pairs(1.0, output_type="ndarray")
+    sorted_pairs(np.array([0, 1]), np.array([1, 2]), 3)
+    capped_in_edges(np.array([0, 1]), np.array([1, 2]), np.array([0.5, 0.25]), 1, 3)
+    out = []
+    for n in sizes:
+        params = {"n": n, "radius": 1.0, "box": 0.3 * math.sqrt(n), "max_neighbors": 9, "directed": True}
+        times, graphs = {}, {}
+        for way, threshold in (("compiled", geometric.LINEAR_ORDER_MIN_EDGES), ("numpy sorts", 1 << 62)):
+            saved = geometric.LINEAR_ORDER_MIN_EDGES, families.LINEAR_ORDER_MIN_EDGES
+            geometric.LINEAR_ORDER_MIN_EDGES = families.LINEAR_ORDER_MIN_EDGES = threshold
+            try:
+                t = time.perf_counter()
+                graphs[way] = families.build_graph("random_geometric", params, seed=0)
+                times[way] = time.perf_counter() - t
+            finally:
+                geometric.LINEAR_ORDER_MIN_EDGES, families.LINEAR_ORDER_MIN_EDGES = saved
+        a, b = graphs["compiled"], graphs["numpy sorts"]
+        same = bool((a.src == b.src).all() and (a.dst == b.dst).all()) if a.src.shape == b.src.shape else False
+        out.append({"agents": n, "edges": int(a.src.size), "compiled_s": times["compiled"],
+                    "numpy_s": times["numpy sorts"], "same": same})
+    return out
+
+
 def main(sizes: list[int], networkx_max: int) -> None:
     print(f"\nrandom graph families: parameters -> edge index, ours (edge arrays, networkx's graphs) vs networkx "
           f"(up to {networkx_max:,} agents)")
@@ -61,4 +99,10 @@ def main(sizes: list[int], networkx_max: int) -> None:
         ratio = r["networkx_s"] / r["ours_s"]
         print(f"{r['family']:<28} {r['agents']:>9,} {r['edges']:>10,} {r['ours_s']:>8.2f} {r['networkx_s']:>11.2f} "
               f"{ratio:>13.1f}x")
+    print("\nrandom geometric (scale benchmark density, cap 9): pair order and in-neighbour cap by compiled counting "
+          "sorts vs numpy's sorts (from about 1M pairs; the same graph)")
+    print(f"{'agents':>9} {'edges':>10} {'compiled s':>11} {'numpy s':>8} {'numpy/compiled':>15} {'same':>5}")
+    for r in geometric_order_times([n for n in sizes if n >= 1000]):
+        print(f"{r['agents']:>9,} {r['edges']:>10,} {r['compiled_s']:>11.2f} {r['numpy_s']:>8.2f} "
+              f"{r['numpy_s'] / r['compiled_s']:>14.2f}x {str(r['same']):>5}")
     print(f"  peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")

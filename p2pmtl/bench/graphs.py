@@ -15,6 +15,7 @@ from typing import Callable
 import networkx as nx
 
 from ..core.edges import EdgeIndex
+from .common import bench_config
 from ..graphs import families, geometric
 from ..graphs.edge_list import EdgeListGraph
 from ..graphs import random_families as rf
@@ -57,12 +58,12 @@ def graph_build_times(sizes: list[int], networkx_max: int) -> list[dict]:
 
 
 def geometric_order_times(sizes: list[int]) -> list[dict]:
-    """Per size: seconds to build the random geometric graph of the scale benchmark (Li2020's
-    density: box ``0.3 sqrt(n)``, radius 1, cap 9, directed) with the pair order and the cap by
+    """Per size: seconds to build the random geometric graph of the scale benchmark
+    (:func:`~p2pmtl.bench.common.bench_config`: Li2020's density, cap 9, directed) with the pair order and the cap by
     the compiled counting sorts (the default from
     :data:`~p2pmtl.graphs.geometric.LINEAR_ORDER_MIN_EDGES` edges) and by numpy's sorts (the
     threshold lifted), and whether both built the same edges. Alternated, compiled first, after
-    an untimed call of each kernel and of the KD-tree (imports and numba's cache load)."""
+    an untimed call of each kernel, of the KD-tree and of the family (imports, numba's cache load)."""
     import numpy as np
     from scipy.spatial import cKDTree
 
@@ -71,16 +72,18 @@ def geometric_order_times(sizes: list[int]) -> list[dict]:
     cKDTree(np.zeros((4, 2))).query_pairs(1.0, output_type="ndarray")
     sorted_pairs(np.array([0, 1]), np.array([1, 2]), 3)
     capped_in_edges(np.array([0, 1]), np.array([1, 2]), np.array([0.5, 0.25]), 1, 3)
+    small = bench_config(1000, 0).graph
+    families.build_graph(small.family, small.params, seed=0)  # the family's own first-call costs
     out = []
     for n in sizes:
-        params = {"n": n, "radius": 1.0, "box": 0.3 * math.sqrt(n), "max_neighbors": 9, "directed": True}
+        graph = bench_config(n, 0).graph  # the scale benchmark's world
         times, graphs = {}, {}
         for way, threshold in (("compiled", geometric.LINEAR_ORDER_MIN_EDGES), ("numpy sorts", 1 << 62)):
             saved = geometric.LINEAR_ORDER_MIN_EDGES, families.LINEAR_ORDER_MIN_EDGES
             geometric.LINEAR_ORDER_MIN_EDGES = families.LINEAR_ORDER_MIN_EDGES = threshold
             try:
                 t = time.perf_counter()
-                graphs[way] = families.build_graph("random_geometric", params, seed=0)
+                graphs[way] = families.build_graph(graph.family, graph.params, seed=0)
                 times[way] = time.perf_counter() - t
             finally:
                 geometric.LINEAR_ORDER_MIN_EDGES, families.LINEAR_ORDER_MIN_EDGES = saved

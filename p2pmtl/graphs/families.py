@@ -63,8 +63,7 @@ def cap_in_neighbours(
     if e >= LINEAR_ORDER_MIN_EDGES and numba_available():
         from ..kernels.edge_order import capped_in_edges  # numba: large graphs only
 
-        kept_src, kept_dst = capped_in_edges(src, dst.astype(np.int64, copy=False), keys, int(cap), int(dst.max()) + 1)
-        return kept_src, kept_dst
+        return capped_in_edges(src, dst.astype(np.int64, copy=False), keys, int(cap), int(dst.max()) + 1)
     bits = max((e - 1).bit_length(), 1)  # an edge position fits in `bits` bits
     position = np.arange(e, dtype=np.int64)
     by_key = _argsort_keys(keys, bits, position)

@@ -302,10 +302,10 @@ def column_ranks_and_max(x: np.ndarray, ranks: Sequence[int], start: int = 0,
     width = block_columns(n, x.itemsize)
     stripes = stripes_for(stop - start, width)
     x = np.ascontiguousarray(x)
-    narrow = True  # whole NARROW-column blocks through the tiled kernel, float32 and float64
+    # whole NARROW-column blocks through the tiled kernel (float32 and float64), the rest at `width`
     if stripes > 1:
         with launch(stripes):
-            top = _select_striped(x, start, stop, steps, rows, out, width, stripes, narrow)
+            top = _select_striped(x, start, stop, steps, rows, out, width, stripes, True)
     else:
-        top = _select_columns(x, start, stop, steps, rows, out, width, start, narrow)
+        top = _select_columns(x, start, stop, steps, rows, out, width, start, True)
     return (None if math.isnan(top) else out), top

@@ -13,6 +13,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 from contextlib import contextmanager
@@ -29,6 +31,45 @@ RECORD_FORMATS = ("csv", "parquet")
 CURVES_HEADER = ["scenario", "rule", "group", "metric", "step", "time", "bytes", "mean", "min", "max"]
 COMPRESS_MAX_BYTES = 1 << 20  # RunRecorder.save_arrays compresses up to this many bytes
 NETWORK_METRICS = ("sim_time", "bytes_sent", "bytes_received", "time_compute", "time_send", "time_wait", "staleness")
+
+
+class _SigintGate:
+    """Ctrl-C held back while the recorder is in the middle of a record or a write."""
+
+    depth = 0  # recorder calls under way (they nest)
+    pending = False  # a Ctrl-C arrived during one of them
+
+
+def _sigint_handler(signum, frame) -> None:
+    """SIGINT during a run (:func:`interruptible`): KeyboardInterrupt now, or once the
+    recorder's call under way has ended."""
+    if _SigintGate.depth > 0:
+        _SigintGate.pending = True
+    else:
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """A recorder call that Ctrl-C does not cut in two: a SIGINT that arrives meanwhile (while
+    :func:`interruptible` has put its handler in place) raises KeyboardInterrupt when the
+    outermost such call ends, not half-way. Used around :meth:`RunRecorder.record`, ``flush``
+    and ``end_block``: without it a Ctrl-C inside a batch sent to the metrics.csv helper
+    dropped the batch (curves.csv had the last record, metrics.csv did not), and one between
+    writing rows and clearing their buffer wrote them twice. Python runs signal handlers on
+    the main thread whichever thread the OS delivers the signal to, so a flag is the way to
+    hold one back (blocking the signal on the main thread alone does not: torch's and numba's
+    threads take it)."""
+    _SigintGate.depth += 1
+    try:
+        yield
+    except BaseException:
+        _SigintGate.depth -= 1
+        raise
+    _SigintGate.depth -= 1
+    if _SigintGate.depth == 0 and _SigintGate.pending:
+        _SigintGate.pending = False
+        raise KeyboardInterrupt
 
 
 class RunRecorder:
@@ -84,7 +125,7 @@ class RunRecorder:
         (world-level accounts, such as the network's): copied once for all blocks with the
         same normal agents, and their curve rows computed once. A non-robust rule under attack
         may give inf or NaN: those are recorded as they are, without numpy's overflow warnings."""
-        with np.errstate(over="ignore", invalid="ignore"):
+        with sigint_deferred(), np.errstate(over="ignore", invalid="ignore"):
             self._record(block, step, now, nbytes, metrics, shared)
 
     def _shared_copies(self, shared: dict, block: "Block", step: int, now: float) -> dict[str, np.ndarray]:
@@ -133,7 +174,7 @@ class RunRecorder:
                 self._rows += v.size
         self._pending.append((block, mid, tuple(names), tuple(where)))  # curves.csv rows: batched by flush()
         if self._rows > 200_000 or time.monotonic() - self._flushed > 5.0:
-            self.flush()
+            self._flush()
 
     def _format_curves(self) -> None:
         """The curves.csv rows of the pending records, in the order they were recorded: mean,
@@ -176,6 +217,12 @@ class RunRecorder:
         return [head + line for line in lines]
 
     def flush(self) -> None:
+        """Write what is buffered (curves.csv rows, metrics.csv rows or Parquet part), Ctrl-C
+        held back meanwhile (:func:`sigint_deferred`)."""
+        with sigint_deferred():
+            self._flush()
+
+    def _flush(self) -> None:
         if self._pending:
             self._format_curves()
         if self._metrics is not None:
@@ -226,15 +273,16 @@ class RunRecorder:
         """Summarise a finished block: for each metric, the mean over normal agents of the last
         ``window`` recorded iterations (per run and over runs). The block's rows are in
         metrics.csv before summary.json names its results."""
-        self.flush()
-        if self._metrics is not None:
-            self._metrics.sync()
-        with np.errstate(over="ignore", invalid="ignore"):
-            out = self._block_summary(block, window)
-        if extra:
-            out.update(extra)
-        self.summary["results"].setdefault(block.scenario, {})[block.rule] = out
-        self.write_summary()
+        with sigint_deferred():
+            self._flush()
+            if self._metrics is not None:
+                self._metrics.sync()
+            with np.errstate(over="ignore", invalid="ignore"):
+                out = self._block_summary(block, window)
+            if extra:
+                out.update(extra)
+            self.summary["results"].setdefault(block.scenario, {})[block.rule] = out
+            self.write_summary()
         return out
 
     def _block_summary(self, block: "Block", window: int) -> dict:
@@ -360,6 +408,10 @@ def interruptible(rec: RunRecorder, bar) -> Iterator[dict]:
     state = {"interrupted": False}
     t0 = time.perf_counter()
     status, error = "finished", None
+    previous = None  # our SIGINT handler in place of Python's default one, on the main thread
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous = signal.signal(signal.SIGINT, _sigint_handler)
     try:
         yield state
     except KeyboardInterrupt:
@@ -369,6 +421,9 @@ def interruptible(rec: RunRecorder, bar) -> Iterator[dict]:
         status, error = "failed", describe_error(e)
         raise
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+            _SigintGate.pending = False
         bar.close()
         rec.summary["wall_seconds"] = time.perf_counter() - t0
         try:

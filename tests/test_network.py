@@ -133,6 +133,107 @@ def test_async_lookahead_batches_agents_and_keeps_causality(tiny_dict):
     assert (proto.acc.staleness >= 0).all()
 
 
+ORDERED = {"protocol": "async", "latency": {"kind": "uniform", "low": 0.05, "high": 0.3}, "latency_per_message": True,
+           "bandwidth": 800.0, "loss": 0.1, "speed": {"kind": "lognormal", "median": 1.0, "sigma": 0.5},
+           "stragglers": {"fraction": 0.2, "slowdown": 3.0, "mode": "random"}}
+
+
+@pytest.mark.parametrize("kernel", ["torch", "numba"])
+def test_async_agents_combine_exactly_what_arrived_by_their_time(tiny_dict, kernel):
+    """Causality, checked message by message: every time an agent combines (at its finishing
+    time t), the model it holds on each in-link is the one of the last message that reached it
+    on that link by t (lost messages never), and it holds none if none did. The reference is
+    rebuilt from a log of every message sent (link, arrival, sender's step). Batches of agents
+    span more than one lookahead window (each agent is bounded by its own in-neighbours), so
+    the per-agent bound and the per-agent delivery cutoff both matter here."""
+    cfg = load_config(data={**tiny_dict, "iterations": 25, "network": ORDERED,
+                            "graph": {"family": "random_geometric", "n": 40, "radius": 1.0, "box": 3.0},
+                            "kernel": kernel})
+    sc = cfg.scenarios[0]
+    world = build_world(cfg, sc)
+    engine = make_engine(cfg, world, sc, ["loss"])
+    proto = make_protocol(cfg, world, engine, lambda *a: None)
+    assert proto.lookahead == pytest.approx(0.05 + 16 / 800.0)
+    sent, combined, spans = [], [], []
+    send = proto.net.send
+
+    def logged_send(times, eids):
+        arrival, lost = send(times, eids)
+        sent.append((eids.copy(), arrival.copy(), lost.copy(), proto.iters[proto.src[eids]].astype(float)))
+        return arrival, lost
+
+    def snapshot(fire):
+        at = proto.next_fire[fire].copy()  # their finishing times (moved on after the combination)
+        spans.append(float(at.max() - at.min()))
+        for k, t in zip(fire.tolist(), at.tolist()):
+            edges = np.arange(proto.in_offsets[k], proto.in_offsets[k + 1])
+            edges = edges[~proto.is_self[edges]]
+            combined.append((t, edges, proto.has[edges].copy(), proto.held_iter[edges].copy()))
+
+    proto.net.send = logged_send
+    if kernel == "numba":
+        consume = engine.consume_held
+
+        def consume_held(sent_rows, fire, has, inbox):
+            snapshot(fire)
+            return consume(sent_rows, fire, has, inbox)
+        engine.consume_held = consume_held
+    else:
+        consume = proto._consume_torch
+
+        def consume_torch(fire, *rest):
+            snapshot(fire)
+            return consume(fire, *rest)
+        proto._consume_torch = consume_torch
+    proto.run()
+
+    edge = np.concatenate([e for e, *_ in sent])
+    arrival = np.concatenate([a for _, a, _, _ in sent])
+    lost = np.concatenate([x for *_, x, _ in sent])
+    step = np.concatenate([s for *_, s in sent])
+    checked = held = 0
+    for t, edges, has, held_iter in combined:
+        for e, h, it in zip(edges.tolist(), has.tolist(), held_iter.tolist()):
+            mine = np.flatnonzero((edge == e) & ~lost & (arrival <= t))  # in send order; FIFO links
+            assert h == bool(len(mine)), (t, e)
+            if len(mine):
+                assert it == step[mine[-1]], (t, e)
+                held += 1
+            checked += 1
+    assert proto.events >= 25 * 40 and checked > 5000 and held > checked // 2
+    assert max(spans) > proto.lookahead  # batches wider than one global lookahead window
+
+
+def test_ready_agents_by_hand_and_compiled():
+    """A path 0 - 1 - 2 and an isolated agent 3, due at 1, 2, 3.5 and 9. Lookahead 1: agent 0
+    is bounded by agent 1's 2 + 1, agent 1 by min(1, 3.5) + 1 = 2, not after its own 2 (waits),
+    agent 2 by agent 1's 3 (waits), agent 3 has no in-neighbour (ready). Lookahead 1.2: agent 1's
+    bound is 2.2 (ready), agent 2's 3.2 (still waits)."""
+    from p2pmtl.kernels.delivery import ready_agents as compiled
+    from p2pmtl.network.protocols import ready_agents
+
+    # edges sorted by receiver: 0<-0, 0<-1, 1<-0, 1<-1, 1<-2, 2<-1, 2<-2, 3<-3
+    src = np.array([0, 1, 0, 1, 2, 1, 2, 3])
+    dst = np.array([0, 0, 1, 1, 1, 2, 2, 3])
+    offsets = np.searchsorted(dst, np.arange(5))
+    next_fire = np.array([1.0, 2.0, 3.5, 9.0])
+    for f in (ready_agents, compiled):
+        assert f(next_fire, offsets, src, src == dst, 1.0).tolist() == [0, 3]
+        assert f(next_fire, offsets, src, src == dst, 1.2).tolist() == [0, 1, 3]
+        assert f(next_fire, offsets, src, src == dst, 1.6).tolist() == [0, 1, 2, 3]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        n = int(rng.integers(1, 30))
+        e = rng.integers(0, n, size=(int(rng.integers(0, 4 * n)), 2))
+        e = e[np.lexsort((e[:, 0], e[:, 1]))]
+        offsets = np.searchsorted(e[:, 1], np.arange(n + 1))
+        times = rng.random(n).round(1)  # ties
+        for la in (0.05, 0.3):
+            want = ready_agents(times, offsets, e[:, 0], e[:, 0] == e[:, 1], la)
+            assert np.array_equal(compiled(times, offsets, e[:, 0].copy(), e[:, 0] == e[:, 1], la), want)
+            assert times.argmin() in want
+
+
 def test_churned_agents_freeze_then_rejoin_and_catch_up():
     """Agents 0-3 are offline for the first 60 rounds: their models stay exactly their initial
     ones (no compute, no messages), then, back online, the loss-based rule pulls them to their

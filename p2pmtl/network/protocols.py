@@ -357,7 +357,7 @@ class AsyncGossip:
             t = float(self.next_fire.min())
             yield self.env.timeout(max(0.0, t - self.env.now))
             if self.lookahead > 0:
-                due = np.flatnonzero(self.next_fire < t + self.lookahead)
+                due = self._ready()
             else:
                 due = np.flatnonzero(self.next_fire == t)
             times = self.next_fire[due]
@@ -380,15 +380,25 @@ class AsyncGossip:
                 self.on_record(next_record // self.n0 - 1, t, {**self.acc.extras(), "staleness": self.acc.staleness.copy()})
                 next_record += self.record_every * self.n0
 
+    def _ready(self) -> np.ndarray:
+        """The agents that can finish their next step in this batch (positive lookahead
+        ``d_min``): those due before every in-neighbour's next finishing time plus ``d_min``
+        (:func:`ready_agents`; compiled with the compiled round)."""
+        if self._compiled:
+            return self._kernels.ready_agents(self.next_fire, self.in_offsets, self.src, self.is_self, self.lookahead)
+        return ready_agents(self.next_fire, self.in_offsets, self.src, self.is_self, self.lookahead)
+
     def _fire(self, fire: np.ndarray, t: np.ndarray) -> None:
-        """Agents ``fire`` finish a local step at times ``t`` (all within one lookahead window)."""
+        """Agents ``fire`` finish a local step at times ``t`` (each before all its in-neighbours'
+        next finishing times plus the lookahead, :meth:`_ready`)."""
         eng, net = self.engine, self.net
         active = np.zeros(self.n0, dtype=bool)
         active[fire] = True
         active_t = torch.from_numpy(active)
         sent, overrides = eng.produce(self.batches, active_t)
-        cutoff = np.full(self.n0, np.inf)
-        cutoff[fire] = t
+        # deliveries stop at each agent's next finishing time (the firing agents': now), so
+        # that no agent holds a message that arrives after it next combines
+        cutoff = np.minimum(self.next_fire, float(t.max()))
         if self._compiled:
             self._send_compiled(fire, cutoff, sent, overrides)
             self._deliver_compiled(float(t.max()), cutoff)
@@ -455,9 +465,13 @@ class AsyncGossip:
             return eids
         block = (at[self.src[eids]] // self.block_seconds).astype(np.int64) if self.block_seconds > 0 else np.zeros(len(eids), np.int64)
         keep = np.zeros(len(eids), dtype=bool)
-        for b in np.unique(block).tolist():
+        blocks = np.unique(block).tolist()
+        # a batch's senders may straddle a block boundary, and the next batch start before it:
+        # keep the blocks from this batch's first on (the batches' first send times never go back)
+        self._present = {b: m for b, m in self._present.items() if b >= blocks[0]}
+        for b in blocks:
             if b not in self._present:
-                self._present = {b: self.net.present(b)}  # blocks only move forward
+                self._present[b] = self.net.present(b)
             sel = block == b
             keep[sel] = self._present[b][eids[sel]]
         return eids[keep]
@@ -536,6 +550,24 @@ class AsyncGossip:
         rev = idx[::-1]
         _, last = np.unique(fl.edge[rev], return_index=True)
         return due, np.sort(rev[last]), np.bincount(dst[idx], minlength=self.n0)  # per link, the last delivered
+
+
+def ready_agents(next_fire: np.ndarray, in_offsets: np.ndarray, src: np.ndarray, is_self: np.ndarray,
+                 lookahead: float) -> np.ndarray:
+    """The agents ``k`` (ascending) with ``next_fire[k] < min_l next_fire[l] + lookahead`` over
+    their in-neighbours ``l`` (edges sorted by receiver, ``in_offsets`` their CSR offsets; self
+    loops ignored; no in-neighbour: no bound). Every message delay is at least ``lookahead``
+    and an agent sends only when it finishes a step, so nothing an in-neighbour sends from now
+    on can reach ``k`` by ``next_fire[k]``: ``k`` can finish that step now, whatever the
+    other agents of the batch do (the agent due first always can)."""
+    n = len(next_fire)
+    theirs = np.where(is_self, np.inf, next_fire[src])
+    starts = in_offsets[:-1]
+    some = in_offsets[1:] > starts
+    bound = np.full(n, np.inf)
+    if some.any():
+        bound[some] = np.minimum.reduceat(theirs, starts[some])
+    return np.flatnonzero(next_fire < bound + lookahead)
 
 
 def _forged_positions(eids: np.ndarray, forged: np.ndarray, e0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

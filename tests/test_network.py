@@ -138,22 +138,28 @@ ORDERED = {"protocol": "async", "latency": {"kind": "uniform", "low": 0.05, "hig
            "stragglers": {"fraction": 0.2, "slowdown": 3.0, "mode": "random"}}
 
 
+@pytest.mark.parametrize("per_message", [True, False])
 @pytest.mark.parametrize("kernel", ["torch", "numba"])
-def test_async_agents_combine_exactly_what_arrived_by_their_time(tiny_dict, kernel):
+def test_async_agents_combine_exactly_what_arrived_by_their_time(tiny_dict, kernel, per_message):
     """Causality, checked message by message: every time an agent combines (at its finishing
     time t), the model it holds on each in-link is the one of the last message that reached it
     on that link by t (lost messages never), and it holds none if none did. The reference is
     rebuilt from a log of every message sent (link, arrival, sender's step). Batches of agents
     span more than one lookahead window (each agent is bounded by its own in-neighbours), so
-    the per-agent bound and the per-agent delivery cutoff both matter here."""
-    cfg = load_config(data={**tiny_dict, "iterations": 25, "network": ORDERED,
+    the per-agent bound and the per-agent delivery cutoff both matter here; with latencies
+    drawn per link (not per message) each link's bound is its own latency."""
+    network = {**ORDERED, "latency_per_message": per_message}
+    cfg = load_config(data={**tiny_dict, "iterations": 25, "network": network,
                             "graph": {"family": "random_geometric", "n": 40, "radius": 1.0, "box": 3.0},
                             "kernel": kernel})
     sc = cfg.scenarios[0]
     world = build_world(cfg, sc)
     engine = make_engine(cfg, world, sc, ["loss"])
     proto = make_protocol(cfg, world, engine, lambda *a: None)
-    assert proto.lookahead == pytest.approx(0.05 + 16 / 800.0)
+    assert proto.lookahead == pytest.approx(0.05 + 16 / 800.0 if per_message else proto.net.latency[
+        ~proto.is_self].min() + 16 / 800.0)
+    la = proto.link_lookahead[~proto.is_self]
+    assert (la.max() > 2 * la.min()) != per_message  # per link: each its own latency's bound
     sent, combined, spans = [], [], []
     send = proto.net.send
 
@@ -217,10 +223,16 @@ def test_ready_agents_by_hand_and_compiled():
     dst = np.array([0, 0, 1, 1, 1, 2, 2, 3])
     offsets = np.searchsorted(dst, np.arange(5))
     next_fire = np.array([1.0, 2.0, 3.5, 9.0])
+    links = lambda d: np.where(src == dst, 0.0, d)  # noqa: E731
     for f in (ready_agents, compiled):
-        assert f(next_fire, offsets, src, src == dst, 1.0).tolist() == [0, 3]
-        assert f(next_fire, offsets, src, src == dst, 1.2).tolist() == [0, 1, 3]
-        assert f(next_fire, offsets, src, src == dst, 1.6).tolist() == [0, 1, 2, 3]
+        assert f(next_fire, offsets, src, src == dst, links(1.0)).tolist() == [0, 3]
+        assert f(next_fire, offsets, src, src == dst, links(1.2)).tolist() == [0, 1, 3]
+        assert f(next_fire, offsets, src, src == dst, links(1.6)).tolist() == [0, 1, 2, 3]
+        # per link: only the link 0 -> 1 slow (1.2), the rest 1.0: agent 1 is bounded by
+        # min(1 + 1.2, 3.5 + 1) = 2.2 (ready), agent 2 by 2 + 1 = 3 (waits)
+        slow = links(1.0)
+        slow[2] = 1.2
+        assert f(next_fire, offsets, src, src == dst, slow).tolist() == [0, 1, 3]
     rng = np.random.default_rng(0)
     for _ in range(20):
         n = int(rng.integers(1, 30))
@@ -229,8 +241,9 @@ def test_ready_agents_by_hand_and_compiled():
         offsets = np.searchsorted(e[:, 1], np.arange(n + 1))
         times = rng.random(n).round(1)  # ties
         for la in (0.05, 0.3):
-            want = ready_agents(times, offsets, e[:, 0], e[:, 0] == e[:, 1], la)
-            assert np.array_equal(compiled(times, offsets, e[:, 0].copy(), e[:, 0] == e[:, 1], la), want)
+            per_link = la * (1.0 + rng.random(len(e)).round(1))  # ties
+            want = ready_agents(times, offsets, e[:, 0], e[:, 0] == e[:, 1], per_link)
+            assert np.array_equal(compiled(times, offsets, e[:, 0].copy(), e[:, 0] == e[:, 1], per_link), want)
             assert times.argmin() in want
 
 

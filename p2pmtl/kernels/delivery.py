@@ -205,7 +205,7 @@ def mean_staleness(fire, in_offsets, has, is_self, iters, src, held_iter, out):
 @njit(cache=True, boundscheck=False, nogil=True)
 def ready_agents(next_fire, in_offsets, src, is_self, lookahead):
     """:func:`p2pmtl.network.protocols.ready_agents` compiled: the agents ``k`` (ascending) due
-    before ``min_l next_fire[l] + lookahead`` over their in-neighbours ``l`` (self loops
+    before ``min_e (next_fire[src[e]] + lookahead[e])`` over their in-edges ``e`` (self loops
     ignored; none: no bound)."""
     n = next_fire.size
     out = np.empty(n, dtype=np.int64)
@@ -214,10 +214,10 @@ def ready_agents(next_fire, in_offsets, src, is_self, lookahead):
         bound = np.inf
         for e in range(in_offsets[k], in_offsets[k + 1]):
             if not is_self[e]:
-                v = next_fire[src[e]]
+                v = next_fire[src[e]] + lookahead[e]
                 if v < bound:
                     bound = v
-        if next_fire[k] < bound + lookahead:
+        if next_fire[k] < bound:
             out[w] = k
             w += 1
     return out[:w]

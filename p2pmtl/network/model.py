@@ -152,18 +152,26 @@ class NetworkModel:
             lat = np.where(self.is_self[eids], 0.0, lat)
         return lat
 
-    def min_delay(self) -> float:
-        """A lower bound on every message's delay (0 if none is known): the lookahead that lets
-        the asynchronous protocol batch agents without breaking causality."""
-        others = ~self.is_self
-        if not others.any():
-            return 0.0
-        lat = self.latency[others]
+    def link_min_delays(self) -> np.ndarray:
+        """Per link, a lower bound on the delay of every message on it: its latency (redrawn per
+        message: the distribution's lower end) plus the transfer time; 0 on self loops. The
+        asynchronous protocol's lookahead per link (:class:`~p2pmtl.network.protocols.AsyncGossip`)."""
+        lat = self.latency
         if self.cfg.latency_per_message:
             d = self.latency_dist
             floor = {"constant": d.value, "uniform": d.low, "lognormal": 0.0}.get(d.kind)
-            lat = np.full(int(others.sum()), floor) if floor is not None else lat
-        return float((lat + self.transfer[others]).min())
+            lat = np.full(self.num_edges, floor) if floor is not None else lat
+        out = lat + self.transfer
+        out[self.is_self] = 0.0
+        return out
+
+    def min_delay(self) -> float:
+        """A lower bound on every message's delay (0 if none is known): the smallest of
+        :meth:`link_min_delays` over the links that are not self loops."""
+        others = ~self.is_self
+        if not others.any():
+            return 0.0
+        return float(self.link_min_delays()[others].min())
 
     def send(self, send_times: np.ndarray, edge_ids: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
         """Messages put on ``edge_ids`` (distinct) at ``send_times``: (arrival times, lost mask).

@@ -21,10 +21,17 @@ and which messages are held, never what the learning maths is.
   this one: the freshest model goes out next time) and combines its psi_k with the freshest model it holds from each
   in-neighbour (weights from the same rules; the loss rule scores stale models on k's current
   data). Agents finishing at the same simulated instant are computed in one batched call, and
-  so are all agents finishing within one *lookahead* window [t, t + d_min) where d_min is the
-  smallest possible message delay (conservative parallel discrete-event simulation): no
-  message sent inside the window can arrive inside it, and each agent still combines exactly
-  the messages that arrived by its own finishing time.
+  when every message delay is positive, so is every agent k whose next finishing time t_k
+  comes before each in-neighbour l's next finishing time plus d_lk, the smallest delay of
+  link l -> k (its latency, or the lower end of a per-message latency, plus the transfer
+  time): conservative parallel discrete-event simulation with a lookahead per link, as in
+  Chandy-Misra-Bryant's lower bounds on time stamps. An agent sends only when it finishes a
+  step, so nothing its in-neighbours send from now on can reach k by t_k. The agent due
+  first always qualifies; agents far apart in the graph may be further apart in time than
+  any one delay (on the 1,000-agent benchmark half as many calls as one global window
+  [t, t + min d)). Messages are delivered up to each agent's next finishing time, so each
+  agent still combines exactly the messages that arrived by its own finishing time
+  (``tests/test_network.py`` checks this message by message).
 
 Records: per agent, cumulative bytes sent and received, simulated time, and time spent
 computing, sending (until its last message of the round arrived) and waiting.
@@ -330,7 +337,8 @@ class AsyncGossip:
         self.iters = np.zeros(self.n0, dtype=np.int64)
         self.rejoined = np.full(self.n0, -np.inf)
         self.next_fire = net.compute_times()
-        self.lookahead = net.min_delay()
+        self.lookahead = net.min_delay()  # 0: agents are batched only at the same instant
+        self.link_lookahead = net.link_min_delays()  # per link, with a positive lookahead
         self._present: dict[int, Optional[np.ndarray]] = {}
         self.acc = _Accounts(self.n0)
         self.sends = 0  # batched send calls so far (a message's call orders equal arrivals)
@@ -381,12 +389,11 @@ class AsyncGossip:
                 next_record += self.record_every * self.n0
 
     def _ready(self) -> np.ndarray:
-        """The agents that can finish their next step in this batch (positive lookahead
-        ``d_min``): those due before every in-neighbour's next finishing time plus ``d_min``
-        (:func:`ready_agents`; compiled with the compiled round)."""
-        if self._compiled:
-            return self._kernels.ready_agents(self.next_fire, self.in_offsets, self.src, self.is_self, self.lookahead)
-        return ready_agents(self.next_fire, self.in_offsets, self.src, self.is_self, self.lookahead)
+        """The agents that can finish their next step in this batch (every message delay
+        positive): those due before each in-neighbour's next finishing time plus the smallest
+        delay of their link (:func:`ready_agents`; compiled with the compiled round)."""
+        args = (self.next_fire, self.in_offsets, self.src, self.is_self, self.link_lookahead)
+        return self._kernels.ready_agents(*args) if self._compiled else ready_agents(*args)
 
     def _fire(self, fire: np.ndarray, t: np.ndarray) -> None:
         """Agents ``fire`` finish a local step at times ``t`` (each before all its in-neighbours'
@@ -553,21 +560,21 @@ class AsyncGossip:
 
 
 def ready_agents(next_fire: np.ndarray, in_offsets: np.ndarray, src: np.ndarray, is_self: np.ndarray,
-                 lookahead: float) -> np.ndarray:
-    """The agents ``k`` (ascending) with ``next_fire[k] < min_l next_fire[l] + lookahead`` over
-    their in-neighbours ``l`` (edges sorted by receiver, ``in_offsets`` their CSR offsets; self
-    loops ignored; no in-neighbour: no bound). Every message delay is at least ``lookahead``
-    and an agent sends only when it finishes a step, so nothing an in-neighbour sends from now
-    on can reach ``k`` by ``next_fire[k]``: ``k`` can finish that step now, whatever the
-    other agents of the batch do (the agent due first always can)."""
+                 lookahead: np.ndarray) -> np.ndarray:
+    """The agents ``k`` (ascending) with ``next_fire[k] < min_e (next_fire[src[e]] + lookahead[e])``
+    over their in-edges ``e`` (edges sorted by receiver, ``in_offsets`` their CSR offsets; self
+    loops ignored; no in-neighbour: no bound). Every message on link ``e`` takes at least
+    ``lookahead[e] > 0`` and an agent sends only when it finishes a step, so nothing an
+    in-neighbour sends from now on can reach ``k`` by ``next_fire[k]``: ``k`` can finish that
+    step now, whatever the other agents of the batch do (the agent due first always can)."""
     n = len(next_fire)
-    theirs = np.where(is_self, np.inf, next_fire[src])
+    theirs = np.where(is_self, np.inf, next_fire[src] + lookahead)
     starts = in_offsets[:-1]
     some = in_offsets[1:] > starts
     bound = np.full(n, np.inf)
     if some.any():
         bound[some] = np.minimum.reduceat(theirs, starts[some])
-    return np.flatnonzero(next_fire < bound + lookahead)
+    return np.flatnonzero(next_fire < bound)
 
 
 def _forged_positions(eids: np.ndarray, forged: np.ndarray, e0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -218,33 +218,32 @@ def test_ready_agents_by_hand_and_compiled():
     from p2pmtl.kernels.delivery import ready_agents as compiled
     from p2pmtl.network.protocols import ready_agents
 
-    # edges sorted by receiver: 0<-0, 0<-1, 1<-0, 1<-1, 1<-2, 2<-1, 2<-2, 3<-3
-    src = np.array([0, 1, 0, 1, 2, 1, 2, 3])
-    dst = np.array([0, 0, 1, 1, 1, 2, 2, 3])
-    offsets = np.searchsorted(dst, np.arange(5))
+    # in-edges from other agents, sorted by receiver: 0<-1, 1<-0, 1<-2, 2<-1 (3 has none)
+    src = np.array([1, 0, 2, 1])
+    offsets = np.array([0, 1, 3, 4, 4])
     next_fire = np.array([1.0, 2.0, 3.5, 9.0])
-    links = lambda d: np.where(src == dst, 0.0, d)  # noqa: E731
     for f in (ready_agents, compiled):
-        assert f(next_fire, offsets, src, src == dst, links(1.0)).tolist() == [0, 3]
-        assert f(next_fire, offsets, src, src == dst, links(1.2)).tolist() == [0, 1, 3]
-        assert f(next_fire, offsets, src, src == dst, links(1.6)).tolist() == [0, 1, 2, 3]
+        assert f(next_fire, offsets, src, np.full(4, 1.0)).tolist() == [0, 3]
+        assert f(next_fire, offsets, src, np.full(4, 1.2)).tolist() == [0, 1, 3]
+        assert f(next_fire, offsets, src, np.full(4, 1.6)).tolist() == [0, 1, 2, 3]
         # per link: only the link 0 -> 1 slow (1.2), the rest 1.0: agent 1 is bounded by
         # min(1 + 1.2, 3.5 + 1) = 2.2 (ready), agent 2 by 2 + 1 = 3 (waits)
-        slow = links(1.0)
-        slow[2] = 1.2
-        assert f(next_fire, offsets, src, src == dst, slow).tolist() == [0, 1, 3]
+        assert f(next_fire, offsets, src, np.array([1.0, 1.2, 1.0, 1.0])).tolist() == [0, 1, 3]
     rng = np.random.default_rng(0)
     for _ in range(20):
         n = int(rng.integers(1, 30))
         e = rng.integers(0, n, size=(int(rng.integers(0, 4 * n)), 2))
+        e = e[e[:, 0] != e[:, 1]]
         e = e[np.lexsort((e[:, 0], e[:, 1]))]
         offsets = np.searchsorted(e[:, 1], np.arange(n + 1))
         times = rng.random(n).round(1)  # ties
         for la in (0.05, 0.3):
             per_link = la * (1.0 + rng.random(len(e)).round(1))  # ties
-            want = ready_agents(times, offsets, e[:, 0], e[:, 0] == e[:, 1], per_link)
-            assert np.array_equal(compiled(times, offsets, e[:, 0].copy(), e[:, 0] == e[:, 1], per_link), want)
+            want = ready_agents(times, offsets, e[:, 0], per_link)
+            assert np.array_equal(compiled(times, offsets, e[:, 0].copy(), per_link), want)
             assert times.argmin() in want
+            by_hand = [k for k in range(n) if all(times[k] < times[a] + d for (a, b), d in zip(e, per_link) if b == k)]
+            assert want.tolist() == by_hand
 
 
 def test_churned_agents_freeze_then_rejoin_and_catch_up():

@@ -203,20 +203,17 @@ def mean_staleness(fire, in_offsets, has, is_self, iters, src, held_iter, out):
 
 
 @njit(cache=True, boundscheck=False, nogil=True)
-def ready_agents(next_fire, in_offsets, src, is_self, lookahead):
+def ready_agents(next_fire, in_offsets, src, lookahead):
     """:func:`p2pmtl.network.protocols.ready_agents` compiled: the agents ``k`` (ascending) due
-    before ``min_e (next_fire[src[e]] + lookahead[e])`` over their in-edges ``e`` (self loops
-    ignored; none: no bound)."""
+    before ``min_e (next_fire[src[e]] + lookahead[e])`` over their in-edges ``e`` from other
+    agents (CSR by receiver; none: no bound)."""
     n = next_fire.size
     out = np.empty(n, dtype=np.int64)
     w = 0
     for k in range(n):
         bound = np.inf
         for e in range(in_offsets[k], in_offsets[k + 1]):
-            if not is_self[e]:
-                v = next_fire[src[e]] + lookahead[e]
-                if v < bound:
-                    bound = v
+            bound = min(bound, next_fire[src[e]] + lookahead[e])
         if next_fire[k] < bound:
             out[w] = k
             w += 1

@@ -339,6 +339,9 @@ class AsyncGossip:
         self.next_fire = net.compute_times()
         self.lookahead = net.min_delay()  # 0: agents are batched only at the same instant
         self.link_lookahead = net.link_min_delays()  # per link, with a positive lookahead
+        others = np.flatnonzero(~self.is_self)  # the in-edges that bound an agent, by receiver
+        self._bounds = (np.searchsorted(self.dst[others], np.arange(self.n0 + 1)), self.src[others],
+                        self.link_lookahead[others])
         self._present: dict[int, Optional[np.ndarray]] = {}
         self.acc = _Accounts(self.n0)
         self.sends = 0  # batched send calls so far (a message's call orders equal arrivals)
@@ -392,8 +395,8 @@ class AsyncGossip:
         """The agents that can finish their next step in this batch (every message delay
         positive): those due before each in-neighbour's next finishing time plus the smallest
         delay of their link (:func:`ready_agents`; compiled with the compiled round)."""
-        args = (self.next_fire, self.in_offsets, self.src, self.is_self, self.link_lookahead)
-        return self._kernels.ready_agents(*args) if self._compiled else ready_agents(*args)
+        ready = self._kernels.ready_agents if self._compiled else ready_agents
+        return ready(self.next_fire, *self._bounds)
 
     def _fire(self, fire: np.ndarray, t: np.ndarray) -> None:
         """Agents ``fire`` finish a local step at times ``t`` (each before all its in-neighbours'
@@ -559,21 +562,19 @@ class AsyncGossip:
         return due, np.sort(rev[last]), np.bincount(dst[idx], minlength=self.n0)  # per link, the last delivered
 
 
-def ready_agents(next_fire: np.ndarray, in_offsets: np.ndarray, src: np.ndarray, is_self: np.ndarray,
+def ready_agents(next_fire: np.ndarray, in_offsets: np.ndarray, src: np.ndarray,
                  lookahead: np.ndarray) -> np.ndarray:
     """The agents ``k`` (ascending) with ``next_fire[k] < min_e (next_fire[src[e]] + lookahead[e])``
-    over their in-edges ``e`` (edges sorted by receiver, ``in_offsets`` their CSR offsets; self
-    loops ignored; no in-neighbour: no bound). Every message on link ``e`` takes at least
-    ``lookahead[e] > 0`` and an agent sends only when it finishes a step, so nothing an
-    in-neighbour sends from now on can reach ``k`` by ``next_fire[k]``: ``k`` can finish that
-    step now, whatever the other agents of the batch do (the agent due first always can)."""
-    n = len(next_fire)
-    theirs = np.where(is_self, np.inf, next_fire[src] + lookahead)
+    over their in-edges ``e`` from other agents (sorted by receiver, ``in_offsets`` their CSR
+    offsets; none: no bound). Every message on link ``e`` takes at least ``lookahead[e] > 0``
+    and an agent sends only when it finishes a step, so nothing an in-neighbour sends from now
+    on can reach ``k`` by ``next_fire[k]``: ``k`` can finish that step now, whatever the other
+    agents of the batch do (the agent due first always can)."""
     starts = in_offsets[:-1]
     some = in_offsets[1:] > starts
-    bound = np.full(n, np.inf)
+    bound = np.full(len(next_fire), np.inf)
     if some.any():
-        bound[some] = np.minimum.reduceat(theirs, starts[some])
+        bound[some] = np.minimum.reduceat(next_fire[src] + lookahead, starts[some])
     return np.flatnonzero(next_fire < bound)
 
 

@@ -1,7 +1,8 @@
 """Asynchronous gossip's messages in flight, compiled: :class:`CompiledFlight` stores them in
 preallocated arrays (arrival time, link, the sender's step count and the message's rows in
 every lane) and moves them with three kernels, one call each per batch of firing agents (a
-fourth, :func:`mean_staleness`, gives the batch's staleness accounts):
+fourth, :func:`mean_staleness`, gives the batch's staleness accounts, and a fifth,
+:func:`ready_agents`, picks the batch: the agents bounded by their in-neighbours' next steps):
 
 - :func:`out_edges`: the links a batch's senders put a message on (not self-loops, and free:
   a link still transmitting an earlier model skips this one);

@@ -92,6 +92,7 @@ class NetworkModel:
         self.link_free = np.full(self.num_edges, -np.inf)  # when each link has sent its last message
         ch = cfg.churn
         self.churny = self._per_node(lambda r, k: r.random(k) < ch.fraction) if ch.fraction > 0 else np.zeros(self.num_nodes, bool)
+        self.churns = bool(self.churny.any())  # any agent goes offline at times
         self.online_now = np.ones(self.num_nodes, dtype=bool)
         self.next_switch = np.full(self.num_nodes, np.inf)
         if self.churny.any():
@@ -193,9 +194,9 @@ class NetworkModel:
     def online(self, times: np.ndarray | float) -> np.ndarray:
         """Which agents are online at ``times`` (per agent, or one instant). Queries must not go
         back in time per agent."""
-        times = np.broadcast_to(np.asarray(times, dtype=np.float64), (self.num_nodes,))
-        if not self.churny.any():
+        if not self.churns:
             return self.online_now
+        times = np.broadcast_to(np.asarray(times, dtype=np.float64), (self.num_nodes,))
         ch = self.cfg.churn
         while True:
             due = np.flatnonzero(self.next_switch <= times)

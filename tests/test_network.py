@@ -138,16 +138,18 @@ ORDERED = {"protocol": "async", "latency": {"kind": "uniform", "low": 0.05, "hig
            "stragglers": {"fraction": 0.2, "slowdown": 3.0, "mode": "random"}}
 
 
-@pytest.mark.parametrize("per_message", [True, False])
-@pytest.mark.parametrize("kernel", ["torch", "numba"])
-def test_async_agents_combine_exactly_what_arrived_by_their_time(tiny_dict, kernel, per_message):
+@pytest.mark.parametrize("kernel,per_message,per_link", [("torch", True, True), ("numba", True, True),
+                                                        ("torch", False, True), ("numba", False, True),
+                                                        ("numba", False, False)])
+def test_async_agents_combine_exactly_what_arrived_by_their_time(tiny_dict, kernel, per_message, per_link):
     """Causality, checked message by message: every time an agent combines (at its finishing
     time t), the model it holds on each in-link is the one of the last message that reached it
     on that link by t (lost messages never), and it holds none if none did. The reference is
     rebuilt from a log of every message sent (link, arrival, sender's step). Batches of agents
     span more than one lookahead window (each agent is bounded by its own in-neighbours), so
     the per-agent bound and the per-agent delivery cutoff both matter here; with latencies
-    drawn per link (not per message) each link's bound is its own latency."""
+    drawn per link (not per message) each link's bound is its own latency. The benchmark's
+    baseline, one global window (``bound_per_link = False``), keeps causality too, in more calls."""
     network = {**ORDERED, "latency_per_message": per_message}
     cfg = load_config(data={**tiny_dict, "iterations": 25, "network": network,
                             "graph": {"family": "random_geometric", "n": 40, "radius": 1.0, "box": 3.0},
@@ -156,6 +158,7 @@ def test_async_agents_combine_exactly_what_arrived_by_their_time(tiny_dict, kern
     world = build_world(cfg, sc)
     engine = make_engine(cfg, world, sc, ["loss"])
     proto = make_protocol(cfg, world, engine, lambda *a: None)
+    proto.bound_per_link = per_link
     assert proto.lookahead == pytest.approx(0.05 + 16 / 800.0 if per_message else proto.net.latency[
         ~proto.is_self].min() + 16 / 800.0)
     la = proto.link_lookahead[~proto.is_self]
@@ -207,7 +210,23 @@ def test_async_agents_combine_exactly_what_arrived_by_their_time(tiny_dict, kern
                 held += 1
             checked += 1
     assert proto.events >= 25 * 40 and checked > 5000 and held > checked // 2
-    assert max(spans) > proto.lookahead  # batches wider than one global lookahead window
+    assert (max(spans) > proto.lookahead) == per_link  # batches wider than one global window
+
+
+def test_async_bound_per_link_takes_fewer_calls_than_one_window(tiny_dict):
+    """The same run, the same number of steps: the bound per agent and link batches more agents
+    per call than one global window of the smallest delay."""
+    cfg = load_config(data={**tiny_dict, "iterations": 25, "network": {**ORDERED, "latency_per_message": False},
+                            "graph": {"family": "random_geometric", "n": 40, "radius": 1.0, "box": 3.0}})
+    calls = {}
+    for per_link in (True, False):
+        world = build_world(cfg, cfg.scenarios[0])
+        proto = make_protocol(cfg, world, make_engine(cfg, world, cfg.scenarios[0], ["loss"]), lambda *a: None)
+        proto.bound_per_link = per_link
+        proto.run()
+        assert proto.events >= 25 * 40
+        calls[per_link] = proto.batches
+    assert calls[False] > 1.3 * calls[True], calls
 
 
 def test_ready_agents_by_hand_and_compiled():

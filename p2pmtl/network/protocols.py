@@ -342,6 +342,7 @@ class AsyncGossip:
         others = np.flatnonzero(~self.is_self)  # the in-edges that bound an agent, by receiver
         self._bounds = (np.searchsorted(self.dst[others], np.arange(self.n0 + 1)), self.src[others],
                         self.link_lookahead[others])
+        self.bound_per_link = True  # False: one window [t, t + lookahead) for all (the benchmark's baseline)
         self._present: dict[int, Optional[np.ndarray]] = {}
         self.acc = _Accounts(self.n0)
         self.sends = 0  # batched send calls so far (a message's call orders equal arrivals)
@@ -368,7 +369,7 @@ class AsyncGossip:
             t = float(self.next_fire.min())
             yield self.env.timeout(max(0.0, t - self.env.now))
             if self.lookahead > 0:
-                due = self._ready()
+                due = self._ready() if self.bound_per_link else np.flatnonzero(self.next_fire < t + self.lookahead)
             else:
                 due = np.flatnonzero(self.next_fire == t)
             times = self.next_fire[due]

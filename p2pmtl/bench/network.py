@@ -76,19 +76,19 @@ def async_events(n: int = 1000, iterations: int = 30, naive_iterations: int = 2,
     runs (fresh worlds, the same numbers); the naive one runs once."""
     net = {"protocol": "async", "latency": 0.05, "speed": {"kind": "lognormal", "median": 1.0, "sigma": 0.3}}
     out = []
-    for name, its, lookahead, kernel in (("lookahead per link, compiled", iterations, None, "numba"),
-                                         ("one global window, compiled", iterations, "global", "numba"),
-                                         ("lookahead per link, torch ops", iterations, None, "torch"),
-                                         ("one event at a time (naive)", naive_iterations, 0.0, "torch")):
+    # (row, iterations, kernel, bound per link, lookahead: None keeps the network's, 0 = the naive way)
+    for name, its, kernel, per_link, lookahead in (("lookahead per link, compiled", iterations, "numba", True, None),
+                                                   ("one global window, compiled", iterations, "numba", False, None),
+                                                   ("lookahead per link, torch ops", iterations, "torch", True, None),
+                                                   ("one event at a time (naive)", naive_iterations, "torch", True, 0.0)):
         if kernel == "numba":  # untimed: numba's import and the kernels' load from its cache, once a process
             make_protocol(*_setup(n, net, ["loss"], iterations=1, kernel=kernel)[:3], lambda *a: None).run()
         best = None
-        for _ in range(1 if lookahead == 0.0 else repeats):
+        for _ in range(1 if lookahead is not None else repeats):
             cfg, world, engine = _setup(n, net, ["loss"], iterations=its, kernel=kernel)
             proto = make_protocol(cfg, world, engine, lambda *a: None)
-            if lookahead == "global":
-                proto.bound_per_link = False
-            elif lookahead is not None:
+            proto.bound_per_link = per_link
+            if lookahead is not None:
                 proto.lookahead = lookahead
             t = time.perf_counter()
             proto.run()

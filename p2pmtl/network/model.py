@@ -95,7 +95,7 @@ class NetworkModel:
         self.churns = bool(self.churny.any())  # any agent goes offline at times
         self.online_now = np.ones(self.num_nodes, dtype=bool)
         self.next_switch = np.full(self.num_nodes, np.inf)
-        if self.churny.any():
+        if self.churns:
             idx = np.flatnonzero(self.churny)
             self.next_switch[idx] = self._exp(idx, ch.mean_online)
 
@@ -157,11 +157,9 @@ class NetworkModel:
         """Per link, a lower bound on the delay of every message on it: its latency (redrawn per
         message: the distribution's lower end) plus the transfer time; 0 on self loops. The
         asynchronous protocol's lookahead per link (:class:`~p2pmtl.network.protocols.AsyncGossip`)."""
-        lat = self.latency
-        if self.cfg.latency_per_message:
-            d = self.latency_dist
-            floor = {"constant": d.value, "uniform": d.low, "lognormal": 0.0}.get(d.kind)
-            lat = np.full(self.num_edges, floor) if floor is not None else lat
+        lat, d = self.latency, self.latency_dist
+        if self.cfg.latency_per_message and d.kind != "edge_attr":  # an attribute is its link's every draw
+            lat = np.full(self.num_edges, d.lower_bound())
         out = lat + self.transfer
         out[self.is_self] = 0.0
         return out
